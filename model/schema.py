@@ -1,0 +1,144 @@
+"""The one place where column names, pyarrow schemas and the OUT layout are spelled.
+
+Every stage imports its names from here; no stage re-spells a column name or a path.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# ---------------------------------------------------------------------------
+# Column names
+# ---------------------------------------------------------------------------
+IMAGE_ID = "image_id"
+URI = "uri"
+TAG = "tag"
+TAG_RAW = "tag_raw"
+SPLIT = "split"
+EMBEDDING = "embedding"
+CONTENT_HASH = "content_hash"
+WIDTH = "width"
+HEIGHT = "height"
+STATUS = "status"
+KNOWN_WORDS = "known_words"
+STAGE = "stage"
+ERROR = "error"
+MESSAGE = "message"
+RANK = "rank"
+SCORE = "score"
+IMAGE_IDS = "image_ids"
+COUNT = "count"
+
+SPLIT_TRAIN = "train"
+SPLIT_TEST = "test"
+
+# extract-text statuses
+TEXT_OK = "ok"  # every word of the tag had a vector
+TEXT_PARTIAL = "partial"  # some words had a vector; the embedding averages those
+TEXT_OOV = "oov"  # no word had a vector; the embedding is null, never a fake zero vector
+TEXT_STATUSES = (TEXT_OK, TEXT_PARTIAL, TEXT_OOV)
+
+# Parquet file metadata keys (bytes, as pyarrow stores them)
+META_ENCODER = b"imgsearch.encoder"
+META_WEIGHTS = b"imgsearch.weights"
+META_DIM = b"imgsearch.dim"
+META_PRECISION = b"imgsearch.precision"
+META_WORD_VECTORS = b"imgsearch.word_vectors"
+
+# ---------------------------------------------------------------------------
+# Schemas
+# ---------------------------------------------------------------------------
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field(IMAGE_ID, pa.string(), nullable=False),
+        pa.field(URI, pa.string(), nullable=False),
+        pa.field(TAG, pa.string(), nullable=False),
+        pa.field(TAG_RAW, pa.string(), nullable=False),
+        pa.field(SPLIT, pa.string(), nullable=False),
+    ]
+)
+
+INVERTED_INDEX_SCHEMA = pa.schema(
+    [
+        pa.field(TAG, pa.string(), nullable=False),
+        pa.field(COUNT, pa.int64(), nullable=False),
+        pa.field(IMAGE_IDS, pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+FAILURES_SCHEMA = pa.schema(
+    [
+        pa.field(IMAGE_ID, pa.string()),
+        pa.field(URI, pa.string()),
+        pa.field(STAGE, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string(), nullable=False),
+        pa.field(MESSAGE, pa.string()),
+    ]
+)
+
+RANKINGS_SCHEMA = pa.schema(
+    [
+        pa.field(TAG, pa.string(), nullable=False),
+        pa.field(RANK, pa.int32(), nullable=False),
+        pa.field(IMAGE_ID, pa.string(), nullable=False),
+        pa.field(URI, pa.string(), nullable=False),
+        # null where the tag is OOV and its images keep index order
+        pa.field(SCORE, pa.float32()),
+    ]
+)
+
+
+def image_features_schema(dim: int, metadata: dict[bytes, bytes] | None = None) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(IMAGE_ID, pa.string(), nullable=False),
+            pa.field(EMBEDDING, pa.list_(pa.float32(), dim), nullable=False),
+            pa.field(CONTENT_HASH, pa.string(), nullable=False),
+            pa.field(WIDTH, pa.int32(), nullable=False),
+            pa.field(HEIGHT, pa.int32(), nullable=False),
+        ],
+        metadata=metadata,
+    )
+
+
+def text_features_schema(dim: int, metadata: dict[bytes, bytes] | None = None) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(TAG, pa.string(), nullable=False),
+            # null for oov tags
+            pa.field(EMBEDDING, pa.list_(pa.float32(), dim)),
+            pa.field(STATUS, pa.string(), nullable=False),
+            pa.field(KNOWN_WORDS, pa.int32(), nullable=False),
+        ],
+        metadata=metadata,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Layout under the output root OUT (local path or gs://...). Join with out_path().
+# ---------------------------------------------------------------------------
+IMAGES_DIR = "index/images"  # images-SSSSS-of-NNNNN.parquet
+TAG2PICID_JSON = "index/tag2picid.json"  # the prototype's inverted index
+TAG2PICID_DIR = "index/tag2picid"  # the same, as Parquet shards
+IMAGE_FEATURES_DIR = "features/image"
+TEXT_FEATURES_DIR = "features/text"
+FAILURES_DIR = "failures"  # <stage>-SSSSS-of-NNNNN.parquet
+MODEL_DIR = "model"
+CHECKPOINT = "model/matcher.pt"
+METRICS_JSON = "model/metrics.json"
+IMAGE_TOWER_ONNX = "model/image_tower.onnx"
+TEXT_TOWER_ONNX = "model/text_tower.onnx"
+EXPORT_JSON = "model/export.json"
+RANKINGS_DIR = "rankings"
+SITE_DIR = "site"
+REPORTS_DIR = "reports"  # <stage>.json, one summary per stage run
+
+PARQUET_SUFFIX = ".parquet"
+
+
+def out_path(out: str, *parts: str) -> str:
+    """Join parts under OUT with '/', which is right for local paths and gs:// alike."""
+    base = out.rstrip("/")
+    return "/".join([base, *(p.strip("/") for p in parts)])

@@ -1,0 +1,145 @@
+"""What every Beam stage shares: option parsing, the stage report, counters, small file I/O.
+
+A stage's `run()` returns a StageReport built from its Beam counters, so the accounting a user
+sees (rows in, out, failed, skipped) is the pipeline's own, on any runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from typing import Any, Iterable
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from model import schema
+
+log = logging.getLogger(__name__)
+
+# Counter names every stage uses in its own namespace (the stage name).
+ROWS_IN = "rows_in"
+ROWS_OUT = "rows_out"
+ROWS_FAILED = "rows_failed"
+ROWS_SKIPPED = "rows_skipped"
+STANDARD_COUNTERS = (ROWS_IN, ROWS_OUT, ROWS_FAILED, ROWS_SKIPPED)
+
+
+@dataclasses.dataclass
+class StageReport:
+    stage: str
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_failed: int = 0
+    rows_skipped: int = 0
+    seconds: float = 0.0
+    # reason-specific counts (e.g. failed_UnidentifiedImageError, skipped_duplicate) and extras
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def summary_line(self) -> str:
+        line = (
+            f"{self.stage}: in {self.rows_in}, out {self.rows_out}, failed {self.rows_failed}, "
+            f"skipped {self.rows_skipped}, {self.seconds:.1f} s"
+        )
+        reasons = {k: v for k, v in self.details.items() if isinstance(v, (int, float)) and v}
+        if reasons:
+            line += " (" + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + ")"
+        return line
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, out: str) -> None:
+        write_text(schema.out_path(out, schema.REPORTS_DIR, f"{self.stage}.json"), json.dumps(self.to_json(), indent=2))
+
+
+def counter(stage: str, name: str) -> beam.metrics.metricbase.Counter:
+    return beam.metrics.Metrics.counter(stage, name)
+
+
+def read_counters(result: beam.runners.runner.PipelineResult, stage: str) -> dict[str, int]:
+    """Committed counter values of one namespace (attempted where a runner has no committed)."""
+    values: dict[str, int] = {}
+    query = result.metrics().query(MetricsFilter().with_namespace(stage))
+    for c in query["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        values[c.key.metric.name] = values.get(c.key.metric.name, 0) + int(value or 0)
+    return values
+
+
+def report_from_counters(stage: str, counters: dict[str, int], seconds: float, **extra: Any) -> StageReport:
+    details = {k: v for k, v in counters.items() if k not in STANDARD_COUNTERS}
+    details.update(extra)
+    return StageReport(
+        stage=stage,
+        rows_in=counters.get(ROWS_IN, 0),
+        rows_out=counters.get(ROWS_OUT, 0),
+        rows_failed=counters.get(ROWS_FAILED, 0),
+        rows_skipped=counters.get(ROWS_SKIPPED, 0),
+        seconds=seconds,
+        details=details,
+    )
+
+
+def split_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, PipelineOptions]:
+    """Our flags to argparse; everything else goes to PipelineOptions untouched."""
+    known, beam_args = parser.parse_known_args(argv)
+    return known, PipelineOptions(beam_args)
+
+
+def make_options(beam_options: PipelineOptions, save_main_session: bool) -> PipelineOptions:
+    beam_options.view_as(SetupOptions).save_main_session = save_main_session
+    return beam_options
+
+
+def run_pipeline(pipeline: beam.Pipeline, stage: str) -> tuple[beam.runners.runner.PipelineResult, dict[str, int], float]:
+    """Run to completion and return the result, the stage's counters and the wall time."""
+    start = time.monotonic()
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.monotonic() - start
+    return result, read_counters(result, stage), seconds
+
+
+# ---------------------------------------------------------------------------
+# Small file I/O through Beam's FileSystems (local paths and gs:// alike)
+# ---------------------------------------------------------------------------
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path) as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    parent = path.rsplit("/", 1)[0]
+    if parent and "://" not in path:
+        FileSystems.mkdirs(parent) if not FileSystems.exists(parent) else None
+    with FileSystems.create(path, mime_type=mime_type) as f:
+        f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"), mime_type="application/json" if path.endswith(".json") else "text/plain")
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def glob(pattern: str) -> list[str]:
+    """Sorted paths matching a pattern (empty when none)."""
+    try:
+        matches = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # FileSystems raises when a local directory is missing
+        return []
+    return sorted(m.path for m in matches)
+
+
+def delete(paths: Iterable[str]) -> None:
+    paths = list(paths)
+    if paths:
+        FileSystems.delete(paths)

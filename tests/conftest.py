@@ -1,0 +1,77 @@
+"""Shared, generated fixtures. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+BROKEN_FILES = ("truncated.jpg", "empty.jpg", "text.jpg")
+
+
+def draw_image(seed: int, size: tuple[int, int] = (96, 72), fmt: str = "JPEG") -> bytes:
+    """A seeded picture: a coloured shape on a coloured background, encoded as fmt."""
+    rng = random.Random(seed)
+    mode = "RGBA" if fmt == "PNG" and seed % 2 else "RGB"
+    bg = tuple(rng.randrange(256) for _ in range(3)) + ((rng.randrange(256),) if mode == "RGBA" else ())
+    img = Image.new(mode, size, bg)
+    d = ImageDraw.Draw(img)
+    w, h = size
+    x0, y0 = rng.randrange(w // 2), rng.randrange(h // 2)
+    fill = tuple(rng.randrange(256) for _ in range(len(bg)))
+    d.ellipse([x0, y0, x0 + w // 3, y0 + h // 3], fill=fill)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def write_broken_images(folder: Path) -> list[Path]:
+    """A truncated JPEG, a zero-byte file and a text file named .jpg."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = draw_image(0, (200, 150))
+    (folder / BROKEN_FILES[0]).write_bytes(good[: len(good) // 3])
+    (folder / BROKEN_FILES[1]).write_bytes(b"")
+    (folder / BROKEN_FILES[2]).write_text("this is not an image\n")
+    return [folder / name for name in BROKEN_FILES]
+
+
+def write_image_collection(folder: Path, n: int, tags: list[str], seed: int = 0) -> list[dict]:
+    """n generated images (JPEG and PNG, several sizes) round-robin over tags; manifest rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        fmt = "PNG" if i % 3 == 0 else "JPEG"
+        size = (64 + (i % 4) * 40, 48 + (i % 5) * 30)
+        path = folder / f"img{i:05d}.{'png' if fmt == 'PNG' else 'jpg'}"
+        path.write_bytes(draw_image(seed * 100003 + i, size, fmt))
+        rows.append({"uri": str(path), "tag": tags[i % len(tags)]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_keyed_vectors(words: list[str], dim: int = 16, seed: int = 0):
+    """Small gensim KeyedVectors with seeded random vectors."""
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors(vector_size=dim)
+    rng = np.random.default_rng(seed)
+    kv.add_vectors(words, rng.standard_normal((len(words), dim)).astype(np.float32))
+    return kv
+
+
+@pytest.fixture
+def image_collection(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """24 good images over 4 tags plus the 3 broken files, with a JSONL manifest."""
+    rows = write_image_collection(tmp_path / "images", 24, ["cat", "dog", "red car", "tree"])
+    for p in write_broken_images(tmp_path / "images"):
+        rows.append({"uri": str(p), "tag": "cat"})
+    return write_jsonl(tmp_path / "manifest.jsonl", rows), rows
