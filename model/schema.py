@@ -17,6 +17,7 @@ URI = "uri"
 TAG = "tag"
 TAG_RAW = "tag_raw"
 SPLIT = "split"
+ORDINAL = "ordinal"  # position in the source manifest: "index order", what the prototype showed
 EMBEDDING = "embedding"
 CONTENT_HASH = "content_hash"
 WIDTH = "width"
@@ -57,6 +58,7 @@ IMAGES_SCHEMA = pa.schema(
         pa.field(TAG, pa.string(), nullable=False),
         pa.field(TAG_RAW, pa.string(), nullable=False),
         pa.field(SPLIT, pa.string(), nullable=False),
+        pa.field(ORDINAL, pa.int64(), nullable=False),
     ]
 )
 
@@ -134,6 +136,10 @@ EXPORT_JSON = "model/export.json"
 RANKINGS_DIR = "rankings"
 SITE_DIR = "site"
 REPORTS_DIR = "reports"  # <stage>.json, one summary per stage run
+
+# Ground truth (demo corpus only; training never reads it, evaluation does):
+# JSON lines {"uri": ..., "tag": <crawled tag>, "true_tag": <what the image shows>}
+TRUE_TAG = "true_tag"
 
 PARQUET_SUFFIX = ".parquet"
 
