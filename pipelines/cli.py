@@ -1,0 +1,90 @@
+"""The `imgsearch` console script: one sub-command per stage, plus serve, demo and bench.
+
+Each stage keeps its own flags (and passes Beam's through untouched), so this module only picks
+the stage and hands it the rest of the command line. Stages are imported lazily: `imgsearch serve`
+must not pay for importing torch and Beam.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Callable
+
+# command -> (module, function taking argv and returning an object with summary_line())
+STAGES: dict[str, tuple[str, str, str]] = {
+    "index": ("pipelines.index", "run", "build the images table and the inverted index from a manifest"),
+    "extract-images": ("pipelines.extract_images", "run", "image features with RunInference"),
+    "extract-text": ("pipelines.extract_text", "run", "tag vectors from gensim KeyedVectors"),
+    "train": ("model.train", "main_cli", "train the two-tower matcher and evaluate it"),
+    "export": ("export.onnx_export", "run", "export both towers to ONNX and check parity"),
+    "rank": ("pipelines.rank", "run", "score, rank and publish rankings and the site"),
+    "demo": ("pipelines.demo", "run", "generate the demo corpus and run every stage on it"),
+    "bench": ("pipelines.bench", "run", "measure image feature extraction"),
+}
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not verbose:
+        # Beam and friends log every bundle at INFO; a user wants our progress lines.
+        for noisy in ("apache_beam", "root", "gensim", "urllib3", "fsspec", "onnxruntime"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _stage_function(command: str) -> Callable:
+    module_name, function_name, _ = STAGES[command]
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def _serve(argv: list[str]) -> int:
+    from pipelines.serve import serve
+
+    parser = argparse.ArgumentParser(prog="imgsearch serve", description="serve a published site folder")
+    parser.add_argument("site_dir", help="OUT/site, as written by `imgsearch rank`")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="use 0.0.0.0 to reach it from other machines")
+    args = parser.parse_args(argv)
+    serve(args.site_dir, host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgsearch",
+        allow_abbrev=False,
+        description="Image search for crawled, tagged collections. Each command takes its own "
+        "flags (see `imgsearch COMMAND --help`); Beam stages pass Beam's flags "
+        "(--runner, --project, --region, --temp_location, --setup_file, ...) through.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, Beam's included")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, _, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    sub.add_parser("serve", help="serve OUT/site on http://localhost:8000", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Split at the command so its own flags (and Beam's) reach it untouched.
+    args, rest = parser.parse_known_args(argv)
+    configure_logging(args.verbose)
+    if args.command == "serve":
+        return _serve(rest)
+    result = _stage_function(args.command)(rest)
+    line = getattr(result, "summary_line", None)
+    if callable(line):
+        print(line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
