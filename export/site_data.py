@@ -126,12 +126,22 @@ def build_manifest(
     thumbnails: bool,
     page_size: int = PAGE_SIZE,
     generated_at: str,
+    extra_counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The manifest object; `build` changes whenever any published content does (cache key)."""
+    """The manifest object; `build` changes whenever any published content does (cache key).
+
+    `extra_counts` (e.g. {"failures": n}) are added to "counts" after the four standard ones.
+    """
     body = {
         "v": SITE_SCHEMA_VERSION,
         "generated_at": generated_at,
-        "counts": {"images": images, "tags": tags, "ranked_images": ranked_images, "oov_tags": oov_tags},
+        "counts": {
+            "images": images,
+            "tags": tags,
+            "ranked_images": ranked_images,
+            "oov_tags": oov_tags,
+            **(extra_counts or {}),
+        },
         "model": model,
         "page_size": page_size,
         "thumbnails": thumbnails,
