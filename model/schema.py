@@ -109,8 +109,9 @@ def text_features_schema(dim: int, metadata: dict[bytes, bytes] | None = None) -
     return pa.schema(
         [
             pa.field(TAG, pa.string(), nullable=False),
-            # null for oov tags
-            pa.field(EMBEDDING, pa.list_(pa.float32(), dim)),
+            # null for oov tags. A variable-size list holding `dim` floats (META_DIM): pyarrow
+            # cannot read a null fixed-size list back from Parquet (apache/arrow#35692).
+            pa.field(EMBEDDING, pa.list_(pa.float32())),
             pa.field(STATUS, pa.string(), nullable=False),
             pa.field(KNOWN_WORDS, pa.int32(), nullable=False),
         ],
