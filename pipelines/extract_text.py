@@ -1,0 +1,170 @@
+"""Stage `extract-text`: one vector per distinct tag, from gensim KeyedVectors.
+
+    imgsearch extract-text --out OUT --word-vectors PATH [Beam flags]
+
+Reads OUT/index/images, keeps each distinct tag once and writes
+OUT/features/text/text-SSSSS-of-NNNNN.parquet (schema.text_features_schema) with the word
+vectors' path and dimension in the file metadata. Every tag gets a row: `ok` (every word
+known, or the whole tag as a phrase), `partial` (the mean of the words that are known) or
+`oov` (no word known; the embedding is null). Training leaves oov tags out; their images still
+reach the site in index order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any, Iterator
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from model import schema, text_vectors
+from pipelines import common
+
+log = logging.getLogger(__name__)
+
+STAGE = "extract-text"
+SHARD_PREFIX = "text"
+# Beam's DirectRunner would first try Prism, which downloads a binary; this is the in-process
+# runner it falls back to.
+LOCAL_RUNNER = "FnApiRunner"
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+def images_pattern(out: str) -> str:
+    return schema.out_path(out, schema.IMAGES_DIR, "*" + schema.PARQUET_SUFFIX)
+
+
+def output_prefix(out: str) -> str:
+    return schema.out_path(out, schema.TEXT_FEATURES_DIR, SHARD_PREFIX)
+
+
+def output_schema(dim: int, word_vectors: str):
+    metadata = {schema.META_WORD_VECTORS: word_vectors.encode("utf-8"), schema.META_DIM: str(dim).encode("ascii")}
+    return schema.text_features_schema(dim, metadata)
+
+
+def text_row(tag: str, tv: text_vectors.TagVector) -> dict[str, Any]:
+    return {
+        schema.TAG: tag,
+        schema.EMBEDDING: None if tv.vector is None else tv.vector.tolist(),
+        schema.STATUS: tv.status,
+        schema.KNOWN_WORDS: tv.known_words,
+    }
+
+
+def tag_of(row: dict[str, Any]) -> str:
+    return row[schema.TAG]
+
+
+def with_default_runner(options: PipelineOptions) -> PipelineOptions:
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = LOCAL_RUNNER
+    return options
+
+
+# ---------------------------------------------------------------------------
+# DoFns
+# ---------------------------------------------------------------------------
+class TagVectorFn(beam.DoFn):
+    """tag -> text feature row; the word vectors are loaded once per DoFn instance."""
+
+    def __init__(self, word_vectors: str, dim: int):
+        self._word_vectors = word_vectors
+        self._dim = dim
+        self._kv = None
+        self._rows_in = common.counter(STAGE, common.ROWS_IN)
+        self._rows_out = common.counter(STAGE, common.ROWS_OUT)
+        self._by_status = {status: common.counter(STAGE, status) for status in schema.TEXT_STATUSES}
+
+    def setup(self) -> None:
+        self._kv = text_vectors.load_keyed_vectors(self._word_vectors)
+        if self._kv.vector_size != self._dim:
+            # The output schema was built with the driver's reading of the file's dimension.
+            raise ValueError(f"{self._word_vectors}: vectors have {self._kv.vector_size} dims, expected {self._dim}")
+
+    def process(self, tag: str) -> Iterator[dict[str, Any]]:
+        self._rows_in.inc()
+        tv = text_vectors.tag_vector(self._kv, tag)
+        self._by_status[tv.status].inc()
+        self._rows_out.inc()
+        yield text_row(tag, tv)
+
+
+# ---------------------------------------------------------------------------
+# Composite transforms
+# ---------------------------------------------------------------------------
+class TagVectors(beam.PTransform):
+    """images rows -> one text feature row per distinct tag."""
+
+    def __init__(self, word_vectors: str, dim: int):
+        super().__init__()
+        self._word_vectors = word_vectors
+        self._dim = dim
+
+    def expand(self, images):
+        return (
+            images
+            | "TagOf" >> beam.Map(tag_of)
+            | "DistinctTags" >> beam.Distinct()
+            | "TagVector" >> beam.ParDo(TagVectorFn(self._word_vectors, self._dim))
+        )
+
+
+class WriteTextFeatures(beam.PTransform):
+    def __init__(self, out: str, dim: int, word_vectors: str):
+        super().__init__()
+        self._out = out
+        self._schema = output_schema(dim, word_vectors)
+
+    def expand(self, rows):
+        return rows | "WriteParquet" >> beam.io.WriteToParquet(
+            output_prefix(self._out), self._schema, file_name_suffix=schema.PARQUET_SUFFIX
+        )
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgsearch extract-text", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output root (local path or gs://...)")
+    parser.add_argument(
+        "--word-vectors",
+        required=True,
+        help="word2vec binary or text (.bin/.txt/.vec, format detected) or gensim .kv; local or gs://",
+    )
+    return parser
+
+
+def run(
+    argv: list[str] | None = None, save_main_session: bool = True, test_pipeline: beam.Pipeline | None = None
+) -> common.StageReport:
+    args, beam_options = common.split_args(get_args_parser(), argv)
+    dim = text_vectors.vector_dim(args.word_vectors)
+    log.info("%s: %s has %d-d vectors", STAGE, args.word_vectors, dim)
+    # A rerun may shard differently; stale shards would be read as extra rows.
+    common.delete(common.glob(output_prefix(args.out) + "-*" + schema.PARQUET_SUFFIX))
+
+    pipeline = test_pipeline or beam.Pipeline(
+        options=common.make_options(with_default_runner(beam_options), save_main_session)
+    )
+    _ = (
+        pipeline
+        | "ReadImages" >> beam.io.ReadFromParquet(images_pattern(args.out), columns=[schema.TAG])
+        | "TagVectors" >> TagVectors(args.word_vectors, dim)
+        | "WriteTextFeatures" >> WriteTextFeatures(args.out, dim, args.word_vectors)
+    )
+    _, counters, seconds = common.run_pipeline(pipeline, STAGE)
+    report = common.report_from_counters(STAGE, counters, seconds, dim=dim, word_vectors=args.word_vectors)
+    report.save(args.out)
+    return report
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(run().summary_line())
