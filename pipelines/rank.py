@@ -1,0 +1,720 @@
+"""Stage `rank`: score every tag's images with the exported towers and publish the rankings.
+
+Reads the images table, the image and text features and the two ONNX towers that `export`
+wrote; projects images with RunInference (onnxruntime) and tags in a small DoFn whose vectors
+travel as a side input; joins by image id, scores image x tag with a dot product, ranks each tag
+(score descending, ties and oov tags by index order) and writes
+
+    OUT/rankings/rankings-SSSSS-of-NNNNN.parquet    (schema.RANKINGS_SCHEMA)
+    OUT/site/data/rank/...                            one tag's ranking pages
+    OUT/site/thumbs/...                               thumbnails (unless --no-thumbnails)
+    OUT/failures/rank-SSSSS-of-NNNNN.parquet          images (or tags) that could not be used
+
+then, on the driver, the tag shards, the front end files and the manifest, the manifest last so a
+half-finished publish is never served.
+
+No torch here: workers that rank need only onnxruntime, Pillow and Beam. Beam's RunInference
+module imports torch opportunistically (its model manager, inside `try/except ImportError`), so it
+is imported lazily where the image tower is wired; `import pipelines.rank` stays torch-free and a
+worker without torch runs the stage unchanged (tests/test_rank.py runs it with torch blocked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import logging
+from typing import Any, Iterable, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
+from PIL import Image, ImageOps
+
+from export import site_data
+from model import schema
+from model.tags import tag_key
+from pipelines import common
+
+log = logging.getLogger(__name__)
+
+STAGE = "rank"
+DEFAULT_THUMBNAIL_SIZE = 256
+DEFAULT_BATCH_SIZE = 256
+JPEG_QUALITY = 82
+# ONNX tower contract (export writes it): one float32 input, one L2-normalised float32 output.
+TOWER_INPUT = "features"
+TOWER_OUTPUT = "embedding"
+PROVIDERS = ["CPUExecutionProvider"]
+
+# Counters beyond the standard four (all in the "rank" namespace).
+SKIPPED_NO_FEATURES = "skipped_no_features"
+SKIPPED_DUPLICATE = "skipped_duplicate"
+IMAGES_INDEXED = "images_indexed"
+IMAGES_RANKED = "images_ranked"
+FEATURES_WITHOUT_ROWS = "features_without_rows"
+TAGS_OOV = "tags_oov"
+TAGS_RANKED = "tags_ranked"
+TAGS_BY_INDEX = "tags_by_index"
+PAGES_WRITTEN = "pages_written"
+THUMBNAILS_WRITTEN = "thumbnails_written"
+THUMBNAILS_FAILED = "thumbnails_failed"
+
+# Error names recorded in failures/ for problems that are not exceptions.
+NON_FINITE_EMBEDDING = "NonFiniteEmbedding"
+
+_FAILURES = "failures"
+_THUMBS = "thumbs"
+_SCORED = "scored"
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+def failure_row(image_id: str | None, uri: str | None, error: str, message: str) -> dict[str, Any]:
+    return {
+        schema.IMAGE_ID: image_id,
+        schema.URI: uri,
+        schema.STAGE: STAGE,
+        schema.ERROR: error,
+        schema.MESSAGE: message[:2000],
+    }
+
+
+def load_onnx_session(model_uri: str) -> ort.InferenceSession:
+    """An onnxruntime CPU session for a model at any FileSystems path (local or gs://)."""
+    with FileSystems.open(model_uri) as f:
+        model_bytes = f.read()
+    return ort.InferenceSession(model_bytes, providers=PROVIDERS)
+
+
+def tower_inference_fn(
+    session: ort.InferenceSession, batch: Sequence[np.ndarray], inference_args: dict[str, Any] | None = None
+) -> np.ndarray:
+    """RunInference's inference_fn: the batch stacked into one [n, D] array, named outputs.
+
+    Names the tower's input and output explicitly instead of trusting their positions.
+    """
+    stacked = np.stack([np.asarray(x, dtype=np.float32) for x in batch], axis=0)
+    return session.run([TOWER_OUTPUT], {TOWER_INPUT: stacked, **(inference_args or {})})[0]
+
+
+def sort_key(score: float | None, ordinal: int, image_id: str) -> tuple:
+    """Score descending, ties (and every image of an oov tag) in index order."""
+    return (0.0 if score is None else -score, ordinal, image_id)
+
+
+def page_score(score: float | None) -> float | None:
+    return None if score is None else round(float(score), 4)
+
+
+def thumb_for(image_id: str, uri: str, thumbnails: bool, failed_thumbs: dict[str, Any]) -> str:
+    """The site's `thumb`: our thumbnail, or the source uri without one (flag off or it failed)."""
+    if thumbnails and image_id not in failed_thumbs:
+        return site_data.thumbnail_path(image_id)
+    return uri
+
+
+def make_thumbnail(data: bytes, size: int = DEFAULT_THUMBNAIL_SIZE, quality: int = JPEG_QUALITY) -> bytes:
+    """JPEG bytes of an image shrunk to `size` on its long side (never enlarged), upright, RGB."""
+    with Image.open(io.BytesIO(data)) as img:
+        # JPEG decoders can skip most of the work when asked for a reduced size up front.
+        img.draft("RGB", (size, size))
+        upright = ImageOps.exif_transpose(img)
+        if upright.mode in ("RGBA", "LA") or (upright.mode == "P" and "transparency" in upright.info):
+            rgba = upright.convert("RGBA")
+            # transparent areas become white, not whatever colour hides behind alpha 0
+            rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+            rgb.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            rgb = upright.convert("RGB")
+        rgb.thumbnail((size, size), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", quality=quality, optimize=True)
+        return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# DoFns
+# ---------------------------------------------------------------------------
+class ToTowerInputFn(beam.DoFn):
+    """Feature row -> (image_id, float32 vector); non-finite vectors go to failures."""
+
+    def process(self, row: dict[str, Any]) -> Iterator[Any]:
+        vector = np.asarray(row[schema.EMBEDDING], dtype=np.float32)
+        if not np.all(np.isfinite(vector)):
+            yield beam.pvalue.TaggedOutput(
+                _FAILURES, (row[schema.IMAGE_ID], (NON_FINITE_EMBEDDING, "image features hold NaN or inf"))
+            )
+            return
+        yield row[schema.IMAGE_ID], vector
+
+
+class ProjectTagsFn(beam.DoFn):
+    """A batch of text feature rows -> (tag, 128-d vector) through the text tower.
+
+    Oov tags have no vector and produce nothing: they keep index order downstream.
+    """
+
+    def __init__(self, model_uri: str):
+        self._model_uri = model_uri
+        self._session: ort.InferenceSession | None = None
+
+    def setup(self) -> None:
+        self._session = load_onnx_session(self._model_uri)
+
+    def process(self, batch: Sequence[dict[str, Any]]) -> Iterator[Any]:
+        usable: list[tuple[str, np.ndarray]] = []
+        for row in batch:
+            tag, vector = row[schema.TAG], row[schema.EMBEDDING]
+            if row[schema.STATUS] == schema.TEXT_OOV or vector is None:
+                common.counter(STAGE, TAGS_OOV).inc()
+                continue
+            vector = np.asarray(vector, dtype=np.float32)
+            if not np.all(np.isfinite(vector)):
+                common.counter(STAGE, f"text_failed_{NON_FINITE_EMBEDDING}").inc()
+                yield beam.pvalue.TaggedOutput(
+                    _FAILURES, failure_row(None, None, NON_FINITE_EMBEDDING, f"tag {tag!r}: text features hold NaN or inf")
+                )
+                continue
+            usable.append((tag, vector))
+        if not usable:
+            return
+        tags = [t for t, _ in usable]
+        try:
+            projected = tower_inference_fn(self._session, [v for _, v in usable])
+        except Exception as exn:  # a bad batch must not crash the job; its tags fall back to index order
+            name = type(exn).__name__
+            common.counter(STAGE, f"text_failed_{name}").inc(len(tags))
+            for tag in tags:
+                yield beam.pvalue.TaggedOutput(_FAILURES, failure_row(None, None, name, f"tag {tag!r}: {exn}"))
+            return
+        for tag, vector in zip(tags, projected):
+            yield tag, np.asarray(vector, dtype=np.float32)
+
+
+class ScoreImageFn(beam.DoFn):
+    """One image id's index rows, projected embedding and failures -> scored (tag, item) pairs.
+
+    Every index row is accounted for here: scored, failed (its features or tower failed) or
+    skipped (no features: extraction failed earlier).
+    """
+
+    def process(self, element: tuple[str, dict[str, Iterable]], text_vectors: dict[str, np.ndarray]) -> Iterator[Any]:
+        image_id, grouped = element
+        rows = list(grouped["rows"])
+        embeddings = list(grouped["embeddings"])
+        if not rows:
+            if embeddings:
+                common.counter(STAGE, FEATURES_WITHOUT_ROWS).inc()
+            return
+        common.counter(STAGE, IMAGES_INDEXED).inc()
+        common.counter(STAGE, common.ROWS_IN).inc(len(rows))
+        uri = rows[0][0]
+        if embeddings:
+            common.counter(STAGE, IMAGES_RANKED).inc()
+            embedding = embeddings[0]
+            yield beam.pvalue.TaggedOutput(_THUMBS, (image_id, uri))
+            for row_uri, tag, ordinal in rows:
+                vector = text_vectors.get(tag)
+                score = None if vector is None else float(np.float32(np.dot(embedding, vector)))
+                yield tag, (score, ordinal, image_id, row_uri)
+            return
+        failures = list(grouped["failed"])
+        if failures:
+            error, message = failures[0]
+            common.counter(STAGE, common.ROWS_FAILED).inc(len(rows))
+            common.counter(STAGE, f"failed_{error}").inc(len(rows))
+            yield beam.pvalue.TaggedOutput(_FAILURES, failure_row(image_id, uri, error, message))
+            return
+        common.counter(STAGE, common.ROWS_SKIPPED).inc(len(rows))
+        common.counter(STAGE, SKIPPED_NO_FEATURES).inc(len(rows))
+
+
+class RankTagFn(beam.DoFn):
+    """One tag's scored items -> its rankings rows, and its ranking pages written to the site."""
+
+    def __init__(self, site_root: str, page_size: int, thumbnails: bool):
+        self._site_root = site_root
+        self._page_size = page_size
+        self._thumbnails = thumbnails
+
+    def process(self, element: tuple[str, Iterable[tuple]], failed_thumbs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        tag, scored = element
+        # an image listed twice under one tag is ranked once, at its first index position
+        first: dict[str, tuple] = {}
+        for item in scored:
+            image_id, ordinal = item[2], item[1]
+            if image_id in first:
+                common.counter(STAGE, common.ROWS_SKIPPED).inc()
+                common.counter(STAGE, SKIPPED_DUPLICATE).inc()
+                if ordinal >= first[image_id][1]:
+                    continue
+            first[image_id] = item
+        ordered = sorted(first.values(), key=lambda it: sort_key(it[0], it[1], it[2]))
+        by_matcher = ordered[0][0] is not None
+        common.counter(STAGE, TAGS_RANKED).inc()
+        if not by_matcher:
+            common.counter(STAGE, TAGS_BY_INDEX).inc()
+
+        items = []
+        for rank, (score, _ordinal, image_id, uri) in enumerate(ordered, start=1):
+            items.append(
+                {
+                    site_data.ITEM_RANK: rank,
+                    site_data.ITEM_IMAGE_ID: image_id,
+                    site_data.ITEM_SCORE: page_score(score),
+                    site_data.ITEM_THUMB: thumb_for(image_id, uri, self._thumbnails, failed_thumbs),
+                    site_data.ITEM_URI: uri,
+                }
+            )
+        ranked_by = site_data.RANKED_BY_MATCHER if by_matcher else site_data.RANKED_BY_INDEX
+        for relpath, page in site_data.ranking_pages(tag, items, ranked_by=ranked_by, page_size=self._page_size):
+            common.write_bytes(schema.out_path(self._site_root, relpath), site_data.encode_json(page), "application/json")
+            common.counter(STAGE, PAGES_WRITTEN).inc()
+
+        common.counter(STAGE, common.ROWS_OUT).inc(len(ordered))
+        for rank, (score, _ordinal, image_id, uri) in enumerate(ordered, start=1):
+            yield {schema.TAG: tag, schema.RANK: rank, schema.IMAGE_ID: image_id, schema.URI: uri, schema.SCORE: score}
+
+
+class MakeThumbnailFn(beam.DoFn):
+    """(image_id, uri) -> a JPEG thumbnail under the site; a failure is recorded, not raised.
+
+    Main output: (image_id, error) of each failed thumbnail, so pages can fall back to the uri.
+    """
+
+    def __init__(self, site_root: str, size: int):
+        self._site_root = site_root
+        self._size = size
+
+    def process(self, element: tuple[str, str]) -> Iterator[Any]:
+        image_id, uri = element
+        try:
+            jpeg = make_thumbnail(common.read_bytes(uri), self._size)
+            common.write_bytes(schema.out_path(self._site_root, site_data.thumbnail_path(image_id)), jpeg, "image/jpeg")
+        except Exception as exn:  # unreadable source, bad image, store error: the ranking survives
+            name = type(exn).__name__
+            common.counter(STAGE, THUMBNAILS_FAILED).inc()
+            common.counter(STAGE, f"thumbnail_failed_{name}").inc()
+            yield beam.pvalue.TaggedOutput(_FAILURES, failure_row(image_id, uri, name, f"thumbnail: {exn}"))
+            yield image_id, name
+            return
+        common.counter(STAGE, THUMBNAILS_WRITTEN).inc()
+
+
+# ---------------------------------------------------------------------------
+# Composite transforms
+# ---------------------------------------------------------------------------
+def _take_embedding(image_id: str, result: Any) -> tuple[str, np.ndarray]:
+    """(image_id, PredictionResult) -> (image_id, 128-d vector); the raw features are dropped."""
+    return image_id, np.asarray(result.inference, dtype=np.float32)
+
+
+def _key_row_by_image(row: dict[str, Any]) -> tuple[str, tuple[str, str, int]]:
+    return row[schema.IMAGE_ID], (row[schema.URI], row[schema.TAG], int(row[schema.ORDINAL]))
+
+
+def _batch_failures(dead_letter: tuple[Sequence[tuple[str, Any]], tuple]) -> Iterator[tuple[str, tuple[str, str]]]:
+    """RunInference's dead letter (failed batch, (exc class, repr, traceback)) -> per image."""
+    batch, (exc_type, exc_repr, _traceback) = dead_letter
+    for image_id, _example in batch:
+        yield image_id, (exc_type.__name__, exc_repr)
+
+
+def image_tower_inference(model_uri: str, batch_size: int) -> beam.PTransform:
+    """RunInference over (image_id, features) with the ONNX image tower, with a dead letter."""
+    # Imported here, not at the top: apache_beam.ml.inference.base pulls in torch when it is
+    # installed (for its model manager, which we do not use), and this module must not.
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from apache_beam.ml.inference.onnx_inference import OnnxModelHandlerNumpy
+
+    handler = KeyedModelHandler(
+        OnnxModelHandlerNumpy(
+            model_uri=model_uri,
+            providers=PROVIDERS,
+            inference_fn=tower_inference_fn,
+            # a full, fixed batch per onnxruntime call; a bundle's remainder goes out smaller
+            min_batch_size=batch_size,
+            max_batch_size=batch_size,
+        )
+    )
+    return RunInference(handler).with_exception_handling()
+
+
+class ProjectImages(beam.PTransform):
+    """Image feature rows -> {"embeddings": (image_id, 128-d), "failed": (image_id, (error, message))}."""
+
+    def __init__(self, model_uri: str, batch_size: int = DEFAULT_BATCH_SIZE):
+        super().__init__()
+        self._model_uri = model_uri
+        self._batch_size = batch_size
+
+    def expand(self, features: beam.PCollection) -> dict[str, beam.PCollection]:
+        inputs = features | "ToTowerInput" >> beam.ParDo(ToTowerInputFn()).with_outputs(_FAILURES, main="vectors")
+        predictions, dead_letters = inputs.vectors | "ImageTower" >> image_tower_inference(
+            self._model_uri, self._batch_size
+        )
+        embeddings = predictions | "TakeEmbedding" >> beam.MapTuple(_take_embedding)
+        tower_failed = dead_letters.failed_inferences | "PerImageFailures" >> beam.FlatMap(_batch_failures)
+        failed = (inputs[_FAILURES], tower_failed) | "MergeImageFailures" >> beam.Flatten()
+        return {"embeddings": embeddings, "failed": failed}
+
+
+class ProjectTags(beam.PTransform):
+    """Text feature rows -> {"vectors": (tag, 128-d), "failures": failure rows}; oov tags absent."""
+
+    def __init__(self, model_uri: str, batch_size: int = DEFAULT_BATCH_SIZE):
+        super().__init__()
+        self._model_uri = model_uri
+        self._batch_size = batch_size
+
+    def expand(self, text_features: beam.PCollection) -> dict[str, beam.PCollection]:
+        out = (
+            text_features
+            | "BatchTags" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+            | "TextTower" >> beam.ParDo(ProjectTagsFn(self._model_uri)).with_outputs(_FAILURES, main="vectors")
+        )
+        return {"vectors": out.vectors, "failures": out[_FAILURES]}
+
+
+class RankImages(beam.PTransform):
+    """The whole ranking: {"images", "image_features", "text_features"} row PCollections in,
+    {"rankings": RANKINGS_SCHEMA rows, "failures": FAILURES_SCHEMA rows} out.
+
+    Side effects: ranking pages (and thumbnails unless thumbnail_size is None) under site_root.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_tower_uri: str,
+        text_tower_uri: str,
+        site_root: str,
+        page_size: int = site_data.PAGE_SIZE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        thumbnail_size: int | None = DEFAULT_THUMBNAIL_SIZE,
+    ):
+        super().__init__()
+        self._image_tower_uri = image_tower_uri
+        self._text_tower_uri = text_tower_uri
+        self._site_root = site_root
+        self._page_size = page_size
+        self._batch_size = batch_size
+        self._thumbnail_size = thumbnail_size
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
+        pipeline = inputs["images"].pipeline
+        images = self._project(inputs["image_features"], inputs["text_features"])
+        rows = inputs["images"] | "KeyRowsByImage" >> beam.Map(_key_row_by_image)
+        scored = (
+            {"rows": rows, "embeddings": images["embeddings"], "failed": images["failed"]}
+            | "JoinByImage" >> beam.CoGroupByKey()
+            | "Score"
+            >> beam.ParDo(ScoreImageFn(), beam.pvalue.AsDict(images["text_vectors"])).with_outputs(
+                _THUMBS, _FAILURES, main=_SCORED
+            )
+        )
+        failures = [images["text_failures"], scored[_FAILURES]]
+
+        thumbnails = self._thumbnail_size is not None
+        if thumbnails:
+            thumbs = scored[_THUMBS] | "Thumbnails" >> beam.ParDo(
+                MakeThumbnailFn(self._site_root, self._thumbnail_size)
+            ).with_outputs(_FAILURES, main="failed")
+            failed_thumbs = thumbs.failed
+            failures.append(thumbs[_FAILURES])
+        else:
+            failed_thumbs = pipeline | "NoThumbnails" >> beam.Create([])
+
+        rankings = (
+            scored[_SCORED]
+            | "GroupByTag" >> beam.GroupByKey()
+            | "RankTags"
+            >> beam.ParDo(
+                RankTagFn(self._site_root, self._page_size, thumbnails), beam.pvalue.AsDict(failed_thumbs)
+            )
+        )
+        return {"rankings": rankings, "failures": failures | "MergeFailures" >> beam.Flatten()}
+
+    def _project(self, image_features: beam.PCollection, text_features: beam.PCollection) -> dict[str, beam.PCollection]:
+        images = image_features | "ProjectImages" >> ProjectImages(self._image_tower_uri, self._batch_size)
+        tags = text_features | "ProjectTags" >> ProjectTags(self._text_tower_uri, self._batch_size)
+        return {**images, "text_vectors": tags["vectors"], "text_failures": tags["failures"]}
+
+
+# ---------------------------------------------------------------------------
+# Driver-side publishing (after the pipeline)
+# ---------------------------------------------------------------------------
+def _read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    with FileSystems.open(path) as f:
+        return pq.read_table(pa.BufferReader(f.read()), columns=columns)
+
+
+def tag_entries_from_rankings(rankings_files: Sequence[str], page_size: int) -> tuple[list[tuple[str, int, int]], int, int]:
+    """(tag, image count, page count) of every ranked tag, the oov (index-ordered) tag count
+    and the number of distinct ranked images, read back from the rankings just written."""
+    tables = [_read_parquet(f, [schema.TAG, schema.IMAGE_ID, schema.SCORE]) for f in rankings_files]
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return [], 0, 0
+    table = pa.concat_tables(tables)
+    grouped = table.group_by(schema.TAG).aggregate([(schema.IMAGE_ID, "count"), (schema.SCORE, "count")])
+    entries, oov = [], 0
+    for tag, count, scored in zip(
+        grouped[schema.TAG].to_pylist(),
+        grouped[f"{schema.IMAGE_ID}_count"].to_pylist(),
+        grouped[f"{schema.SCORE}_count"].to_pylist(),
+    ):
+        entries.append((tag, count, site_data.page_count(count, page_size)))
+        oov += scored == 0
+    return entries, oov, pc.count_distinct(table[schema.IMAGE_ID]).as_py()
+
+
+def _json_if_present(path: str) -> Any:
+    if not common.exists(path):
+        return None
+    try:
+        return json.loads(common.read_bytes(path).decode("utf-8"))
+    except ValueError:
+        log.warning("ignoring unreadable %s", path)
+        return None
+
+
+def _summary_only(obj: Any) -> Any:
+    """Scalars and nested objects of scalars: means, not per-tag lists, go in the manifest."""
+    if isinstance(obj, dict):
+        kept = {str(k): _summary_only(v) for k, v in obj.items() if not isinstance(v, list)}
+        return {k: v for k, v in kept.items() if v is not None}
+    if isinstance(obj, (int, float, str, bool)):
+        return obj
+    return None
+
+
+def _file_metadata(files: Sequence[str]) -> dict[bytes, bytes]:
+    if not files:
+        return {}
+    with FileSystems.open(files[0]) as f:
+        return pq.read_schema(pa.BufferReader(f.read())).metadata or {}
+
+
+def model_info(out: str, image_feature_files: Sequence[str], text_feature_files: Sequence[str]) -> dict[str, Any]:
+    """What ranked: the image encoder (from the feature metadata), the matcher's ONNX towers,
+    word vectors, export details and the evaluation summary (metrics means)."""
+    image_meta = _file_metadata(image_feature_files)
+    text_meta = _file_metadata(text_feature_files)
+
+    def text(meta: dict[bytes, bytes], key: bytes) -> str | None:
+        return meta[key].decode("utf-8") if key in meta else None
+
+    dim = text(image_meta, schema.META_DIM)
+    info: dict[str, Any] = {
+        "encoder": text(image_meta, schema.META_ENCODER),
+        "weights": text(image_meta, schema.META_WEIGHTS),
+        "dim": int(dim) if dim and dim.isdigit() else dim,
+        "word_vectors": text(text_meta, schema.META_WORD_VECTORS),
+        "matcher": {
+            "runtime": "onnxruntime",
+            "image_tower": schema.IMAGE_TOWER_ONNX,
+            "text_tower": schema.TEXT_TOWER_ONNX,
+        },
+    }
+    export = _json_if_present(schema.out_path(out, schema.EXPORT_JSON))
+    if export is not None:
+        info["matcher"]["export"] = _summary_only(export)
+    metrics = _json_if_present(schema.out_path(out, schema.METRICS_JSON))
+    if metrics is not None:
+        info["metrics"] = _summary_only(metrics)
+    return info
+
+
+def count_failures(out: str) -> dict[str, int]:
+    """Failure rows per stage, from the failures/<stage>-SSSSS-of-NNNNN.parquet shards."""
+    counts: dict[str, int] = {}
+    for path in common.glob(schema.out_path(out, schema.FAILURES_DIR, "*" + schema.PARQUET_SUFFIX)):
+        stage = path.rsplit("/", 1)[-1].rsplit("-", 3)[0]
+        with FileSystems.open(path) as f:
+            rows = pq.ParquetFile(pa.BufferReader(f.read())).metadata.num_rows
+        counts[stage] = counts.get(stage, 0) + rows
+    return counts
+
+
+def _delete_unlisted(pattern: str, keep: set[str]) -> int:
+    stale = [p for p in common.glob(pattern) if p not in keep]
+    common.delete(stale)
+    return len(stale)
+
+
+def publish_site(
+    out: str,
+    *,
+    entries: list[tuple[str, int, int]],
+    images: int,
+    ranked_images: int,
+    oov_tags: int,
+    model: dict[str, Any],
+    thumbnails: bool,
+    page_size: int,
+    failures: dict[str, int],
+) -> dict[str, Any]:
+    """Tag shards, stale-file sweep, front end, then the manifest (last). Returns the manifest."""
+    site_root = schema.out_path(out, schema.SITE_DIR)
+    shard_index, shard_files = site_data.tag_shards(entries)
+    for relpath, body in shard_files:
+        common.write_bytes(schema.out_path(site_root, relpath), body, "application/json")
+
+    pages = {
+        schema.out_path(site_root, site_data.ranking_page_path(tag_key(tag), page))
+        for tag, _count, n_pages in entries
+        for page in range(n_pages)
+    }
+    stale = _delete_unlisted(schema.out_path(site_root, site_data.DATA_DIR, "rank", "*", "*.json"), pages)
+    stale += _delete_unlisted(
+        schema.out_path(site_root, site_data.DATA_DIR, "tags", "*.json"),
+        {schema.out_path(site_root, relpath) for relpath, _ in shard_files},
+    )
+    if stale:
+        log.info("removed %d stale site data files of a previous run", stale)
+
+    for relpath, body in site_data.static_site_files():
+        common.write_bytes(schema.out_path(site_root, relpath), body)
+
+    manifest = site_data.build_manifest(
+        shard_index=shard_index,
+        images=images,
+        tags=len(entries),
+        ranked_images=ranked_images,
+        oov_tags=oov_tags,
+        model=model,
+        thumbnails=thumbnails,
+        page_size=page_size,
+        generated_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        extra_counts={"failures": sum(failures.values())},
+    )
+    common.write_bytes(
+        schema.out_path(site_root, site_data.MANIFEST_PATH), site_data.encode_json(manifest), "application/json"
+    )
+    return manifest
+
+
+def _require(pattern: str, what: str) -> list[str]:
+    found = common.glob(pattern)
+    if not found:
+        raise FileNotFoundError(f"rank needs {what}: nothing matches {pattern}")
+    return found
+
+
+def _unpublish(out: str) -> None:
+    """Before writing anything: no manifest (so no half-finished site is served) and no
+    rankings or rank failures of a previous run that this run's shards might not overwrite."""
+    common.delete([p for p in [schema.out_path(out, schema.SITE_DIR, site_data.MANIFEST_PATH)] if common.exists(p)])
+    common.delete(common.glob(schema.out_path(out, schema.RANKINGS_DIR, "*" + schema.PARQUET_SUFFIX)))
+    common.delete(common.glob(schema.out_path(out, schema.FAILURES_DIR, f"{STAGE}-*" + schema.PARQUET_SUFFIX)))
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgsearch rank", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output root (local path or gs://...)")
+    parser.add_argument(
+        "--no-thumbnails", action="store_true", help="make no thumbnails; the site shows the original image URIs"
+    )
+    parser.add_argument("--thumbnail-size", type=int, default=DEFAULT_THUMBNAIL_SIZE, help="long side in pixels")
+    parser.add_argument("--page-size", type=int, default=site_data.PAGE_SIZE, help="ranking items per site page")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="onnxruntime batch size")
+    return parser
+
+
+def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipeline=None) -> common.StageReport:
+    args, beam_options = common.split_args(get_args_parser(), argv)
+    out = args.out
+    if args.page_size < 1 or args.batch_size < 1 or args.thumbnail_size < 1:
+        raise ValueError("--page-size, --batch-size and --thumbnail-size must be positive")
+
+    images_pattern = schema.out_path(out, schema.IMAGES_DIR, "*" + schema.PARQUET_SUFFIX)
+    image_features_pattern = schema.out_path(out, schema.IMAGE_FEATURES_DIR, "*" + schema.PARQUET_SUFFIX)
+    text_features_pattern = schema.out_path(out, schema.TEXT_FEATURES_DIR, "*" + schema.PARQUET_SUFFIX)
+    _require(images_pattern, "the images table (run index)")
+    image_feature_files = _require(image_features_pattern, "image features (run extract-images)")
+    text_feature_files = _require(text_features_pattern, "text features (run extract-text)")
+    image_tower = schema.out_path(out, schema.IMAGE_TOWER_ONNX)
+    text_tower = schema.out_path(out, schema.TEXT_TOWER_ONNX)
+    for tower in (image_tower, text_tower):
+        if not common.exists(tower):
+            raise FileNotFoundError(f"rank needs {tower} (run export)")
+
+    _unpublish(out)
+    site_root = schema.out_path(out, schema.SITE_DIR)
+    thumbnails = not args.no_thumbnails
+
+    pipeline = test_pipeline or beam.Pipeline(options=common.make_options(beam_options, save_main_session))
+    inputs = {
+        "images": pipeline
+        | "ReadImages" >> ReadFromParquet(images_pattern, columns=[schema.IMAGE_ID, schema.URI, schema.TAG, schema.ORDINAL]),
+        "image_features": pipeline
+        | "ReadImageFeatures" >> ReadFromParquet(image_features_pattern, columns=[schema.IMAGE_ID, schema.EMBEDDING]),
+        "text_features": pipeline
+        | "ReadTextFeatures"
+        >> ReadFromParquet(text_features_pattern, columns=[schema.TAG, schema.EMBEDDING, schema.STATUS]),
+    }
+    ranked = inputs | "RankImages" >> RankImages(
+        image_tower_uri=image_tower,
+        text_tower_uri=text_tower,
+        site_root=site_root,
+        page_size=args.page_size,
+        batch_size=args.batch_size,
+        thumbnail_size=args.thumbnail_size if thumbnails else None,
+    )
+    _ = ranked["rankings"] | "WriteRankings" >> WriteToParquet(
+        schema.out_path(out, schema.RANKINGS_DIR, "rankings"),
+        schema.RANKINGS_SCHEMA,
+        codec="snappy",
+        file_name_suffix=schema.PARQUET_SUFFIX,
+    )
+    _ = ranked["failures"] | "WriteFailures" >> WriteToParquet(
+        schema.out_path(out, schema.FAILURES_DIR, STAGE),
+        schema.FAILURES_SCHEMA,
+        file_name_suffix=schema.PARQUET_SUFFIX,
+    )
+    _result, counters, seconds = common.run_pipeline(pipeline, STAGE)
+
+    rankings_files = common.glob(schema.out_path(out, schema.RANKINGS_DIR, "rankings-*" + schema.PARQUET_SUFFIX))
+    entries, oov_tags, ranked_images = tag_entries_from_rankings(rankings_files, args.page_size)
+    failures = count_failures(out)
+    manifest = publish_site(
+        out,
+        entries=entries,
+        images=counters.get(IMAGES_INDEXED, 0),
+        ranked_images=ranked_images,
+        oov_tags=oov_tags,
+        model=model_info(out, image_feature_files, text_feature_files),
+        thumbnails=thumbnails,
+        page_size=args.page_size,
+        failures=failures,
+    )
+    report = common.report_from_counters(
+        STAGE,
+        counters,
+        seconds,
+        tags=len(entries),
+        oov_tags=oov_tags,
+        ranked_images=ranked_images,
+        build=manifest["build"],
+    )
+    report.save(out)
+    log.info("published %d tags (%d by index order) to %s", len(entries), oov_tags, site_root)
+    return report
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(run().summary_line())
