@@ -183,7 +183,7 @@ def write_inputs(out: Path, uris: dict[str, str], rows=ROWS, vectors=VECTORS, te
     (out / schema.EXPORT_JSON).write_text(json.dumps({"opset": 17, "parity_max_abs": 1e-6}))
 
 
-def expected_rows(expected=EXPECTED, uris=None) -> list[tuple]:
+def expected_rows(expected=EXPECTED) -> list[tuple]:
     return [
         (tag, r, image_id(name), None if score is None else pytest.approx(score, abs=1e-6))
         for tag, items in expected.items()
