@@ -1,0 +1,155 @@
+// The results: a heading, a note on how the tag is ranked, and a grid of thumbnails in rank
+// order that asks for the next page when its sentinel scrolls into view.
+import { formatCount, formatScore, safeUrl } from './text.js';
+
+export function tileContent(item, tag, thumbUrl) {
+  const frag = document.createDocumentFragment();
+  if (thumbUrl) {
+    const img = document.createElement('img');
+    img.loading = 'lazy';
+    img.decoding = 'async';
+    img.alt = `${tag}, rank ${item.rank}`;
+    img.addEventListener('error', () => img.replaceWith(placeholder()), { once: true });
+    img.src = thumbUrl;
+    frag.append(img);
+  } else {
+    frag.append(placeholder());
+  }
+  return frag;
+}
+
+export function placeholder() {
+  const ph = document.createElement('span');
+  ph.className = 'ph';
+  ph.textContent = 'no preview';
+  return ph;
+}
+
+export function mountResults(hub, { section, title, note, near, grid, sentinel, status, siteRoot }) {
+  let tag = '';
+  let count = 0;
+  let more = false;
+
+  const observer = new IntersectionObserver((entries) => {
+    if (more && entries.some((e) => e.isIntersecting)) hub.emit('results:more');
+  }, { rootMargin: '600px 0px' });
+
+  // observing again makes the observer report at once, so a short page that leaves the
+  // sentinel on screen still asks for the next one
+  function rearm() {
+    observer.unobserve(sentinel);
+    if (more) observer.observe(sentinel);
+  }
+
+  function reset(heading) {
+    grid.replaceChildren();
+    near.replaceChildren();
+    near.hidden = true;
+    note.textContent = '';
+    status.textContent = '';
+    title.textContent = heading;
+    count = 0;
+    more = false;
+    rearm();
+  }
+
+  function tile(item, index) {
+    const li = document.createElement('li');
+    const btn = document.createElement('button');
+    btn.type = 'button';
+    btn.className = 'tile';
+    btn.dataset.index = String(index);
+    const rank = item.rank ?? index + 1;
+    const score = formatScore(item.score);
+    btn.setAttribute('aria-label', `Rank ${rank}${score ? `, score ${score}` : ''}: open larger`);
+    const url = safeUrl(item.thumb, siteRoot, true);
+    btn.append(tileContent({ ...item, rank }, tag, url));
+    const cap = document.createElement('span');
+    cap.className = 'cap';
+    const r = document.createElement('span');
+    r.className = 'rank';
+    r.textContent = `#${rank}`;
+    cap.append(r);
+    if (score) {
+      const s = document.createElement('span');
+      s.className = 'score';
+      s.textContent = score;
+      cap.append(s);
+    }
+    btn.append(cap);
+    li.append(btn);
+    return li;
+  }
+
+
+  hub.on('results:clear', () => { reset(''); section.hidden = true; });
+
+  hub.on('results:loading', ({ tag: t }) => {
+    section.hidden = false;
+    reset(`“${t}”`);
+    status.textContent = 'Loading…';
+  });
+
+  hub.on('results:start', ({ tag: t, total, rankedBy }) => {
+    tag = t;
+    reset(`“${t}”`);
+    section.hidden = false;
+    note.textContent = rankedBy === 'index'
+      ? `${formatCount(total)} images, in the index's order: the model does not know this tag, so there are no scores.`
+      : `${formatCount(total)} images, best match first (score from the matcher).`;
+    note.dataset.rankedBy = rankedBy === 'index' ? 'index' : 'matcher';
+  });
+
+  hub.on('results:page', ({ items, more: hasMore }) => {
+    grid.append(...items.map((item, k) => tile(item, count + k)));
+    count += items.length;
+    more = hasMore;
+    status.textContent = more ? '' : (count ? 'End of results.' : 'No images for this tag.');
+    rearm();
+  });
+
+  hub.on('results:loading-more', () => { status.textContent = 'Loading more…'; });
+
+  hub.on('results:unknown', ({ query, suggestions }) => {
+    section.hidden = false;
+    reset(`No tag “${query}”`);
+    note.textContent = suggestions.length
+      ? 'That tag is not in the collection. Tags spelled like it:'
+      : 'That tag is not in the collection, and no tag is spelled like it.';
+    near.replaceChildren(...suggestions.map((s) => {
+      const li = document.createElement('li');
+      const a = document.createElement('a');
+      a.href = `?${new URLSearchParams({ q: s.tag })}`;
+      a.textContent = s.tag;
+      a.dataset.tag = s.tag;
+      const c = document.createElement('span');
+      c.className = 'count';
+      c.textContent = formatCount(s.count);
+      li.append(a, ' ', c);
+      return li;
+    }));
+    near.hidden = !suggestions.length;
+  });
+
+  hub.on('results:error', ({ message }) => {
+    section.hidden = false;
+    status.textContent = message;
+  });
+
+  near.addEventListener('click', (ev) => {
+    const a = ev.target.closest('a[data-tag]');
+    if (!a || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+    ev.preventDefault();
+    hub.emit('search', { text: a.dataset.tag, push: true });
+  });
+
+  grid.addEventListener('click', (ev) => {
+    const btn = ev.target.closest('button.tile');
+    if (btn) hub.emit('view', { index: Number(btn.dataset.index) });
+  });
+
+  hub.on('viewer:closed', ({ index }) => {
+    const btn = grid.children[index]?.querySelector('button');
+    if (btn) { btn.focus(); btn.scrollIntoView({ block: 'nearest' }); }
+  });
+}

@@ -1,0 +1,68 @@
+// Pure helpers: tag normalisation, URL safety, spelling distance, number formatting.
+
+// Approximates model.tags.normalize_tag (NFKC, casefold, whitespace collapsed).
+export function normalizeTag(raw) {
+  return String(raw ?? '').normalize('NFKC').toLowerCase()
+    .replace(/ß/g, 'ss').replace(/ς/g, 'σ') // the casefold cases toLowerCase misses most often
+    .normalize('NFKC').replace(/\s+/g, ' ').trim();
+}
+
+const SCHEME = /^[a-z][a-z0-9+.-]*:/i;
+
+// An http(s) URL (absolute, or relative to `base` when allowed) or null: data from the
+// collection never reaches src/href unless it passes here.
+export function safeUrl(raw, base, allowRelative = false) {
+  if (typeof raw !== 'string') return null;
+  const s = raw.trim();
+  // backslashes and control characters make browsers reinterpret "relative" paths
+  if (!s || /[\u0000-\u001f\u007f\\]/.test(s)) return null;
+  let url;
+  try {
+    if (SCHEME.test(s)) url = new URL(s);
+    else if (allowRelative && !s.startsWith('//')) url = new URL(s, base);
+    else return null;
+  } catch {
+    return null;
+  }
+  return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : null;
+}
+
+// Optimal-string-alignment (Damerau) distance, or max+1 as soon as it must exceed max.
+export function editDistance(a, b, max) {
+  if (Math.abs(a.length - b.length) > max) return max + 1;
+  let prev2 = null;
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    let rowMin = i;
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let d = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost);
+      if (prev2 && i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d = Math.min(d, prev2[j - 2] + 1);
+      }
+      cur.push(d);
+      rowMin = Math.min(rowMin, d);
+    }
+    if (rowMin > max) return max + 1;
+    prev2 = prev;
+    prev = cur;
+  }
+  return prev[b.length];
+}
+
+export const formatCount = (n) => (Number.isFinite(n) ? n.toLocaleString('en-US') : '?');
+
+export const formatScore = (s) => (typeof s === 'number' && Number.isFinite(s) ? s.toFixed(3) : null);
+
+// Short text for the manifest's model object ({encoder, dim, word_vectors, matcher, ...}).
+export function modelLabel(model) {
+  const str = (v) => ((typeof v === 'string' && v) || Number.isFinite(v) ? String(v).slice(0, 80) : '');
+  const m = model && typeof model === 'object' ? model : {};
+  const encoder = str(m.encoder);
+  const words = str(m.word_vectors).split(/[\\/]/).pop(); // a path: its file name says enough
+  let label = str(m.name) || 'a two-tower matcher';
+  if (encoder) label += ` over ${encoder}${str(m.dim) ? ` (${str(m.dim)}-d)` : ''} image features`;
+  if (words) label += `${encoder ? ' and' : ' over'} ${words} word vectors`;
+  return label;
+}

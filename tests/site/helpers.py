@@ -1,0 +1,57 @@
+"""Small page helpers shared by the site tests."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+TILE = "#grid button.tile"
+
+
+def query_url(base: str, q: str | None = None) -> str:
+    return base + (f"?{urlencode({'q': q})}" if q is not None else "")
+
+
+def open_query(page: Any, base: str, q: str) -> None:
+    page.goto(query_url(base, q))
+    page.wait_for_selector(TILE)
+
+
+def open_home(page: Any, base: str) -> None:
+    page.goto(base)
+    # the header fills in once the manifest is in: the page is ready for typing
+    page.wait_for_function("document.getElementById('collection').textContent.includes('images')")
+
+
+def type_query(page: Any, text: str) -> None:
+    box = page.locator("#q")
+    box.fill("")
+    box.press_sequentially(text)
+
+
+def tiles(page: Any) -> list[tuple[int, float | None]]:
+    """(rank, score or None) of every grid tile, in DOM order."""
+    rows = page.eval_on_selector_all(
+        TILE,
+        "els => els.map(e => [e.querySelector('.rank').textContent,"
+        " e.querySelector('.score') ? e.querySelector('.score').textContent : null])",
+    )
+    return [(int(r.lstrip("#")), None if s is None else float(s)) for r, s in rows]
+
+
+def suggestions(page: Any) -> list[tuple[str, str]]:
+    """(tag, count text) of every option in the listbox, in order."""
+    rows = page.eval_on_selector_all(
+        "#suggestions [role=option]",
+        "els => els.map(e => [e.querySelector('.tag').textContent, e.querySelector('.count').textContent])",
+    )
+    return [tuple(row) for row in rows]
+
+
+def focused_tile_index(page: Any) -> int | None:
+    value = page.evaluate("document.activeElement && document.activeElement.dataset.index")
+    return None if value is None else int(value)
+
+
+def wait_tile_count(page: Any, n: int) -> None:
+    page.wait_for_function(f"document.querySelectorAll('{TILE}').length === {n}")

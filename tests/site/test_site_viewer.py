@@ -1,0 +1,91 @@
+"""The larger view and a keyboard-only visit."""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from tests.site.helpers import TILE, focused_tile_index, open_home, open_query, wait_tile_count
+
+
+def test_click_opens_viewer_with_tag_score_rank_and_source(site_page, small_site):
+    page = site_page
+    open_query(page, small_site.url, "red car")
+    page.locator(TILE).first.click()
+    dialog = page.locator("#viewer")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#viewer-title")).to_have_text("red car")
+    expect(page.locator("#viewer-meta")).to_have_text("Rank 1 of 150 · score 0.990")
+    link = page.locator("#viewer-source a")
+    assert link.get_attribute("href").startswith("https://images.example.org/crawl/")
+    assert link.get_attribute("rel") == "noopener noreferrer nofollow"
+    img = page.locator("#viewer-figure img")
+    expect(img).to_be_visible()
+    assert img.evaluate("i => i.complete && i.naturalWidth > 0")
+    page.mouse.click(3, 3)  # the backdrop closes it too
+    expect(dialog).to_be_hidden()
+
+
+def test_viewer_arrows_escape_and_focus_return(site_page, small_site):
+    page = site_page
+    open_query(page, small_site.url, "red car")
+    page.locator(TILE).nth(2).click()
+    meta = page.locator("#viewer-meta")
+    expect(meta).to_have_attribute("data-rank", "3")
+    page.keyboard.press("ArrowRight")
+    expect(meta).to_have_attribute("data-rank", "4")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    expect(meta).to_have_attribute("data-rank", "2")
+    page.keyboard.press("Escape")
+    expect(page.locator("#viewer")).to_be_hidden()
+    # focus lands on the tile of the image last shown
+    assert focused_tile_index(page) == 1
+
+
+def test_viewer_next_past_the_loaded_page_loads_it(site_page, small_site):
+    page = site_page
+    open_query(page, small_site.url, "red car")
+    wait_tile_count(page, 60)
+    page.locator(TILE).nth(59).click()
+    meta = page.locator("#viewer-meta")
+    expect(meta).to_have_attribute("data-rank", "60")
+    page.keyboard.press("ArrowRight")
+    expect(meta).to_have_attribute("data-rank", "61")
+    expect(meta).to_contain_text("Rank 61 of 150")
+    wait_tile_count(page, 120)
+    page.keyboard.press("Escape")
+    assert focused_tile_index(page) == 60
+
+
+def test_keyboard_only_flow(site_page, small_site):
+    page = site_page
+    open_home(page, small_site.url)
+    order = []
+    for _ in range(3):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.className || document.activeElement.tagName"))
+    assert order == ["skip", "A", "q"], order
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+
+    page.keyboard.type("red c")
+    expect(page.locator("#suggestions [role=option]").first).to_have_text("red car150")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    expect(page.locator("#results-title")).to_have_text("“red car”")
+    wait_tile_count(page, 60)
+
+    page.keyboard.press("Tab")  # the Search button
+    page.keyboard.press("Tab")  # the first tile
+    assert focused_tile_index(page) == 0
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    page.keyboard.press("Tab")
+    assert focused_tile_index(page) == 1
+    page.keyboard.press("Enter")
+    meta = page.locator("#viewer-meta")
+    expect(meta).to_have_attribute("data-rank", "2")
+    assert page.evaluate("document.getElementById('viewer').contains(document.activeElement)")
+    page.keyboard.press("ArrowRight")
+    expect(meta).to_have_attribute("data-rank", "3")
+    page.keyboard.press("Escape")
+    expect(page.locator("#viewer")).to_be_hidden()
+    assert focused_tile_index(page) == 2
