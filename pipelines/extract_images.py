@@ -1,0 +1,436 @@
+"""Stage `extract-images`: one pooled feature vector per distinct image, with Beam's RunInference.
+
+    imgsearch extract-images --out OUT [--image-model resnet50|efficientnet_lite0]
+        [--weights imagenet|random|PATH] [--device CPU|GPU] [--batch-size N] [--num-shards N]
+        [Beam flags]
+
+Reads OUT/index/images (written by `index`), keeps each image_id once (the same picture may be
+listed under several tags: it is read and encoded once, and rows_in counts distinct images; the
+listed rows are reported as `index_rows`), reads its bytes through Beam's FileSystems, decodes and
+preprocesses it (model.preprocess, the encoder's own transform), and batches it through
+RunInference(KeyedModelHandler(PytorchModelHandlerTensor)). Writes
+
+- OUT/features/image/features-SSSSS-of-NNNNN.parquet (schema.image_features_schema) with the
+  encoder, weights, dimension and precision in the file metadata;
+- OUT/failures/extract-images-SSSSS-of-NNNNN.parquet (schema.FAILURES_SCHEMA): every image that
+  could not be read, decoded or encoded, with its exception class. One bad image never fails
+  the job; counters failed_<ExceptionClass> say why.
+
+The driver builds the encoder once, saves its state dict under OUT/model/encoders/ (named by a
+hash of its bytes) and hands that path to the model handler, which rebuilds the architecture on
+each worker and loads it; so `imagenet`, `random` and PATH weights all reach workers the same way.
+Outputs of a previous run are removed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import time
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+
+import apache_beam as beam
+import torch
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from model import encoders, preprocess, schema
+from pipelines import common
+
+log = logging.getLogger(__name__)
+
+STAGE = "extract-images"
+SHARD_PREFIX = "features"
+ENCODERS_SUBDIR = "encoders"  # under schema.MODEL_DIR: the state dicts the workers load
+PRECISION = "float32"
+DEVICES = ("CPU", "GPU")
+DEFAULT_BATCH_SIZE = {"CPU": 32, "GPU": 256}
+PROGRESS_EVERY_S = 10.0
+MAX_MESSAGE_CHARS = 2000
+INDEX_ROWS = "index_rows"  # rows listed in the index, before keeping each image once
+FAILED = "failed"  # tag of the failure outputs
+# Beam's DirectRunner would first try Prism, which downloads a binary; this is the in-process
+# runner it falls back to.
+LOCAL_RUNNER = "FnApiRunner"
+
+
+class ImageKey(NamedTuple):
+    """What travels beside a tensor through RunInference (its key), so no join is needed after."""
+
+    image_id: str
+    uri: str
+    content_hash: str
+    width: int
+    height: int
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+def images_pattern(out: str) -> str:
+    return schema.out_path(out, schema.IMAGES_DIR, "*" + schema.PARQUET_SUFFIX)
+
+
+def features_prefix(out: str) -> str:
+    return schema.out_path(out, schema.IMAGE_FEATURES_DIR, SHARD_PREFIX)
+
+
+def failures_prefix(out: str) -> str:
+    return schema.out_path(out, schema.FAILURES_DIR, STAGE)
+
+
+def feature_shards(out: str) -> list[str]:
+    """The image-feature shards under OUT (an incremental run would read their image ids)."""
+    return common.glob(features_prefix(out) + "-*" + schema.PARQUET_SUFFIX)
+
+
+def failure_shards(out: str) -> list[str]:
+    return common.glob(failures_prefix(out) + "-*" + schema.PARQUET_SUFFIX)
+
+
+def clear_previous_outputs(out: str) -> list[str]:
+    """Remove the feature and failure shards of an earlier run; a rerun may shard differently."""
+    stale = feature_shards(out) + failure_shards(out)
+    common.delete(stale)
+    if stale:
+        log.info("%s: removed %d shards of a previous run", STAGE, len(stale))
+    return stale
+
+
+def save_encoder_state(spec: encoders.EncoderSpec, out: str) -> str:
+    """Write the encoder's state dict under OUT/model/encoders (content-named) and return its path."""
+    data = encoders.state_dict_bytes(spec.module)
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    path = schema.out_path(out, schema.MODEL_DIR, ENCODERS_SUBDIR, f"{spec.name}-{digest}.pt")
+    if not common.exists(path):
+        common.write_bytes(path, data)
+    return path
+
+
+def features_metadata(spec: encoders.EncoderSpec) -> dict[bytes, bytes]:
+    return {
+        schema.META_ENCODER: spec.name.encode("utf-8"),
+        schema.META_WEIGHTS: spec.weights.encode("utf-8"),
+        schema.META_DIM: str(spec.dim).encode("ascii"),
+        schema.META_PRECISION: PRECISION.encode("ascii"),
+    }
+
+
+def failure_row(image_id: str | None, uri: str | None, error: str, message: str) -> dict[str, Any]:
+    return {
+        schema.IMAGE_ID: image_id,
+        schema.URI: uri,
+        schema.STAGE: STAGE,
+        schema.ERROR: error,
+        schema.MESSAGE: message[:MAX_MESSAGE_CHARS],
+    }
+
+
+def record_failure(image_id: str | None, uri: str | None, exc: BaseException | type, message: str) -> dict[str, Any]:
+    """Count a failed image (rows_failed and failed_<ExceptionClass>) and build its failure row."""
+    error = exc.__name__ if isinstance(exc, type) else type(exc).__name__
+    common.counter(STAGE, common.ROWS_FAILED).inc()
+    common.counter(STAGE, f"failed_{error}").inc()
+    return failure_row(image_id, uri, error, message)
+
+
+def feature_row(key: ImageKey, embedding: Sequence[float]) -> dict[str, Any]:
+    return {
+        schema.IMAGE_ID: key.image_id,
+        schema.EMBEDDING: [float(v) for v in embedding],
+        schema.CONTENT_HASH: key.content_hash,
+        schema.WIDTH: key.width,
+        schema.HEIGHT: key.height,
+    }
+
+
+def pooled_features_inference_fn(
+    batch: Sequence[torch.Tensor],
+    model: torch.nn.Module,
+    device: torch.device | str,
+    inference_args: dict[str, Any] | None = None,
+    model_id: str | None = None,
+) -> Iterable[PredictionResult]:
+    """One (N, dim) forward pass, copied to the host once per batch rather than once per row.
+
+    The example is left out of each PredictionResult: the key already identifies the image, and
+    carrying a 3x224x224 input beside a 1280-d output would only cost memory.
+    """
+    with torch.inference_mode():
+        inputs = torch.stack(list(batch)).to(device)
+        features = model(inputs, **(inference_args or {}))
+        rows = features.float().cpu().numpy()
+    return [PredictionResult(None, row, model_id) for row in rows]
+
+
+def make_model_handler(
+    name: str, state_dict_path: str, device: str, batch_size: int
+) -> KeyedModelHandler:
+    """RunInference's handler: rebuild the headless architecture on the worker, load the saved state."""
+    handler = PytorchModelHandlerTensor(
+        state_dict_path=state_dict_path,
+        model_class=encoders.encoder_architecture,
+        model_params={"name": name},
+        device=device,
+        inference_fn=pooled_features_inference_fn,
+        # BatchElements grows batches between these bounds as it measures their cost
+        min_batch_size=max(1, batch_size // 2),
+        max_batch_size=batch_size,
+        load_model_args={"weights_only": True},
+    )
+    return KeyedModelHandler(handler)
+
+
+def with_default_runner(options: PipelineOptions) -> PipelineOptions:
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = LOCAL_RUNNER
+    return options
+
+
+def image_ref(row: dict[str, Any]) -> tuple[str, str]:
+    """An images row -> (image_id, uri), counting it as one of the index's listed rows."""
+    common.counter(STAGE, INDEX_ROWS).inc()
+    return row[schema.IMAGE_ID], row[schema.URI]
+
+
+# ---------------------------------------------------------------------------
+# DoFns
+# ---------------------------------------------------------------------------
+class ReadImageFn(beam.DoFn):
+    """(image_id, uri) -> (image_id, uri, bytes); unreadable files go to the FAILED output."""
+
+    def __init__(self):
+        self._rows_in = common.counter(STAGE, common.ROWS_IN)
+
+    def process(self, ref: tuple[str, str]) -> Iterator[Any]:
+        image_id, uri = ref
+        self._rows_in.inc()
+        try:
+            with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                data = f.read()
+        except Exception as exc:  # one unreadable file must not fail the job
+            yield beam.pvalue.TaggedOutput(FAILED, record_failure(image_id, uri, exc, str(exc)))
+            return
+        yield image_id, uri, data
+
+
+class DecodeImageFn(beam.DoFn):
+    """(image_id, uri, bytes) -> (ImageKey, CHW tensor); undecodable images go to FAILED."""
+
+    def __init__(self, encoder_name: str, weights: str):
+        self._encoder_name = encoder_name
+        self._weights = weights
+        self._transform = None
+        self._resize_size = None
+
+    def setup(self) -> None:
+        self._transform, self._resize_size = encoders.preprocessing(self._encoder_name, self._weights)
+
+    def process(self, element: tuple[str, str, bytes]) -> Iterator[Any]:
+        image_id, uri, data = element
+        try:
+            decoded = preprocess.decode_image(data, self._resize_size)
+            tensor = preprocess.to_tensor(decoded, self._transform)
+        except Exception as exc:  # corrupt, truncated, not an image, too many pixels...
+            yield beam.pvalue.TaggedOutput(FAILED, record_failure(image_id, uri, exc, str(exc)))
+            return
+        key = ImageKey(image_id, uri, decoded.content_hash, decoded.width, decoded.height)
+        yield key, tensor
+
+
+class FeatureRowFn(beam.DoFn):
+    """(ImageKey, PredictionResult) -> feature row; logs progress every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self):
+        self._rows_out = common.counter(STAGE, common.ROWS_OUT)
+        self._done = 0
+        self._last_log = 0.0
+
+    def setup(self) -> None:
+        self._done = 0
+        self._last_log = time.monotonic()
+
+    def process(self, element: tuple[ImageKey, PredictionResult]) -> Iterator[dict[str, Any]]:
+        key, prediction = element
+        self._rows_out.inc()
+        self._done += 1
+        now = time.monotonic()
+        if now - self._last_log >= PROGRESS_EVERY_S:
+            log.info("%s: %d images done", STAGE, self._done)
+            self._last_log = now
+        yield feature_row(key, prediction.inference)
+
+
+class InferenceFailureFn(beam.DoFn):
+    """RunInference's dead letters (batch, (exception type, repr, traceback)) -> one row per image."""
+
+    def process(self, element: tuple[Sequence[tuple[ImageKey, torch.Tensor]], tuple]) -> Iterator[dict[str, Any]]:
+        batch, (exc_type, exc_repr, _traceback) = element
+        for key, _tensor in batch:
+            yield record_failure(key.image_id, key.uri, exc_type, exc_repr)
+
+
+# ---------------------------------------------------------------------------
+# Composite transforms
+# ---------------------------------------------------------------------------
+class ReadImageRefs(beam.PTransform):
+    """OUT/index/images -> distinct (image_id, uri); counts the listed rows as index_rows."""
+
+    def __init__(self, out: str):
+        super().__init__()
+        self._out = out
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ReadImages" >> beam.io.ReadFromParquet(images_pattern(self._out), columns=[schema.IMAGE_ID, schema.URI])
+            | "ImageRef" >> beam.Map(image_ref)
+            | "DistinctImages" >> beam.Distinct()
+        )
+
+
+class EncodeImages(beam.PTransform):
+    """(ImageKey, tensor) -> {"features": feature rows, "failures": rows for batches that failed}."""
+
+    def __init__(self, handler: KeyedModelHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, keyed_tensors):
+        predictions, dead_letters = keyed_tensors | "RunInference" >> RunInference(
+            self._handler
+        ).with_exception_handling()
+        features = predictions | "FeatureRow" >> beam.ParDo(FeatureRowFn())
+        failures = dead_letters.failed_inferences | "InferenceFailures" >> beam.ParDo(InferenceFailureFn())
+        return {"features": features, "failures": failures}
+
+
+class ExtractImageFeatures(beam.PTransform):
+    """(image_id, uri) -> {"features": feature rows, "failures": failure rows}."""
+
+    def __init__(self, encoder_name: str, weights: str, state_dict_path: str, device: str, batch_size: int):
+        super().__init__()
+        self._encoder_name = encoder_name
+        self._weights = weights
+        self._handler = make_model_handler(encoder_name, state_dict_path, device, batch_size)
+
+    def expand(self, refs):
+        read = refs | "ReadImage" >> beam.ParDo(ReadImageFn()).with_outputs(FAILED, main="images")
+        decoded = read.images | "DecodeImage" >> beam.ParDo(
+            DecodeImageFn(self._encoder_name, self._weights)
+        ).with_outputs(FAILED, main="tensors")
+        encoded = decoded.tensors | "EncodeImages" >> EncodeImages(self._handler)
+        failures = (read[FAILED], decoded[FAILED], encoded["failures"]) | "AllFailures" >> beam.Flatten()
+        return {"features": encoded["features"], "failures": failures}
+
+
+class WriteImageFeatures(beam.PTransform):
+    def __init__(self, out: str, spec: encoders.EncoderSpec, num_shards: int):
+        super().__init__()
+        self._prefix = features_prefix(out)
+        self._schema = schema.image_features_schema(spec.dim, features_metadata(spec))
+        self._num_shards = num_shards
+
+    def expand(self, rows):
+        return rows | "WriteParquet" >> beam.io.WriteToParquet(
+            self._prefix,
+            self._schema,
+            codec="snappy",
+            file_name_suffix=schema.PARQUET_SUFFIX,
+            num_shards=self._num_shards,
+        )
+
+
+class WriteFailures(beam.PTransform):
+    def __init__(self, out: str):
+        super().__init__()
+        self._prefix = failures_prefix(out)
+
+    def expand(self, rows):
+        return rows | "WriteParquet" >> beam.io.WriteToParquet(
+            self._prefix, schema.FAILURES_SCHEMA, file_name_suffix=schema.PARQUET_SUFFIX
+        )
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgsearch extract-images", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output root (local path or gs://...)")
+    parser.add_argument("--image-model", default=encoders.RESNET50, choices=encoders.ENCODERS)
+    parser.add_argument(
+        "--weights",
+        default=encoders.WEIGHTS_IMAGENET,
+        help="imagenet (resnet50: torchvision downloads IMAGENET1K_V2 once; efficientnet_lite0: ships "
+        "with its package), random (seeded), or a state-dict PATH (local or gs://)",
+    )
+    parser.add_argument(
+        "--device",
+        default="CPU",
+        type=str.upper,
+        choices=DEVICES,
+        help="GPU runs inference on CUDA where the worker has it, else falls back to CPU with a warning",
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="largest inference batch (default 32 CPU, 256 GPU)")
+    parser.add_argument("--num-shards", type=int, default=0, help="feature shards to write (0: the runner decides)")
+    return parser
+
+
+def _batch_size(args: argparse.Namespace) -> int:
+    size = args.batch_size or DEFAULT_BATCH_SIZE[args.device]
+    if size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {size}")
+    return size
+
+
+def run(
+    argv: list[str] | None = None, save_main_session: bool = True, test_pipeline: beam.Pipeline | None = None
+) -> common.StageReport:
+    args, beam_options = common.split_args(get_args_parser(), argv)
+    batch_size = _batch_size(args)
+    if args.device == "GPU" and not torch.cuda.is_available():
+        # workers decide for themselves (Beam's handler falls back to CPU); say so early when local
+        log.warning("%s: --device GPU but CUDA is not available here; a worker without one uses CPU", STAGE)
+
+    spec = encoders.build_encoder(args.image_model, args.weights)
+    state_dict_path = save_encoder_state(spec, args.out)
+    clear_previous_outputs(args.out)
+
+    pipeline = test_pipeline or beam.Pipeline(
+        options=common.make_options(with_default_runner(beam_options), save_main_session)
+    )
+    extracted = (
+        pipeline
+        | "ReadImageRefs" >> ReadImageRefs(args.out)
+        | "ExtractImageFeatures" >> ExtractImageFeatures(
+            args.image_model, args.weights, state_dict_path, args.device, batch_size
+        )
+    )
+    _ = extracted["features"] | "WriteImageFeatures" >> WriteImageFeatures(args.out, spec, args.num_shards)
+    _ = extracted["failures"] | "WriteFailures" >> WriteFailures(args.out)
+
+    _, counters, seconds = common.run_pipeline(pipeline, STAGE)
+    report = common.report_from_counters(
+        STAGE,
+        counters,
+        seconds,
+        encoder=spec.name,
+        weights=spec.weights,
+        dim=spec.dim,
+        device=args.device,
+        batch_size=batch_size,
+    )
+    report.save(args.out)
+    log.info(report.summary_line())
+    return report
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(run().summary_line())

@@ -1,0 +1,280 @@
+"""Stage extract-images: DoFns directly, the composites under TestPipeline, the whole run([...])."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from model import encoders, preprocess, schema, tags
+from pipelines import extract_images as ei
+from tests.conftest import write_broken_images, write_image_collection
+
+LITE = encoders.EFFICIENTNET_LITE0
+N_GOOD = 24
+TAGS = ["cat", "dog", "red car", "tree"]
+
+
+def _index_rows(uris_and_tags: list[tuple[str, str]]) -> list[dict]:
+    rows = []
+    for ordinal, (uri, raw) in enumerate(uris_and_tags):
+        image_id = tags.image_id_for(uri)
+        rows.append(
+            {
+                schema.IMAGE_ID: image_id,
+                schema.URI: uri,
+                schema.TAG: tags.normalize_tag(raw),
+                schema.TAG_RAW: raw,
+                schema.SPLIT: tags.split_for(image_id),
+                schema.ORDINAL: ordinal,
+            }
+        )
+    return rows
+
+
+def write_images_table(out: Path, rows: list[dict]) -> None:
+    folder = out / schema.IMAGES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema.IMAGES_SCHEMA), folder / "images-00000-of-00001.parquet")
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> dict:
+    """24 good images, the 3 broken files, one missing file, and one image listed under two tags."""
+    good = write_image_collection(tmp_path / "images", N_GOOD, TAGS)
+    broken = [str(p) for p in write_broken_images(tmp_path / "images")]
+    missing = str(tmp_path / "images" / "missing.jpg")
+    listed = [(r["uri"], r["tag"]) for r in good] + [(u, "cat") for u in broken] + [(missing, "dog")]
+    listed.append((good[0]["uri"], "Kitten"))  # the same picture under a second tag
+    out = tmp_path / "out"
+    write_images_table(out, _index_rows(listed))
+    return {"out": out, "good": [r["uri"] for r in good], "broken": broken, "missing": missing, "listed": listed}
+
+
+def _test_pipeline() -> BeamTestPipeline:
+    # the in-process runner: DirectRunner would first try Prism, which downloads a binary
+    return BeamTestPipeline(runner=ei.LOCAL_RUNNER)
+
+
+def _lite_state(tmp_path: Path) -> tuple[encoders.EncoderSpec, str]:
+    spec = encoders.build_encoder(LITE, encoders.WEIGHTS_RANDOM)
+    return spec, ei.save_encoder_state(spec, str(tmp_path))
+
+
+# ---------------------------------------------------------------------------
+# DoFns and helpers, called directly
+# ---------------------------------------------------------------------------
+def test_read_image_fn_reads_bytes_and_tags_missing_files(corpus: dict):
+    fn = ei.ReadImageFn()
+    uri = corpus["good"][0]
+    [(image_id, got_uri, data)] = list(fn.process(("id0", uri)))
+    assert (image_id, got_uri) == ("id0", uri) and data == Path(uri).read_bytes()
+
+    [failed] = list(fn.process(("id1", corpus["missing"])))
+    assert failed.tag == ei.FAILED
+    assert failed.value[schema.IMAGE_ID] == "id1" and failed.value[schema.URI] == corpus["missing"]
+    assert failed.value[schema.STAGE] == ei.STAGE and failed.value[schema.ERROR]
+    assert "missing.jpg" in failed.value[schema.MESSAGE]
+
+
+def test_decode_image_fn_yields_keyed_tensors_and_tags_bad_images(corpus: dict):
+    fn = ei.DecodeImageFn(LITE, encoders.WEIGHTS_RANDOM)
+    fn.setup()
+    uri = corpus["good"][1]
+    data = Path(uri).read_bytes()
+    [(key, tensor)] = list(fn.process(("id", uri, data)))
+    with Image.open(uri) as img:
+        assert (key.width, key.height) == img.size
+    assert key == ei.ImageKey("id", uri, hashlib.sha256(data).hexdigest(), key.width, key.height)
+    assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
+
+    errors = {}
+    for path in corpus["broken"]:
+        [failed] = list(fn.process(("x", path, Path(path).read_bytes())))
+        assert failed.tag == ei.FAILED
+        errors[Path(path).name] = failed.value[schema.ERROR]
+    assert errors == {"truncated.jpg": "OSError", "empty.jpg": "UnidentifiedImageError", "text.jpg": "UnidentifiedImageError"}
+
+
+def test_inference_fn_returns_pooled_vectors_per_image():
+    spec = encoders.build_encoder(LITE, encoders.WEIGHTS_RANDOM)
+    batch = [torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    results = list(ei.pooled_features_inference_fn(batch, spec.module, "cpu", None, "m"))
+    assert len(results) == 3
+    assert all(r.inference.shape == (1280,) and r.inference.dtype == np.float32 for r in results)
+    with torch.no_grad():
+        expected = spec.module(batch[2][None])[0].numpy()
+    np.testing.assert_allclose(results[2].inference, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_failure_fn_makes_one_row_per_image_of_the_batch():
+    keys = [ei.ImageKey(f"id{i}", f"u{i}", "h", 1, 1) for i in range(2)]
+    batch = [(k, torch.zeros(1)) for k in keys]
+    rows = list(ei.InferenceFailureFn().process((batch, (RuntimeError, "RuntimeError('boom')", []))))
+    assert [(r[schema.IMAGE_ID], r[schema.ERROR], r[schema.MESSAGE]) for r in rows] == [
+        ("id0", "RuntimeError", "RuntimeError('boom')"),
+        ("id1", "RuntimeError", "RuntimeError('boom')"),
+    ]
+
+
+def test_feature_row_fn_logs_progress(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    monkeypatch.setattr(ei, "PROGRESS_EVERY_S", 0.0)
+    fn = ei.FeatureRowFn()
+    fn.setup()
+    key = ei.ImageKey("id", "u", "h", 3, 2)
+    with caplog.at_level("INFO", logger=ei.log.name):
+        for _ in range(2):
+            [row] = list(fn.process((key, PredictionResult(None, np.arange(4, dtype=np.float32)))))
+    assert row == {
+        schema.IMAGE_ID: "id",
+        schema.EMBEDDING: [0.0, 1.0, 2.0, 3.0],
+        schema.CONTENT_HASH: "h",
+        schema.WIDTH: 3,
+        schema.HEIGHT: 2,
+    }
+    assert "extract-images: 2 images done" in caplog.text
+
+
+def test_clear_previous_outputs_only_touches_this_stages_shards(tmp_path: Path):
+    out = str(tmp_path)
+    stale = [
+        tmp_path / schema.IMAGE_FEATURES_DIR / "features-00000-of-00003.parquet",
+        tmp_path / schema.FAILURES_DIR / "extract-images-00000-of-00001.parquet",
+    ]
+    kept = [tmp_path / schema.FAILURES_DIR / "index-00000-of-00001.parquet", tmp_path / schema.TEXT_FEATURES_DIR / "t.parquet"]
+    for p in stale + kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    assert ei.feature_shards(out) == [str(stale[0])]
+    removed = ei.clear_previous_outputs(out)
+    assert sorted(removed) == sorted(str(p) for p in stale)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert ei.clear_previous_outputs(out) == []
+
+
+def test_cli_defaults():
+    args = ei.get_args_parser().parse_args(["--out", "o"])
+    assert (args.image_model, args.weights, args.device, args.num_shards) == ("resnet50", "imagenet", "CPU", 0)
+    assert ei._batch_size(args) == 32
+    gpu = ei.get_args_parser().parse_args(["--out", "o", "--device", "gpu"])
+    assert gpu.device == "GPU" and ei._batch_size(gpu) == 256
+    with pytest.raises(SystemExit):
+        ei.get_args_parser().parse_args(["--out", "o", "--image-model", "vgg"])
+
+
+# ---------------------------------------------------------------------------
+# Composites under TestPipeline
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["CPU", "GPU"])  # GPU without CUDA: Beam's handler falls back to CPU
+def test_extract_image_features_composite(corpus: dict, tmp_path: Path, device: str):
+    _, state_path = _lite_state(tmp_path)
+    good = corpus["good"][:5]
+    refs = [(tags.image_id_for(u), u) for u in good + corpus["broken"] + [corpus["missing"]]]
+    with _test_pipeline() as p:
+        out = p | beam.Create(refs) | ei.ExtractImageFeatures(LITE, encoders.WEIGHTS_RANDOM, state_path, device, 4)
+        dims = out["features"] | "Dims" >> beam.Map(lambda r: (r[schema.IMAGE_ID], len(r[schema.EMBEDDING])))
+        assert_that(dims, equal_to([(tags.image_id_for(u), 1280) for u in good]), label="CheckFeatures")
+        errors = out["failures"] | "Errors" >> beam.Map(lambda r: (Path(r[schema.URI]).name, r[schema.ERROR]))
+        assert_that(
+            errors,
+            equal_to(
+                [
+                    ("truncated.jpg", "OSError"),
+                    ("empty.jpg", "UnidentifiedImageError"),
+                    ("text.jpg", "UnidentifiedImageError"),
+                    ("missing.jpg", "FileNotFoundError"),
+                ]
+            ),
+            label="CheckFailures",
+        )
+
+
+def test_encode_images_sends_failed_batches_to_the_dead_letter_output(tmp_path: Path):
+    _, state_path = _lite_state(tmp_path)
+    good = ei.ImageKey("good", "g.jpg", "h", 10, 10)
+    bad = ei.ImageKey("bad", "b.jpg", "h", 10, 10)
+    # batch size 1 so the bad tensor fails alone: a one-channel input cannot go through the stem conv
+    handler = ei.make_model_handler(LITE, state_path, "CPU", batch_size=1)
+    with _test_pipeline() as p:
+        out = p | beam.Create([(good, torch.rand(3, 224, 224)), (bad, torch.rand(1, 224, 224))]) | ei.EncodeImages(handler)
+        ids = out["features"] | "Ids" >> beam.Map(lambda r: r[schema.IMAGE_ID])
+        assert_that(ids, equal_to(["good"]), label="CheckFeatures")
+        failed = out["failures"] | "Failed" >> beam.Map(lambda r: (r[schema.IMAGE_ID], r[schema.URI], r[schema.ERROR]))
+        assert_that(failed, equal_to([("bad", "b.jpg", "RuntimeError")]), label="CheckFailures")
+
+
+# ---------------------------------------------------------------------------
+# The whole stage
+# ---------------------------------------------------------------------------
+def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
+    out = corpus["out"]
+    stale = out / schema.IMAGE_FEATURES_DIR / "features-00000-of-00009.parquet"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"stale")
+
+    report = ei.run(
+        ["--out", str(out), "--image-model", LITE, "--weights", "random", "--batch-size", "8", "--num-shards", "2"],
+        save_main_session=False,
+    )
+
+    # accounting: distinct images in; the duplicate listing is not a second image
+    assert report.stage == ei.STAGE
+    assert report.rows_in == N_GOOD + 3 + 1
+    assert report.rows_out == N_GOOD and report.rows_failed == 4 and report.rows_skipped == 0
+    assert report.rows_in == report.rows_out + report.rows_failed + report.rows_skipped
+    assert report.details[ei.INDEX_ROWS] == len(corpus["listed"]) == N_GOOD + 5
+    assert report.details["failed_OSError"] == 1
+    assert report.details["failed_UnidentifiedImageError"] == 2
+    assert report.details["failed_FileNotFoundError"] == 1
+    assert report.details["dim"] == 1280 and report.details["encoder"] == LITE
+    saved = json.loads((out / schema.REPORTS_DIR / f"{ei.STAGE}.json").read_text())
+    assert saved["rows_out"] == N_GOOD
+
+    # features: two shards with the stale one gone, one row per good image, metadata in the files
+    shards = sorted((out / schema.IMAGE_FEATURES_DIR).glob("*.parquet"))
+    assert [p.name for p in shards] == ["features-00000-of-00002.parquet", "features-00001-of-00002.parquet"]
+    table = pa.concat_tables([pq.read_table(p) for p in shards])
+    assert table.schema.field(schema.EMBEDDING).type == pa.list_(pa.float32(), 1280)
+    meta = pq.read_schema(shards[0]).metadata
+    assert meta[schema.META_ENCODER] == LITE.encode()
+    assert meta[schema.META_WEIGHTS] == b"random (seed 0)"
+    assert meta[schema.META_DIM] == b"1280" and meta[schema.META_PRECISION] == b"float32"
+    rows = {r[schema.IMAGE_ID]: r for r in table.to_pylist()}
+    assert sorted(rows) == sorted(tags.image_id_for(u) for u in corpus["good"])
+    for uri in corpus["good"]:
+        row = rows[tags.image_id_for(uri)]
+        with Image.open(uri) as img:
+            assert (row[schema.WIDTH], row[schema.HEIGHT]) == img.size
+        assert row[schema.CONTENT_HASH] == hashlib.sha256(Path(uri).read_bytes()).hexdigest()
+
+    # the embedding is what the encoder gives for the shared preprocessing: nothing lost on the way
+    spec = encoders.build_encoder(LITE, encoders.WEIGHTS_RANDOM)
+    uri = corpus["good"][3]
+    decoded = preprocess.decode_image(Path(uri).read_bytes(), spec.resize_size)
+    with torch.no_grad():
+        expected = spec.module(preprocess.to_tensor(decoded, spec.transform)[None])[0].numpy()
+    np.testing.assert_allclose(rows[tags.image_id_for(uri)][schema.EMBEDDING], expected, rtol=1e-4, atol=1e-5)
+
+    # failures: every unreadable image, with its reason
+    failures = pa.concat_tables([pq.read_table(p) for p in sorted((out / schema.FAILURES_DIR).glob("extract-images-*.parquet"))])
+    assert failures.schema.equals(schema.FAILURES_SCHEMA)
+    got = sorted((Path(r[schema.URI]).name, r[schema.ERROR], r[schema.STAGE]) for r in failures.to_pylist())
+    assert got == [
+        ("empty.jpg", "UnidentifiedImageError", ei.STAGE),
+        ("missing.jpg", "FileNotFoundError", ei.STAGE),
+        ("text.jpg", "UnidentifiedImageError", ei.STAGE),
+        ("truncated.jpg", "OSError", ei.STAGE),
+    ]
+    # the encoder the workers loaded is kept beside the model, named by its content
+    assert len(list((out / schema.MODEL_DIR / ei.ENCODERS_SUBDIR).glob(f"{LITE}-*.pt"))) == 1
