@@ -1,0 +1,213 @@
+"""Training on generated features with a known structure: each true class has its own mean
+direction, 20% of the crawled tags are wrong, and a ground truth file says which."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from model import metrics, schema, storage, train
+from model.matcher import MatcherConfig, Matcher, contrastive_loss, load_checkpoint
+from model.tags import image_id_for, split_for
+
+IMAGE_DIM = 24
+TEXT_DIM = 12
+TAGS = ["apple", "boat", "cloud", "dog", "engine", "forest"]
+OOV_TAG = "zzyzx"
+
+
+def write_corpus(out: Path, n: int = 720, seed: int = 0, files: int = 2, row_group: int = 50) -> dict:
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((len(TAGS), IMAGE_DIM))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    uris = [f"https://example.com/img/{i}.jpg" for i in range(n)]
+    ids = [image_id_for(u) for u in uris]
+    true = rng.integers(0, len(TAGS), n)
+    flipped = rng.random(n) < 0.2
+    crawled = np.where(flipped, (true + rng.integers(1, len(TAGS), n)) % len(TAGS), true)
+    tags = [TAGS[c] for c in crawled]
+    tags[-12:] = [OOV_TAG] * 12  # a tag with no vector: never trained on
+    ordinals = rng.permutation(n)  # index order knows nothing about the truth
+    images = pa.table(
+        {
+            schema.IMAGE_ID: ids,
+            schema.URI: uris,
+            schema.TAG: tags,
+            schema.TAG_RAW: tags,
+            schema.SPLIT: [split_for(i) for i in ids],
+            schema.ORDINAL: ordinals.astype(np.int64),
+        },
+        schema=schema.IMAGES_SCHEMA,
+    )
+    (out / schema.IMAGES_DIR).mkdir(parents=True)
+    pq.write_table(images, out / schema.IMAGES_DIR / "images-00000-of-00001.parquet")
+
+    features = (directions[true] * 3.0 + rng.standard_normal((n, IMAGE_DIM))).astype(np.float32)
+    without_features = set(ids[:5])  # e.g. unreadable images: no feature row
+    meta = {schema.META_ENCODER: b"test-encoder", schema.META_WEIGHTS: b"random", schema.META_DIM: str(IMAGE_DIM).encode()}
+    feat_schema = schema.image_features_schema(IMAGE_DIM, meta)
+    (out / schema.IMAGE_FEATURES_DIR).mkdir(parents=True)
+    keep = [i for i in range(n) if ids[i] not in without_features]
+    for f, part in enumerate(np.array_split(np.asarray(keep), files)):
+        table = pa.table(
+            {
+                schema.IMAGE_ID: [ids[i] for i in part],
+                schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(features[part].ravel()), IMAGE_DIM),
+                schema.CONTENT_HASH: ["h"] * len(part),
+                schema.WIDTH: pa.array([64] * len(part), pa.int32()),
+                schema.HEIGHT: pa.array([48] * len(part), pa.int32()),
+            },
+            schema=feat_schema,
+        )
+        pq.write_table(table, out / schema.IMAGE_FEATURES_DIR / f"features-{f:05d}-of-{files:05d}.parquet", row_group_size=row_group)
+
+    text = rng.standard_normal((len(TAGS), TEXT_DIM)).astype(np.float32)
+    text_meta = {schema.META_WORD_VECTORS: b"generated", schema.META_DIM: str(TEXT_DIM).encode()}
+    text_table = pa.table(
+        {
+            schema.TAG: TAGS + [OOV_TAG],
+            schema.EMBEDDING: [v.tolist() for v in text] + [None],
+            schema.STATUS: [schema.TEXT_OK] * len(TAGS) + [schema.TEXT_OOV],
+            schema.KNOWN_WORDS: pa.array([1] * len(TAGS) + [0], pa.int32()),
+        },
+        schema=schema.text_features_schema(TEXT_DIM, text_meta),
+    )
+    (out / schema.TEXT_FEATURES_DIR).mkdir(parents=True)
+    pq.write_table(text_table, out / schema.TEXT_FEATURES_DIR / "text-00000-of-00001.parquet")
+
+    gt = out / "ground_truth.jsonl"
+    gt.write_text("".join(json.dumps({"uri": u, "tag": t, "true_tag": TAGS[c]}) + "\n" for u, t, c in zip(uris, tags, true)))
+    train_ids = {
+        ids[i] for i in range(n) if images.column(schema.SPLIT)[i].as_py() == schema.SPLIT_TRAIN and tags[i] != OOV_TAG
+    }
+    return {"ids": ids, "gt": str(gt), "train_ids": train_ids, "without_features": without_features}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("train") / "out"
+    return out, write_corpus(out)
+
+
+def test_stream_yields_every_train_row_once_per_epoch(corpus):
+    out, info = corpus
+    data = train.prepare_data(str(out))
+    assert len(data.features.files) == 2 and len(data.features.units) > 4  # several files and row groups
+    assert set(data.train_ids) == info["train_ids"]
+    expected = sorted(data.train_ids[i] for i in info["train_ids"] - info["without_features"])
+    orders = []
+    for epoch in range(2):
+        rng = np.random.default_rng([0, epoch])
+        batches = list(train.epoch_batches(data.features, data.train_ids, 32, 70, rng, read_rows=16))
+        assert all(len(x) == 32 for x, _ in batches[:-1]) and 0 < len(batches[-1][0]) <= 32
+        positions = np.concatenate([p for _, p in batches])
+        assert sorted(positions.tolist()) == expected  # each once, none from test or oov
+        orders.append(positions)
+        # features travel with their rows
+        x0, p0 = batches[0]
+        assert x0.shape == (32, IMAGE_DIM) and x0.dtype == np.float32 and p0.dtype == np.int64
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch
+
+
+def test_shuffle_buffer_keeps_features_with_their_rows():
+    rng = np.random.default_rng(1)
+    chunks = [(np.arange(s, s + 7, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32), np.arange(s, s + 7)) for s in range(0, 70, 7)]
+    pieces = list(train.shuffle_rows(chunks, buffer_rows=10, rng=rng))
+    xs = np.concatenate([p[0] for p in pieces])
+    ys = np.concatenate([p[1] for p in pieces])
+    assert sorted(ys.tolist()) == list(range(70))
+    np.testing.assert_array_equal(xs[:, 0], ys.astype(np.float32))
+    assert ys.tolist() != list(range(70))
+
+
+def test_rebatch_exact_sizes():
+    pieces = [(np.zeros((n, 2)), np.arange(n)) for n in (5, 1, 13, 2)]
+    sizes = [len(x) for x, _ in train.rebatch(pieces, 4)]
+    assert sizes == [4, 4, 4, 4, 4, 1]
+
+
+def test_contrastive_loss_same_tag_images_are_not_negatives():
+    # two images of tag 0 and one of tag 1, perfectly separated logits: loss near zero,
+    # although images 0 and 1 "compete" for tag 0's column
+    logits = torch.tensor([[20.0, -20.0], [20.0, -20.0], [-20.0, 20.0]])
+    targets = torch.tensor([0, 0, 1])
+    loss = contrastive_loss(logits, targets)
+    # text->image for tag 0 has two positives sharing the mass: -log(1) = 0, not log(2)
+    assert loss.item() < 1e-6
+    wrong = contrastive_loss(logits, torch.tensor([1, 1, 0]))
+    assert wrong.item() > 10
+
+
+def _args(out: Path, gt: str | None, **overrides) -> list[str]:
+    args = {"--out": str(out), "--epochs": "12", "--batch-size": "64", "--hidden": "64", "--lr": "3e-3",
+            "--shuffle-buffer": "200", "--read-rows": "32", "--device": "cpu", "--seed": "7"}
+    args.update({k: str(v) for k, v in overrides.items()})
+    argv = [t for kv in args.items() for t in kv]
+    return argv + (["--ground-truth", gt] if gt else [])
+
+
+def test_training_beats_index_order_and_writes_checkpoint_and_metrics(corpus):
+    out, info = corpus
+    result = train.main_cli(_args(out, info["gt"]))
+
+    rankers = result.metrics["rankers"]
+    matcher_auc = rankers[metrics.MATCHER][metrics.AUC]
+    index_auc = rankers[metrics.INDEX_ORDER][metrics.AUC]
+    assert matcher_auc > 0.85 and matcher_auc > index_auc + 0.2
+    assert rankers[metrics.MATCHER]["tags"] == len(TAGS)  # oov tag not evaluated
+    assert result.epochs[-1]["loss"] < result.epochs[0]["loss"]
+    assert result.rows_out == len(info["train_ids"] - info["without_features"])
+    assert result.details["skipped_oov_tag"] > 0
+    assert result.details["skipped_no_features"] == len(info["train_ids"] & info["without_features"])
+    assert result.rows_in == result.rows_out + result.rows_skipped
+    assert "mean AUC matcher" in result.summary_line()
+    assert "index order (baseline)" in result.table
+
+    saved = storage.read_json(str(out / schema.METRICS_JSON))
+    assert saved["rankers"][metrics.MATCHER][metrics.AUC] == pytest.approx(matcher_auc)
+    assert {e["tag"] for e in saved["per_tag"]} == set(TAGS)
+    assert saved["counts"]["tags_oov"] == 1 and saved["counts"]["tags_evaluated"] == len(TAGS)
+
+    model, ckpt = load_checkpoint(str(out / schema.CHECKPOINT))
+    assert MatcherConfig.from_dict(ckpt["config"]) == MatcherConfig(IMAGE_DIM, TEXT_DIM, hidden=64, out_dim=128, dropout=0.1)
+    assert ckpt["inputs"]["image_features"]["imgsearch.encoder"] == "test-encoder"
+    assert ckpt["inputs"]["word_vectors"] == "generated"
+    assert ckpt["train_args"]["seed"] == 7
+    emb = model.encode_images(torch.randn(3, IMAGE_DIM))
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+
+
+def test_training_is_deterministic_and_runs_without_ground_truth(corpus, tmp_path: Path):
+    out, _ = corpus
+    a = train.main_cli(_args(out, None, **{"--epochs": 2}))
+    b = train.main_cli(_args(out, None, **{"--epochs": 2}))
+    assert [e["loss"] for e in a.epochs] == [e["loss"] for e in b.epochs]
+    assert a.metrics["rankers"] == {} and metrics.NEEDS_GROUND_TRUTH in a.table
+    assert "needs --ground-truth" in a.summary_line()
+
+
+def test_no_training_rows_is_a_clear_error(tmp_path: Path):
+    out = tmp_path / "out"
+    write_corpus(out, n=40)
+    # every tag oov: nothing to train on
+    text_dir = out / schema.TEXT_FEATURES_DIR
+    table = pq.read_table(text_dir / "text-00000-of-00001.parquet")
+    oov = table.set_column(
+        table.schema.get_field_index(schema.EMBEDDING), schema.EMBEDDING, pa.nulls(table.num_rows, table.schema.field(schema.EMBEDDING).type)
+    )
+    pq.write_table(oov, text_dir / "text-00000-of-00001.parquet")
+    with pytest.raises(ValueError, match="no training rows"):
+        train.main_cli(_args(out, None, **{"--epochs": 1}))
+
+
+def test_matcher_shapes():
+    m = Matcher(MatcherConfig(image_dim=5, text_dim=3, hidden=8))
+    logits = m(torch.randn(4, 5), torch.randn(2, 3))
+    assert logits.shape == (4, 2)
+    assert m.logit_scale().detach().item() == pytest.approx(1 / 0.07, rel=1e-5)
