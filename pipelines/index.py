@@ -16,8 +16,8 @@ Usage: python -m pipelines.index --input MANIFEST --out OUT [--images-dir DIR] [
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
-import io
 import json
 import logging
 import os
@@ -106,10 +106,15 @@ def _is_folder(path: str) -> bool:
     return bool(common.glob(path.rstrip("/") + "/*/*"))
 
 
+def _lines(f: Any) -> Iterator[bytes]:
+    """Lines of a FileSystems stream; compressed streams (.gz) have readline but are not iterable."""
+    return iter(f.readline, b"")
+
+
 def _first_json_record(path: str) -> Any:
     """The first parseable JSON value among the first lines of a file (None when there is none)."""
     with FileSystems.open(path) as f:
-        for i, line in enumerate(f):
+        for i, line in enumerate(_lines(f)):
             if i >= _SNIFF_LINES:
                 break
             if not line.strip():
@@ -301,7 +306,7 @@ class ReadManifestFn(beam.DoFn):
         resolver = self.resolver or PicIdResolver(base_dir)
         ordinal = 0
         with FileSystems.open(manifest) as f:
-            for line_no, raw in enumerate(f, start=1):
+            for line_no, raw in enumerate(_lines(f), start=1):
                 if not raw.strip():
                     continue
                 where = f"line {line_no}"
@@ -323,8 +328,9 @@ class ReadManifestFn(beam.DoFn):
 
     def _csv(self, manifest: str, base_dir: str) -> Iterator[dict[str, Any]]:
         with FileSystems.open(manifest) as raw:
-            # newline="" so quoted fields may hold line breaks; utf-8-sig drops a spreadsheet's BOM
-            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+            # lines keep their endings, so quoted fields may hold line breaks; utf-8-sig drops a
+            # spreadsheet's BOM
+            text = codecs.iterdecode(_lines(raw), "utf-8-sig", errors="replace")
             reader = csv.DictReader(text)
             ordinal = 0
             while True:
@@ -333,7 +339,7 @@ class ReadManifestFn(beam.DoFn):
                 except StopIteration:
                     break
                 except csv.Error as e:
-                    yield _bad_row(ordinal, REJECT_BAD_CSV, f"line {reader.line_num}: {e}")
+                    yield _bad_row(ordinal, REJECT_BAD_CSV, f"near line {reader.line_num}: {e}")
                     ordinal += 1
                     continue
                 yield parse_uri_tag(record, ordinal, base_dir, f"line {reader.line_num}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from pathlib import Path
 
@@ -124,6 +125,33 @@ def test_read_csv_with_quoted_fields(tmp_path: Path) -> None:
     assert rows[0] == {schema.ORDINAL: 0, schema.URI: str(tmp_path / "imgs/a, b.jpg"), schema.TAG_RAW: 'red "sports" car'}
     assert rows[1][schema.TAG_RAW] == "two\nlines" and rows[1][schema.URI] == "/abs/c.jpg"
     assert rows[2]["error"] == index.REJECT_MISSING_FIELD and rows[2][schema.ORDINAL] == 2
+
+
+def test_read_csv_survives_a_malformed_record(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    # a field over the csv module's size limit makes the reader raise for that record only
+    manifest.write_text("uri,tag\na.jpg,cat\nb.jpg," + "x" * (csv.field_size_limit() + 10) + "\nc.jpg,dog\n")
+    rows = read_rows(manifest, index.FORMAT_CSV)
+    assert [r.get("error") for r in rows] == [None, index.REJECT_BAD_CSV, None]
+    assert rows[2][schema.TAG_RAW] == "dog" and rows[2][schema.ORDINAL] == 2
+
+
+def test_read_gzipped_manifests(tmp_path: Path) -> None:
+    jsonl = tmp_path / "m.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(b'{"uri": "a.jpg", "tag": "Cat"}\n{bad\n'))
+    csv_gz = tmp_path / "m.csv.gz"
+    # a spreadsheet's BOM and a quoted field across two lines
+    csv_gz.write_bytes(gzip.compress('\ufeffuri,tag\nb.jpg,"two\nlines"\nc.jpg,dog\n'.encode("utf-8")))
+
+    assert index.detect_format(str(jsonl)) == index.FORMAT_JSONL
+    assert index.detect_format(str(csv_gz)) == index.FORMAT_CSV
+    rows = read_rows(jsonl, index.FORMAT_JSONL)
+    assert rows[0][schema.TAG_RAW] == "Cat" and rows[1]["error"] == index.REJECT_BAD_JSON
+    rows = read_rows(csv_gz, index.FORMAT_CSV)
+    assert [(Path(r[schema.URI]).name, r[schema.TAG_RAW], r[schema.ORDINAL]) for r in rows] == [
+        ("b.jpg", "two\nlines", 0),
+        ("c.jpg", "dog", 1),
+    ]
 
 
 def test_read_parquet(tmp_path: Path) -> None:
