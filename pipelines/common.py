@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from model import schema
 
@@ -90,6 +90,19 @@ def split_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple
     """Our flags to argparse; everything else goes to PipelineOptions untouched."""
     known, beam_args = parser.parse_known_args(argv)
     return known, PipelineOptions(beam_args)
+
+
+# Beam's DirectRunner first tries Prism, which downloads a binary; this is the in-process runner
+# it falls back to. Stages use it when no --runner is given.
+LOCAL_RUNNER = "FnApiRunner"
+
+
+def with_default_runner(options: PipelineOptions) -> PipelineOptions:
+    """Sets the runner to LOCAL_RUNNER where the user named none (a --runner flag always wins)."""
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = LOCAL_RUNNER
+    return options
 
 
 def make_options(beam_options: PipelineOptions, save_main_session: bool) -> PipelineOptions:

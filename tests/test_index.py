@@ -15,7 +15,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from model import schema, tags
-from pipelines import index
+from pipelines import common, index
 from tests.conftest import write_jsonl
 
 
@@ -47,7 +47,7 @@ def assert_accounted(report) -> None:
     assert report.rows_in == report.rows_out + report.rows_failed + report.rows_skipped
 
 
-def run_index(*args: str | Path) -> index.common.StageReport:
+def run_index(*args: str | Path) -> common.StageReport:
     return index.run([str(a) for a in args], save_main_session=False)
 
 
@@ -276,7 +276,7 @@ def test_composites_under_test_pipeline(tmp_path: Path) -> None:
         {schema.TAG: "cat", schema.COUNT: 1, schema.IMAGE_IDS: [tags.image_id_for(a)], schema.ORDINAL: 0},
         {schema.TAG: "dog", schema.COUNT: 2, schema.IMAGE_IDS: [tags.image_id_for(b), tags.image_id_for(a)], schema.ORDINAL: 1},
     ]
-    with test_pipeline.TestPipeline() as p:
+    with test_pipeline.TestPipeline(runner=common.LOCAL_RUNNER) as p:
         outputs = p | index.ReadManifest(str(manifest), index.FORMAT_JSONL) | index.IndexRows()
         assert_that(outputs["images"], equal_to(expected_images), label="Images")
         assert_that(
@@ -433,7 +433,7 @@ def test_run_folder_manifest_with_test_pipeline(tmp_path: Path) -> None:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"x")
     out = tmp_path / "out"
-    report = index.run(["--input", str(root), "--out", str(out)], test_pipeline=test_pipeline.TestPipeline())
+    report = index.run(["--input", str(root), "--out", str(out)], test_pipeline=test_pipeline.TestPipeline(runner=common.LOCAL_RUNNER))
     assert report.details["format"] == index.FORMAT_FOLDER
     assert (report.rows_in, report.rows_out) == (3, 3)
     tag2picid = json.loads((out / schema.TAG2PICID_JSON).read_text())
@@ -443,3 +443,12 @@ def test_run_folder_manifest_with_test_pipeline(tmp_path: Path) -> None:
     }
     images = read_dir(out, schema.IMAGES_DIR).to_pylist()
     assert {r[schema.TAG_RAW] for r in images} == {"Sun", "sun", "moon"}
+
+
+def test_default_runner_is_in_process_but_a_runner_flag_wins() -> None:
+    # DirectRunner would try Prism first, which downloads a binary
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    assert common.with_default_runner(PipelineOptions([])).view_as(StandardOptions).runner == common.LOCAL_RUNNER
+    named = common.with_default_runner(PipelineOptions(["--runner", "DataflowRunner"]))
+    assert named.view_as(StandardOptions).runner == "DataflowRunner"
