@@ -48,10 +48,5 @@ def suggestions(page: Any) -> list[tuple[str, str]]:
     return [tuple(row) for row in rows]
 
 
-def focused_tile_index(page: Any) -> int | None:
-    value = page.evaluate("document.activeElement && document.activeElement.dataset.index")
-    return None if value is None else int(value)
-
-
 def wait_tile_count(page: Any, n: int) -> None:
     page.wait_for_function(f"document.querySelectorAll('{TILE}').length === {n}")

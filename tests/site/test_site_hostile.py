@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests import site_fixture as sf
-from tests.site.helpers import TILE, open_home, open_query, suggestions, tiles, type_query
+from tests.site.helpers import TILE, open_home, open_query, suggestions, tiles, type_query, wait_tile_count
 
 # every src/href in the page's body (the viewer dialog included), as written
 ALL_URLS = """() => [...document.body.querySelectorAll('[src],[href]')]
@@ -33,6 +33,7 @@ def test_markup_in_a_tag_is_shown_as_text(site_page, small_site):
     type_query(page, sf.XSS_TAG)
     page.keyboard.press("Enter")
     expect(page.locator("#results-title")).to_have_text(f"“{sf.XSS_TAG}”")
+    wait_tile_count(page, 3)
     assert [r for r, _ in tiles(page)] == [1, 2, 3]
     page.locator(TILE).first.click()
     expect(page.locator("#viewer-title")).to_have_text(sf.XSS_TAG)

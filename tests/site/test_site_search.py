@@ -74,6 +74,7 @@ def test_clicking_a_suggestion_shows_its_images(site_page, small_site):
     type_query(page, "red a")
     page.locator("#suggestions [role=option]", has_text="red apple").click()
     expect(page.locator("#results-title")).to_have_text("“red apple”")
+    wait_tile_count(page, 12)
     assert [rank for rank, _ in tiles(page)] == list(range(1, 13))
     assert "q=red+apple" in page.url
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.site.helpers import TILE, focused_tile_index, open_home, open_query, wait_tile_count
+from tests.site.helpers import TILE, open_home, open_query, wait_tile_count
 
 
 def test_click_opens_viewer_with_tag_score_rank_and_source(site_page, small_site):
@@ -39,7 +39,7 @@ def test_viewer_arrows_escape_and_focus_return(site_page, small_site):
     page.keyboard.press("Escape")
     expect(page.locator("#viewer")).to_be_hidden()
     # focus lands on the tile of the image last shown
-    assert focused_tile_index(page) == 1
+    expect(page.locator(f"{TILE}[data-index='1']")).to_be_focused()
 
 
 def test_viewer_next_past_the_loaded_page_loads_it(site_page, small_site):
@@ -54,7 +54,7 @@ def test_viewer_next_past_the_loaded_page_loads_it(site_page, small_site):
     expect(meta).to_contain_text("Rank 61 of 150")
     wait_tile_count(page, 120)
     page.keyboard.press("Escape")
-    assert focused_tile_index(page) == 60
+    expect(page.locator(f"{TILE}[data-index='60']")).to_be_focused()
 
 
 def test_keyboard_only_flow(site_page, small_site):
@@ -76,10 +76,10 @@ def test_keyboard_only_flow(site_page, small_site):
 
     page.keyboard.press("Tab")  # the Search button
     page.keyboard.press("Tab")  # the first tile
-    assert focused_tile_index(page) == 0
+    expect(page.locator(f"{TILE}[data-index='0']")).to_be_focused()
     assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
     page.keyboard.press("Tab")
-    assert focused_tile_index(page) == 1
+    expect(page.locator(f"{TILE}[data-index='1']")).to_be_focused()
     page.keyboard.press("Enter")
     meta = page.locator("#viewer-meta")
     expect(meta).to_have_attribute("data-rank", "2")
@@ -88,4 +88,4 @@ def test_keyboard_only_flow(site_page, small_site):
     expect(meta).to_have_attribute("data-rank", "3")
     page.keyboard.press("Escape")
     expect(page.locator("#viewer")).to_be_hidden()
-    assert focused_tile_index(page) == 2
+    expect(page.locator(f"{TILE}[data-index='2']")).to_be_focused()
