@@ -45,7 +45,8 @@ LONG_TAG = "日本" * 50  # 100 characters, 300 bytes of UTF-8
 HOSTILE_URLS_TAG = "hostile urls"
 OOV_TAG = "qwertz"
 SLOW_TAG = "slow tag"
-HOSTILE_SCHEMES = ("javascript:", "data:", "vbscript:")
+HOSTILE_SCHEMES = ("javascript:", "data:", "vbscript:", "gs:")
+HOSTILE_URL_ITEMS = 8  # the first 8 items of HOSTILE_URLS_TAG; the last 2 are fine
 
 
 # ---------------------------------------------------------------------------
@@ -232,7 +233,6 @@ class SmallSite:
 
 def hostile_url_items(base_url: str) -> list[dict[str, Any]]:
     """Items whose thumb/uri try to smuggle scripts, other hosts or odd schemes into the page."""
-    ok = make_items(HOSTILE_URLS_TAG, 8)
     bad = [
         ("javascript:alert(1)", "javascript:alert(1)"),
         ("data:text/html,<script>alert(1)</script>", "data:text/html,<script>alert(2)</script>"),
@@ -240,13 +240,18 @@ def hostile_url_items(base_url: str) -> list[dict[str, Any]]:
         ("/\\evil.example/x.jpg", "vbscript:msgbox(1)"),
         (" JavaScript:alert(1)", "\tjavascript:alert(1)"),
         ("data:image/svg+xml,<svg onload=alert(1)>", "jAvAsCrIpT:alert(1)"),
+        # what rank writes when a thumbnail failed: the source's own (local or gs://) uri
+        ("/srv/crawl/img00001.jpg", "/srv/crawl/img00001.jpg"),
+        ("../../outside.jpg", "gs://bucket/crawl/img00002.jpg"),
     ]
-    for item, (thumb, uri) in zip(ok, bad):
+    items = make_items(HOSTILE_URLS_TAG, len(bad) + 2)
+    for item, (thumb, uri) in zip(items, bad):
         item[site_data.ITEM_THUMB] = thumb
         item[site_data.ITEM_URI] = uri
     # an absolute http(s) thumbnail is allowed and loads; a relative one resolves against the root
-    ok[6][site_data.ITEM_THUMB] = base_url + site_data.thumbnail_path(ok[6][site_data.ITEM_IMAGE_ID])
-    return ok
+    absolute = items[len(bad)]
+    absolute[site_data.ITEM_THUMB] = base_url + site_data.thumbnail_path(absolute[site_data.ITEM_IMAGE_ID])
+    return items
 
 
 def build_small_site(root: Path, base_url: str) -> tuple[dict[str, Any], dict[str, int]]:

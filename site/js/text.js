@@ -9,8 +9,10 @@ export function normalizeTag(raw) {
 
 const SCHEME = /^[a-z][a-z0-9+.-]*:/i;
 
-// An http(s) URL (absolute, or relative to `base` when allowed) or null: data from the
-// collection never reaches src/href unless it passes here.
+// An http(s) URL or null: data from the collection never reaches src/href unless it passes
+// here. With allowRelative, a relative path (no scheme, no leading slash, no "..") resolves
+// against `base` (the site root) and must stay under it; a leading "/" is most likely a source
+// file's local path, and "//" another host.
 export function safeUrl(raw, base, allowRelative = false) {
   if (typeof raw !== 'string') return null;
   const s = raw.trim();
@@ -19,8 +21,10 @@ export function safeUrl(raw, base, allowRelative = false) {
   let url;
   try {
     if (SCHEME.test(s)) url = new URL(s);
-    else if (allowRelative && !s.startsWith('//')) url = new URL(s, base);
-    else return null;
+    else if (allowRelative && !s.startsWith('/') && !/(^|\/)(\.|%2e){2}(\/|$)/i.test(s)) {
+      url = new URL(s, base);
+      if (!url.href.startsWith(new URL(base).href)) return null;
+    } else return null;
   } catch {
     return null;
   }

@@ -17,7 +17,7 @@ def assert_no_hostile_urls(urls: list[str]) -> None:
     for url in urls:
         low = url.strip().lower()
         assert not low.startswith(sf.HOSTILE_SCHEMES), url
-        assert "evil.example" not in low, url
+        assert "evil.example" not in low and "outside.jpg" not in low and "/srv/" not in low, url
 
 
 def test_markup_in_a_tag_is_shown_as_text(site_page, small_site):
@@ -67,20 +67,21 @@ def test_hostile_urls_are_never_loaded_or_linked(site_page, small_site):
     page.on("request", lambda req: requested.append(req.url))
     open_query(page, small_site.url, sf.HOSTILE_URLS_TAG)
     rows = tiles(page)
-    assert [r for r, _ in rows] == list(range(1, 9))
-    # six hostile thumbnails became placeholders; the absolute and relative http ones load
+    bad = sf.HOSTILE_URL_ITEMS
+    assert [r for r, _ in rows] == list(range(1, bad + 3))
+    # hostile thumbnails became placeholders; the absolute and relative http ones load
     tile_imgs = page.locator(f"{TILE} img")
     expect(tile_imgs).to_have_count(2)
-    assert page.locator(f"{TILE} .ph").count() == 6
+    assert page.locator(f"{TILE} .ph").count() == bad
     page.wait_for_function(
         "[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
     )
     assert_no_hostile_urls(page.evaluate(ALL_URLS))
 
-    # walk the viewer over all eight: a source is linked only when it is http(s)
+    # walk the viewer over all items: a source is linked only when it is http(s)
     page.locator(TILE).first.click()
     linked = []
-    for i in range(8):
+    for i in range(bad + 2):
         expect(page.locator("#viewer-meta")).to_have_attribute("data-rank", str(i + 1))
         assert_no_hostile_urls(page.evaluate(ALL_URLS))
         links = page.locator("#viewer-source a")
@@ -91,7 +92,7 @@ def test_hostile_urls_are_never_loaded_or_linked(site_page, small_site):
             assert page.locator("#viewer-source").text_content().startswith("Source: ")
             linked.append(False)
         page.keyboard.press("ArrowRight")
-    assert linked == [False] * 6 + [True, True]
+    assert linked == [False] * bad + [True, True]
     page.keyboard.press("Escape")
 
     assert_no_hostile_urls(requested)
