@@ -24,6 +24,7 @@ import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from model import metrics, schema, storage
@@ -79,9 +80,9 @@ def load_images(out: str) -> ImagesTable:
         schema.out_path(out, schema.IMAGES_DIR), columns=[schema.IMAGE_ID, schema.TAG, schema.SPLIT, schema.ORDINAL]
     )
     return ImagesTable(
-        image_id=np.asarray(table.column(schema.IMAGE_ID).to_pylist(), dtype=object),
-        tag=np.asarray(table.column(schema.TAG).to_pylist(), dtype=object),
-        split=np.asarray(table.column(schema.SPLIT).to_pylist(), dtype=object),
+        image_id=table.column(schema.IMAGE_ID).to_numpy(),
+        tag=table.column(schema.TAG).to_numpy(),
+        split=table.column(schema.SPLIT).to_numpy(),
         ordinal=table.column(schema.ORDINAL).to_numpy().astype(np.int64),
     )
 
@@ -89,22 +90,25 @@ def load_images(out: str) -> ImagesTable:
 def load_text_features(out: str) -> TextFeatures:
     directory = schema.out_path(out, schema.TEXT_FEATURES_DIR)
     files = storage.list_files(directory, schema.PARQUET_SUFFIX)
+    if not files:
+        raise FileNotFoundError(f"no text features under {directory} (run extract-text)")
     table = storage.read_parquet_dir(directory)
     meta = storage.open_parquet(files[0]).schema_arrow.metadata
+    with_vector = pc.and_(pc.not_equal(table.column(schema.STATUS), schema.TEXT_OOV), pc.is_valid(table.column(schema.EMBEDDING)))
+    kept = table.filter(with_vector).sort_by(schema.TAG)
+    lengths = pc.list_value_length(kept.column(schema.EMBEDDING)).to_numpy()
     dim_text = _meta_text(meta, schema.META_DIM)
-    rows = sorted(
-        (r for r in table.to_pylist() if r[schema.STATUS] != schema.TEXT_OOV and r[schema.EMBEDDING] is not None),
-        key=lambda r: r[schema.TAG],
-    )
-    dim = int(dim_text) if dim_text else (len(rows[0][schema.EMBEDDING]) if rows else 0)
-    vectors = np.asarray([r[schema.EMBEDDING] for r in rows], dtype=np.float32).reshape(len(rows), dim)
+    dim = int(dim_text) if dim_text else (int(lengths[0]) if len(lengths) else 0)
+    if (lengths != dim).any():
+        raise ValueError(f"{directory}: text embeddings are not all {dim} long")
+    vectors = pc.list_flatten(kept.column(schema.EMBEDDING)).to_numpy().astype(np.float32).reshape(kept.num_rows, dim)
     if not np.isfinite(vectors).all():
         raise ValueError(f"{directory}: text features hold NaN or inf")
     return TextFeatures(
-        tags=[r[schema.TAG] for r in rows],
+        tags=kept.column(schema.TAG).to_pylist(),
         vectors=vectors,
         dim=dim,
-        oov_tags=table.num_rows - len(rows),
+        oov_tags=table.num_rows - kept.num_rows,
         word_vectors=_meta_text(meta, schema.META_WORD_VECTORS),
     )
 
@@ -299,6 +303,14 @@ class TrainResult:
         else:
             line += "; no AUC (needs --ground-truth)"
         return line
+
+    def report(self) -> str:
+        """Per-epoch loss lines and the evaluation table, for a terminal."""
+        lines = [
+            f"epoch {e['epoch']}/{len(self.epochs)}  loss {e['loss']:.4f}  rows {e['rows']}  {e['seconds']:.1f} s"
+            for e in self.epochs
+        ]
+        return "\n".join(lines + ["", "evaluation on the held-out split (mean over tags):", self.table])
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -537,5 +549,5 @@ def main_cli(argv: list[str] | None = None) -> TrainResult:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     _result = main_cli()
+    print(_result.report())
     print(_result.summary_line())
-    print(_result.table)

@@ -168,6 +168,7 @@ def test_training_beats_index_order_and_writes_checkpoint_and_metrics(corpus):
     assert result.rows_in == result.rows_out + result.rows_skipped
     assert "mean AUC matcher" in result.summary_line()
     assert "index order (baseline)" in result.table
+    assert result.report().startswith("epoch 1/12  loss ") and result.table in result.report()
 
     saved = storage.read_json(str(out / schema.METRICS_JSON))
     assert saved["rankers"][metrics.MATCHER][metrics.AUC] == pytest.approx(matcher_auc)
@@ -211,3 +212,15 @@ def test_matcher_shapes():
     logits = m(torch.randn(4, 5), torch.randn(2, 3))
     assert logits.shape == (4, 2)
     assert m.logit_scale().detach().item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_text_vectors_of_the_wrong_length_are_refused(tmp_path: Path):
+    out = tmp_path / "out"
+    write_corpus(out, n=40)
+    path = out / schema.TEXT_FEATURES_DIR / "text-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    rows[0][schema.EMBEDDING] = rows[0][schema.EMBEDDING][:-1]
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    with pytest.raises(ValueError, match="not all 12 long"):
+        train.main_cli(_args(out, None, **{"--epochs": 1}))
