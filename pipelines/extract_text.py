@@ -17,7 +17,6 @@ import logging
 from typing import Any, Iterator
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from model import schema, text_vectors
 from pipelines import common
@@ -26,9 +25,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "extract-text"
 SHARD_PREFIX = "text"
-# Beam's DirectRunner would first try Prism, which downloads a binary; this is the in-process
-# runner it falls back to.
-LOCAL_RUNNER = "FnApiRunner"
 
 
 # ---------------------------------------------------------------------------
@@ -58,13 +54,6 @@ def text_row(tag: str, tv: text_vectors.TagVector) -> dict[str, Any]:
 
 def tag_of(row: dict[str, Any]) -> str:
     return row[schema.TAG]
-
-
-def with_default_runner(options: PipelineOptions) -> PipelineOptions:
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = LOCAL_RUNNER
-    return options
 
 
 # ---------------------------------------------------------------------------
@@ -151,7 +140,7 @@ def run(
     common.delete(common.glob(output_prefix(args.out) + "-*" + schema.PARQUET_SUFFIX))
 
     pipeline = test_pipeline or beam.Pipeline(
-        options=common.make_options(with_default_runner(beam_options), save_main_session)
+        options=common.make_options(common.with_default_runner(beam_options), save_main_session)
     )
     _ = (
         pipeline

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from model import schema, text_vectors
 from model.tags import image_id_for, split_for
-from pipelines import extract_text
+from pipelines import common, extract_text
 from tests.conftest import make_keyed_vectors
 
 DIM = 6
@@ -29,7 +29,7 @@ EXPECTED = {
 
 def _test_pipeline() -> BeamTestPipeline:
     # Beam's default DirectRunner would try to download Prism first
-    return BeamTestPipeline(runner=extract_text.LOCAL_RUNNER)
+    return BeamTestPipeline(runner=common.LOCAL_RUNNER)
 
 
 @pytest.fixture(scope="module")
