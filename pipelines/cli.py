@@ -34,7 +34,7 @@ def configure_logging(verbose: bool) -> None:
     )
     if not verbose:
         # Beam and friends log every bundle at INFO; a user wants our progress lines.
-        for noisy in ("apache_beam", "root", "gensim", "urllib3", "fsspec", "onnxruntime"):
+        for noisy in ("apache_beam", "gensim", "urllib3", "fsspec", "onnxruntime", "smart_open"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(rest)
     result = _stage_function(args.command)(rest)
+    table = getattr(result, "table", None)
+    if table:
+        print(table, flush=True)
     line = getattr(result, "summary_line", None)
     if callable(line):
         print(line(), flush=True)

@@ -36,7 +36,6 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from model import encoders, preprocess, schema
 from pipelines import common
@@ -183,13 +182,6 @@ def make_model_handler(
         load_model_args={"weights_only": True},
     )
     return KeyedModelHandler(handler)
-
-
-def with_default_runner(options: PipelineOptions) -> PipelineOptions:
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = LOCAL_RUNNER
-    return options
 
 
 def image_ref(row: dict[str, Any]) -> tuple[str, str]:
@@ -403,7 +395,7 @@ def run(
     clear_previous_outputs(args.out)
 
     pipeline = test_pipeline or beam.Pipeline(
-        options=common.make_options(with_default_runner(beam_options), save_main_session)
+        options=common.make_options(beam_options, save_main_session)
     )
     extracted = (
         pipeline

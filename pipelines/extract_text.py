@@ -140,7 +140,7 @@ def run(
     common.delete(common.glob(output_prefix(args.out) + "-*" + schema.PARQUET_SUFFIX))
 
     pipeline = test_pipeline or beam.Pipeline(
-        options=common.make_options(common.with_default_runner(beam_options), save_main_session)
+        options=common.make_options(beam_options, save_main_session)
     )
     _ = (
         pipeline

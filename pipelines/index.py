@@ -592,7 +592,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     remove_stale_outputs(args.out)
 
     pipeline = test_pipeline or beam.Pipeline(
-        options=common.make_options(common.with_default_runner(beam_options), save_main_session)
+        options=common.make_options(beam_options, save_main_session)
     )
     outputs = pipeline | "ReadManifest" >> ReadManifest(manifest, fmt, images_dir) | "IndexRows" >> IndexRows()
     _ = outputs | "WriteIndex" >> WriteIndex(args.out)

@@ -18,6 +18,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from model import encoders, preprocess, schema, tags
+from pipelines import common
 from pipelines import extract_images as ei
 from tests.conftest import write_broken_images, write_image_collection
 
@@ -64,7 +65,7 @@ def corpus(tmp_path: Path) -> dict:
 
 def _test_pipeline() -> BeamTestPipeline:
     # the in-process runner: DirectRunner would first try Prism, which downloads a binary
-    return BeamTestPipeline(runner=ei.LOCAL_RUNNER)
+    return BeamTestPipeline(runner=common.LOCAL_RUNNER)
 
 
 def _lite_state(tmp_path: Path) -> tuple[encoders.EncoderSpec, str]:
