@@ -26,12 +26,20 @@ STAGES: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _drop_known_noise(record: logging.LogRecord) -> bool:
+    # Beam warns at import that the optional GCP client libraries are absent; local runs never
+    # need them (the `gcp` extra installs them for Dataflow).
+    return not str(record.msg).startswith("apitools not found")
+
+
 def configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_known_noise)
     if not verbose:
         # Beam and friends log every bundle at INFO; a user wants our progress lines.
         for noisy in ("apache_beam", "gensim", "urllib3", "fsspec", "onnxruntime", "smart_open"):
@@ -80,9 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(rest)
     result = _stage_function(args.command)(rest)
-    table = getattr(result, "table", None)
-    if table:
-        print(table, flush=True)
     line = getattr(result, "summary_line", None)
     if callable(line):
         print(line(), flush=True)

@@ -59,7 +59,6 @@ def run(argv: list[str] | None = None) -> Any:
         f"generating the demo corpus ({args.images} images)",
         lambda: demo_corpus.generate_demo_corpus(Path(out) / "corpus", n_images=args.images, seed=args.seed),
     )
-    print(f"corpus: {corpus.summary_line()}", flush=True)
     _timed("index", lambda: index.run(["--input", str(corpus.manifest), "--out", out]))
     _timed(
         "extract-images",

@@ -505,9 +505,14 @@ def _file_metadata(files: Sequence[str]) -> dict[bytes, bytes]:
         return pq.read_schema(pa.BufferReader(f.read())).metadata or {}
 
 
+def _public_name(value: str | None) -> str | None:
+    """A file's name without its folder: the published site must not reveal local paths."""
+    return value.rstrip("/").rsplit("/", 1)[-1] if value else value
+
+
 def model_info(out: str, image_feature_files: Sequence[str], text_feature_files: Sequence[str]) -> dict[str, Any]:
     """What ranked: the image encoder (from the feature metadata), the matcher's ONNX towers,
-    word vectors, export details and the evaluation summary (metrics means)."""
+    the word vectors and the evaluation's mean figures. Names only, never local paths."""
     image_meta = _file_metadata(image_feature_files)
     text_meta = _file_metadata(text_feature_files)
 
@@ -517,21 +522,24 @@ def model_info(out: str, image_feature_files: Sequence[str], text_feature_files:
     dim = text(image_meta, schema.META_DIM)
     info: dict[str, Any] = {
         "encoder": text(image_meta, schema.META_ENCODER),
-        "weights": text(image_meta, schema.META_WEIGHTS),
+        "weights": _public_name(text(image_meta, schema.META_WEIGHTS)),
+        "precision": text(image_meta, schema.META_PRECISION),
         "dim": int(dim) if dim and dim.isdigit() else dim,
-        "word_vectors": text(text_meta, schema.META_WORD_VECTORS),
-        "matcher": {
-            "runtime": "onnxruntime",
-            "image_tower": schema.IMAGE_TOWER_ONNX,
-            "text_tower": schema.TEXT_TOWER_ONNX,
-        },
+        "word_vectors": _public_name(text(text_meta, schema.META_WORD_VECTORS)),
+        "matcher": {"runtime": "onnxruntime"},
     }
     export = _json_if_present(schema.out_path(out, schema.EXPORT_JSON))
     if export is not None:
-        info["matcher"]["export"] = _summary_only(export)
+        towers = export.get("towers", {})
+        info["matcher"].update(
+            {
+                "out_dim": towers.get("image", {}).get("output_dim"),
+                "onnx_max_abs_diff": max((t.get("max_abs_diff", 0.0) for t in towers.values()), default=None),
+            }
+        )
     metrics = _json_if_present(schema.out_path(out, schema.METRICS_JSON))
-    if metrics is not None:
-        info["metrics"] = _summary_only(metrics)
+    if metrics is not None and isinstance(metrics.get("rankers"), dict):
+        info["metrics"] = {"split": metrics.get("split"), "rankers": _summary_only(metrics["rankers"])}
     return info
 
 

@@ -179,8 +179,8 @@ def write_inputs(out: Path, uris: dict[str, str], rows=ROWS, vectors=VECTORS, te
     earlier = [rank.failure_row("x", "/nowhere.jpg", "OSError", "gone")] * 2
     write([{**r, schema.STAGE: "extract-images"} for r in earlier], schema.FAILURES_SCHEMA, f"{schema.FAILURES_DIR}/extract-images-00000-of-00001.parquet")
     write_towers(out)
-    (out / schema.METRICS_JSON).write_text(json.dumps({"test": {"map": 0.5, "per_tag": [1, 2]}, "epochs": 3}))
-    (out / schema.EXPORT_JSON).write_text(json.dumps({"opset": 17, "parity_max_abs": 1e-6}))
+    (out / schema.METRICS_JSON).write_text(json.dumps({"split": "test", "rankers": {"matcher": {"auc": 0.9, "tags": 2}}, "per_tag": [{"tag": "cat"}]}))
+    (out / schema.EXPORT_JSON).write_text(json.dumps({"opset": 17, "towers": {"image": {"output_dim": 128, "max_abs_diff": 2e-7}, "text": {"output_dim": 128, "max_abs_diff": 1e-6}}}))
 
 
 def expected_rows(expected=EXPECTED) -> list[tuple]:
@@ -403,8 +403,10 @@ def test_run_tag_shards_manifest_and_report(published):
         "failures": 2 + 2,  # extract-images' two, and rank's own: the NaN features and the broken thumbnail
     }
     assert manifest["model"]["encoder"] == "tiny" and manifest["model"]["dim"] == 4
-    assert manifest["model"]["metrics"] == {"test": {"map": 0.5}, "epochs": 3}
-    assert manifest["model"]["matcher"]["export"]["opset"] == 17
+    # the evaluation's means reach the header; per-tag detail and local paths do not
+    assert manifest["model"]["metrics"] == {"split": "test", "rankers": {"matcher": {"auc": 0.9, "tags": 2}}}
+    assert "/" not in (manifest["model"]["word_vectors"] or "")
+    assert manifest["model"]["matcher"] == {"runtime": "onnxruntime", "out_dim": 128, "onnx_max_abs_diff": 1e-6}
     assert manifest["thumbnails"] is True and manifest["page_size"] == 2
 
     assert report.rows_in == len(published["rows"])
