@@ -68,6 +68,20 @@ def make_keyed_vectors(words: list[str], dim: int = 16, seed: int = 0):
     return kv
 
 
+SMALL_DEMO_IMAGES = 200
+
+
+@pytest.fixture(scope="session")
+def small_demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`imgsearch demo` on 200 images with a random-weight encoder: every stage, once a session."""
+    from pipelines import cli
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    argv = ["demo", "--out", str(out), "--images", str(SMALL_DEMO_IMAGES), "--weights", "random", "--epochs", "3", "--no-serve"]
+    assert cli.main(argv) == 0
+    return out
+
+
 @pytest.fixture
 def image_collection(tmp_path: Path) -> tuple[Path, list[dict]]:
     """24 good images over 4 tags plus the 3 broken files, with a JSONL manifest."""

@@ -16,17 +16,11 @@ from export.publish_check import check_site
 from export import site_data
 from model import schema, storage
 from model.tags import image_id_for
-from pipelines import cli
-
-N_IMAGES = 200
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("e2e") / "out"
-    argv = ["demo", "--out", str(out), "--images", str(N_IMAGES), "--weights", "random", "--epochs", "3", "--no-serve"]
-    assert cli.main(argv) == 0
-    return out
+def demo_out(small_demo_run: Path) -> Path:
+    return small_demo_run
 
 
 def _report(out: Path, stage: str) -> dict:
