@@ -17,7 +17,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from model import encoders, preprocess, schema, tags
+from model import encoders, inference, preprocess, schema, tags
 from pipelines import common
 from pipelines import extract_images as ei
 from tests.conftest import write_broken_images, write_image_collection
@@ -98,7 +98,8 @@ def test_decode_image_fn_yields_keyed_tensors_and_tags_bad_images(corpus: dict):
     with Image.open(uri) as img:
         assert (key.width, key.height) == img.size
     assert key == ei.ImageKey("id", uri, hashlib.sha256(data).hexdigest(), key.width, key.height)
-    assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
+    # a uint8 crop: normalisation happens per batch on the inference device
+    assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.uint8
 
     errors = {}
     for path in corpus["broken"]:
@@ -108,15 +109,65 @@ def test_decode_image_fn_yields_keyed_tensors_and_tags_bad_images(corpus: dict):
     assert errors == {"truncated.jpg": "OSError", "empty.jpg": "UnidentifiedImageError", "text.jpg": "UnidentifiedImageError"}
 
 
-def test_inference_fn_returns_pooled_vectors_per_image():
+def _extractor(precision: str = inference.FP32) -> tuple[encoders.EncoderSpec, preprocess.CropSpec, inference.FeatureExtractor]:
     spec = encoders.build_encoder(LITE, encoders.WEIGHTS_RANDOM)
-    batch = [torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    results = list(ei.pooled_features_inference_fn(batch, spec.module, "cpu", None, "m"))
+    crop = ei.crop_spec(spec)
+    return spec, crop, inference.FeatureExtractor(spec.module, crop, precision)
+
+
+def test_inference_fn_returns_pooled_vectors_per_image():
+    spec, crop, extractor = _extractor()
+    batch = [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    results = list(ei.extractor_inference_fn(batch, extractor, "cpu", None, "m"))
     assert len(results) == 3
     assert all(r.inference.shape == (1280,) and r.inference.dtype == np.float32 for r in results)
+    # the same as normalising by hand with the weights' mean and std and running the encoder
+    mean = torch.tensor(crop.mean).view(3, 1, 1)
+    std = torch.tensor(crop.std).view(3, 1, 1)
     with torch.no_grad():
-        expected = spec.module(batch[2][None])[0].numpy()
-    np.testing.assert_allclose(results[2].inference, expected, rtol=1e-4, atol=1e-5)
+        expected = spec.module(((batch[2].float() / 255 - mean) / std)[None])[0].numpy()
+    np.testing.assert_allclose(results[2].inference, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_device_decoding_takes_plain_jpegs_raw_and_everything_else_through_pillow(corpus: dict):
+    fn = ei.DecodeImageFn(LITE, encoders.WEIGHTS_RANDOM, decode_on_device=True)
+    fn.setup()
+    payloads = {}
+    for uri in corpus["good"][:6]:
+        [(key, payload)] = list(fn.process(("id", uri, Path(uri).read_bytes())))
+        with Image.open(uri) as img:
+            assert (key.width, key.height) == img.size
+            payloads[uri] = payload
+            # raw bytes (1-D) for JPEGs the device decoder takes as they are; crops otherwise
+            assert (payload.ndim == 1) == (img.format == "JPEG")
+    assert {p.ndim for p in payloads.values()} == {1, 3}
+    # broken files still fail here, with the same reasons as with Pillow
+    for path in corpus["broken"]:
+        [failed] = list(fn.process(("x", path, Path(path).read_bytes())))
+        assert failed.tag == ei.FAILED
+
+
+def test_feature_extractor_decodes_raw_jpegs_like_pillow_and_isolates_a_bad_one(corpus: dict):
+    _spec, crop, extractor = _extractor()
+    jpegs = [u for u in corpus["good"] if u.endswith(".jpg")][:3]
+    raw = [torch.frombuffer(bytearray(Path(u).read_bytes()), dtype=torch.uint8) for u in jpegs]
+    crops = [preprocess.crop_uint8(preprocess.decode_image(Path(u).read_bytes(), crop.resize_size), crop) for u in jpegs]
+    broken = torch.frombuffer(bytearray(b"\xff\xd8\xff\xe0 not really a jpeg"), dtype=torch.uint8)
+    features, errors = extractor(raw + [broken] + crops)
+    assert errors[:3] == [None] * 3 and errors[4:] == [None] * 3
+    assert errors[3] is not None and isinstance(errors[3][0], str)
+    for a, b in zip(features[:3], features[4:]):
+        cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        assert cosine > 0.99  # torchvision's decoder and resize vs Pillow's: the same picture
+
+
+def test_bf16_features_stay_close_to_fp32(corpus: dict):
+    _spec, crop, extractor = _extractor()
+    crops = torch.stack([preprocess.crop_uint8(preprocess.decode_image(Path(u).read_bytes(), crop.resize_size), crop) for u in corpus["good"][:4]])
+    fp32 = inference.forward_features(extractor.encoder, crops, crop, inference.FP32, "CPU")
+    bf16 = inference.forward_features(extractor.encoder, crops, crop, inference.BF16, "CPU")
+    cosines = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cosines.min() > 0.999
 
 
 def test_inference_failure_fn_makes_one_row_per_image_of_the_batch():
@@ -137,14 +188,23 @@ def test_feature_row_fn_logs_progress(monkeypatch: pytest.MonkeyPatch, caplog: p
     with caplog.at_level("INFO", logger=ei.log.name):
         for _ in range(2):
             [row] = list(fn.process((key, PredictionResult(None, np.arange(4, dtype=np.float32)))))
-    assert row == {
-        schema.IMAGE_ID: "id",
-        schema.EMBEDDING: [0.0, 1.0, 2.0, 3.0],
-        schema.CONTENT_HASH: "h",
-        schema.WIDTH: 3,
-        schema.HEIGHT: 2,
-    }
+    embedding = row.pop(schema.EMBEDDING)
+    assert row == {schema.IMAGE_ID: "id", schema.CONTENT_HASH: "h", schema.WIDTH: 3, schema.HEIGHT: 2}
+    assert embedding.dtype == np.float32 and embedding.tolist() == [0.0, 1.0, 2.0, 3.0]
     assert "extract-images: 2 images done" in caplog.text
+
+
+def test_feature_row_fn_turns_an_item_error_into_a_failure():
+    fn = ei.FeatureRowFn()
+    fn.setup()
+    key = ei.ImageKey("id", "u", "h", 3, 2)
+    [failed] = list(fn.process((key, PredictionResult(None, ("OSError", "bad Huffman code")))))
+    assert failed.tag == ei.FAILED
+    assert (failed.value[schema.IMAGE_ID], failed.value[schema.ERROR], failed.value[schema.MESSAGE]) == (
+        "id",
+        "OSError",
+        "bad Huffman code",
+    )
 
 
 def test_clear_previous_outputs_only_touches_this_stages_shards(tmp_path: Path):
@@ -167,7 +227,8 @@ def test_clear_previous_outputs_only_touches_this_stages_shards(tmp_path: Path):
 def test_cli_defaults():
     args = ei.get_args_parser().parse_args(["--out", "o"])
     assert (args.image_model, args.weights, args.device, args.num_shards) == ("resnet50", "imagenet", "CPU", 0)
-    assert ei._batch_size(args) == 32
+    assert ei._batch_size(args) == 16
+    assert (args.precision, args.decode) == ("auto", "auto")
     gpu = ei.get_args_parser().parse_args(["--out", "o", "--device", "gpu"])
     assert gpu.device == "GPU" and ei._batch_size(gpu) == 256
     with pytest.raises(SystemExit):
@@ -202,17 +263,18 @@ def test_extract_image_features_composite(corpus: dict, tmp_path: Path, device: 
 
 
 def test_encode_images_sends_failed_batches_to_the_dead_letter_output(tmp_path: Path):
-    _, state_path = _lite_state(tmp_path)
+    spec, state_path = _lite_state(tmp_path)
     good = ei.ImageKey("good", "g.jpg", "h", 10, 10)
     bad = ei.ImageKey("bad", "b.jpg", "h", 10, 10)
-    # batch size 1 so the bad tensor fails alone: a one-channel input cannot go through the stem conv
-    handler = ei.make_model_handler(LITE, state_path, "CPU", batch_size=1)
+    # batch size 1 so the bad tensor fails alone: a one-channel crop breaks the extractor's contract
+    handler = ei.make_model_handler(LITE, ei.crop_spec(spec), inference.FP32, state_path, "CPU", batch_size=1)
+    crop = torch.zeros(3, 224, 224, dtype=torch.uint8)
     with _test_pipeline() as p:
-        out = p | beam.Create([(good, torch.rand(3, 224, 224)), (bad, torch.rand(1, 224, 224))]) | ei.EncodeImages(handler)
+        out = p | beam.Create([(good, crop), (bad, crop[:1])]) | ei.EncodeImages(handler)
         ids = out["features"] | "Ids" >> beam.Map(lambda r: r[schema.IMAGE_ID])
         assert_that(ids, equal_to(["good"]), label="CheckFeatures")
         failed = out["failures"] | "Failed" >> beam.Map(lambda r: (r[schema.IMAGE_ID], r[schema.URI], r[schema.ERROR]))
-        assert_that(failed, equal_to([("bad", "b.jpg", "RuntimeError")]), label="CheckFailures")
+        assert_that(failed, equal_to([("bad", "b.jpg", "ValueError")]), label="CheckFailures")
 
 
 # ---------------------------------------------------------------------------
@@ -225,7 +287,7 @@ def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
     stale.write_bytes(b"stale")
 
     report = ei.run(
-        ["--out", str(out), "--image-model", LITE, "--weights", "random", "--batch-size", "8", "--num-shards", "2"],
+        ["--out", str(out), "--image-model", LITE, "--weights", "random", "--batch-size", "8", "--num-shards", "2", "--precision", "fp32"],
         save_main_session=False,
     )
 
@@ -260,12 +322,11 @@ def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
         assert row[schema.CONTENT_HASH] == hashlib.sha256(Path(uri).read_bytes()).hexdigest()
 
     # the embedding is what the encoder gives for the shared preprocessing: nothing lost on the way
-    spec = encoders.build_encoder(LITE, encoders.WEIGHTS_RANDOM)
+    spec, crop, extractor = _extractor()
     uri = corpus["good"][3]
-    decoded = preprocess.decode_image(Path(uri).read_bytes(), spec.resize_size)
-    with torch.no_grad():
-        expected = spec.module(preprocess.to_tensor(decoded, spec.transform)[None])[0].numpy()
-    np.testing.assert_allclose(rows[tags.image_id_for(uri)][schema.EMBEDDING], expected, rtol=1e-4, atol=1e-5)
+    decoded = preprocess.decode_image(Path(uri).read_bytes(), crop.resize_size)
+    expected, _ = extractor([preprocess.crop_uint8(decoded, crop)])
+    np.testing.assert_allclose(rows[tags.image_id_for(uri)][schema.EMBEDDING], expected[0], rtol=1e-4, atol=1e-4)
 
     # failures: every unreadable image, with its reason
     failures = pa.concat_tables([pq.read_table(p) for p in sorted((out / schema.FAILURES_DIR).glob("extract-images-*.parquet"))])
