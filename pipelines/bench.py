@@ -1,0 +1,782 @@
+"""`imgsearch bench`: how fast image features are extracted, measured three ways on the same images.
+
+    imgsearch bench [--image-model resnet50|efficientnet_lite0] [--weights random|imagenet|PATH]
+        [--images N] [--kinds jpeg,png] [--batch-size N] [--precision auto|fp32|bf16|fp16]
+        [--device CPU|GPU] [--work-dir DIR] [--model-seconds S] [--memory-sizes N,M,...] [--json PATH]
+
+It generates seeded test images (no download): "photos" as JPEG of typical web sizes and
+"graphics" as PNG with transparency, like crawled clip-art. Per kind of input it measures
+
+- (a) the prototype's loop: per image, read the file, PIL open and convert to RGB, the encoder's
+  torchvision transform, a batch of one, an fp32 eager forward;
+- (b) the model alone at our settings (model.inference: the resolved precision, channels_last,
+  batches of --batch-size made beforehand, so decoding is excluded);
+- (c) the real extract-images stage end to end (read, decode, preprocess, RunInference, Parquet)
+  on an index of the same images, in a fresh OUT;
+
+and prints images/s for each, the ratios c/a and c/b, and each phase's peak RSS. Every phase runs
+in its own Python process (`python -m pipelines.bench --phase a|b|c ...`, which prints JSON), so
+each peak RSS is that phase's own: the parent reads the child's ru_maxrss from os.wait4.
+
+`--memory-sizes 1000,8000` runs only (c), once per size, and prints the peak RSS side by side:
+extract-images' memory must not grow with the number of images.
+
+Generated images and the index built from them are cached under --work-dir (by a hash of what
+they are made from), so a rerun skips generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# torch, Beam and the stages are imported inside the phases, not here: each phase runs in its own
+# process and its peak RSS should hold only what that phase needs (phase (a) never loads Beam).
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------
+# Defaults
+# ---------------------------------------------------------------------------
+KIND_JPEG = "jpeg"  # photos
+KIND_PNG = "png"  # graphics with transparency
+KINDS = (KIND_JPEG, KIND_PNG)
+# Sized so the default run (resnet50, both kinds) takes about 2 minutes on 2 cores: (a) runs at
+# ~15-18 images/s there, (c) at ~50, and each phase's process start and Beam's start-up are fixed costs.
+DEFAULT_IMAGES = 240
+DEFAULT_MODEL_SECONDS = 10.0  # how long (b) times the model, after its warm-up batch
+MIN_TIMED_BATCHES = 3
+MODEL_BATCHES = 2  # distinct pre-made batches (b) cycles through
+DEFAULT_WORK_DIR = str(Path(tempfile.gettempdir()) / "imgsearch-bench")
+SEED = 0
+
+TARGETS = {"c/a": 2.5, "c/b": 0.85}  # from the issue; shown as information, never asserted
+
+PHASE_PROTOTYPE, PHASE_MODEL, PHASE_STAGE = "a", "b", "c"
+PHASES = (PHASE_PROTOTYPE, PHASE_MODEL, PHASE_STAGE)
+PHASE_NAMES = {
+    PHASE_PROTOTYPE: "prototype loop (batch 1, fp32, eager)",
+    PHASE_MODEL: "model alone",
+    PHASE_STAGE: "extract-images end to end",
+}
+
+# ---------------------------------------------------------------------------
+# Generated images
+# ---------------------------------------------------------------------------
+GENERATOR_VERSION = 1  # bump when the pictures change, so cached sets are not reused
+JPEG_QUALITY = 85
+# typical web photo sizes (width, height), landscape and portrait
+PHOTO_SIZES = (
+    (640, 480),
+    (800, 600),
+    (1024, 768),
+    (1280, 960),
+    (960, 640),
+    (1200, 800),
+    (480, 640),
+    (600, 800),
+    (768, 1024),
+)
+GRAPHIC_MIN_SIDE, GRAPHIC_MAX_SIDE = 512, 1600
+EXIF_EVERY = 10  # every tenth photo carries an EXIF orientation (cameras and phones write it)
+EXIF_ORIENTATIONS = (6, 8, 3)  # rotate 90 CW, 90 CCW, 180
+_EXIF_ORIENTATION_TAG = 0x0112
+BENCH_TAGS = ("cat", "dog", "red car", "tree", "house", "flower", "boat", "logo")
+
+
+def _rng(kind: str, index: int, seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, KINDS.index(kind), index])
+
+
+def planned_size(kind: str, index: int, seed: int = SEED) -> tuple[int, int]:
+    """The stored (width, height) of generated image `index` of `kind` (before any EXIF rotation)."""
+    rng = _rng(kind, index, seed)
+    if kind == KIND_JPEG:
+        return PHOTO_SIZES[int(rng.integers(len(PHOTO_SIZES)))]
+    w, h = rng.integers(GRAPHIC_MIN_SIDE, GRAPHIC_MAX_SIDE + 1, size=2)
+    return int(w), int(h)
+
+
+def planned_orientation(kind: str, index: int) -> int | None:
+    if kind != KIND_JPEG or index % EXIF_EVERY != EXIF_EVERY - 1:
+        return None
+    return EXIF_ORIENTATIONS[(index // EXIF_EVERY) % len(EXIF_ORIENTATIONS)]
+
+
+def _random_colour(rng: np.random.Generator, alpha: int | None = None) -> tuple[int, ...]:
+    rgb = tuple(int(v) for v in rng.integers(0, 256, size=3))
+    return rgb if alpha is None else rgb + (alpha,)
+
+
+def _random_box(rng: np.random.Generator, w: int, h: int) -> list[int]:
+    x0, y0 = int(rng.integers(0, w * 3 // 4)), int(rng.integers(0, h * 3 // 4))
+    x1 = x0 + int(rng.integers(w // 10, w // 2))
+    y1 = y0 + int(rng.integers(h // 10, h // 2))
+    return [x0, y0, x1, y1]
+
+
+def make_photo(index: int, seed: int = SEED) -> bytes:
+    """A photographic-looking JPEG: smooth colour fields, a few soft shapes, sensor-like noise."""
+    rng = _rng(KIND_JPEG, index, seed)
+    w, h = planned_size(KIND_JPEG, index, seed)
+    # low-frequency colour field: a tiny random grid upscaled with a smooth filter
+    grid = rng.integers(0, 256, size=(int(rng.integers(3, 7)), int(rng.integers(3, 7)), 3), dtype=np.uint8)
+    img = Image.fromarray(grid, "RGB").resize((w, h), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 6))):
+        box = _random_box(rng, w, h)
+        if rng.random() < 0.5:
+            draw.ellipse(box, fill=_random_colour(rng))
+        else:
+            draw.rectangle(box, fill=_random_colour(rng))
+    pixels = np.asarray(img, dtype=np.float32)
+    pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * 6.0
+    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    exif = Image.Exif()
+    orientation = planned_orientation(KIND_JPEG, index)
+    if orientation:
+        exif[_EXIF_ORIENTATION_TAG] = orientation
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=JPEG_QUALITY, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def make_graphic(index: int, seed: int = SEED) -> bytes:
+    """A clip-art-like RGBA PNG: flat-colour shapes with outlines on a transparent background."""
+    rng = _rng(KIND_PNG, index, seed)
+    w, h = planned_size(KIND_PNG, index, seed)
+    img = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    outline = max(2, min(w, h) // 100)
+    for _ in range(int(rng.integers(3, 9))):
+        box = _random_box(rng, w, h)
+        alpha = 255 if rng.random() < 0.8 else int(rng.integers(96, 255))
+        fill, edge = _random_colour(rng, alpha), _random_colour(rng, 255)
+        shape = int(rng.integers(3))
+        if shape == 0:
+            draw.ellipse(box, fill=fill, outline=edge, width=outline)
+        elif shape == 1:
+            draw.rounded_rectangle(box, radius=min(w, h) // 20, fill=fill, outline=edge, width=outline)
+        else:
+            x0, y0, x1, y1 = box
+            draw.polygon([(x0, y1), ((x0 + x1) // 2, y0), (x1, y1)], fill=fill, outline=edge, width=outline)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+GENERATORS: dict[str, tuple[Callable[[int, int], bytes], str]] = {
+    KIND_JPEG: (make_photo, ".jpg"),
+    KIND_PNG: (make_graphic, ".png"),
+}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # a file that exists is complete: an interrupted run leaves only a temp file behind
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def set_key(kind: str, n: int, seed: int) -> str:
+    """A short hash of what a generated set is made from: its cache name."""
+    spec = json.dumps({"version": GENERATOR_VERSION, "kind": kind, "n": n, "seed": seed, "pillow": Image.__version__})
+    return hashlib.sha256(spec.encode("utf-8")).hexdigest()[:12]
+
+
+def ensure_images(work_dir: str | Path, kind: str, n: int, seed: int = SEED) -> Path:
+    """A JSONL manifest ({"uri", "tag"}) of n generated images of `kind`, generating what is missing.
+
+    Images are files named by kind and position under a folder keyed by generator version and seed,
+    so a set of 1,000 reuses the first 1,000 pictures of a set of 8,000; the manifest, named by the
+    set's hash, is written last and is what marks a set complete.
+    """
+    work = Path(work_dir)
+    manifest = work / "manifests" / f"{kind}-{n}-{set_key(kind, n, seed)}.jsonl"
+    if manifest.exists():
+        return manifest
+    make, suffix = GENERATORS[kind]
+    folder = work / "images" / f"v{GENERATOR_VERSION}-seed{seed}" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    started, made = time.monotonic(), 0
+    lines = []
+    for i in range(n):
+        path = folder / f"{kind}-{i:06d}{suffix}"
+        if not path.exists():
+            _write_atomically(path, make(i, seed))
+            made += 1
+        lines.append(json.dumps({"uri": str(path.resolve()), "tag": BENCH_TAGS[i % len(BENCH_TAGS)]}) + "\n")
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(manifest, "".join(lines).encode("utf-8"))
+    log.info("bench: %d %s images ready in %s (%d generated in %.1f s)", n, kind, folder, made, time.monotonic() - started)
+    return manifest
+
+
+def manifest_uris(manifest: str | Path) -> list[str]:
+    with open(manifest, encoding="utf-8") as f:
+        return [json.loads(line)["uri"] for line in f if line.strip()]
+
+
+def ensure_index(work_dir: str | Path, manifest: Path) -> Path:
+    """An OUT holding only the index of a manifest (cached beside it); phase (c) copies its index/."""
+    from model import schema
+    from pipelines import index
+
+    out = Path(work_dir) / "index" / manifest.stem
+    done = Path(schema.out_path(str(out), schema.REPORTS_DIR, f"{index.STAGE}.json"))
+    if not done.exists():
+        shutil.rmtree(out, ignore_errors=True)
+        report = index.run(["--input", str(manifest), "--out", str(out)], save_main_session=False)
+        log.info("bench: %s", report.summary_line())
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Machine description
+# ---------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def torch_info(device: str) -> dict[str, Any]:
+    """What torch sees in this process: version, threads, bf16 support, the GPU if one is used."""
+    import torch
+
+    from model import inference
+
+    info = {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": inference.cpu_supports_bf16(),
+        "torch_device": str(inference.torch_device(device)),
+    }
+    if info["torch_device"] == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# ---------------------------------------------------------------------------
+# The three phases (each returns a JSON-able dict; run in its own process by the parent)
+# ---------------------------------------------------------------------------
+def _rate(images: int, seconds: float) -> float:
+    return images / seconds if seconds > 0 else 0.0
+
+
+def phase_prototype(uris: Sequence[str], encoder_name: str, weights: str, device: str) -> dict[str, Any]:
+    """(a) The prototype's loop: one file, one PIL image, one transform, one fp32 forward at a time.
+
+    One untimed image first, as a warm-up, so the figure is the loop's steady rate.
+    """
+    import torch
+
+    from model import encoders, inference
+
+    spec = encoders.build_encoder(encoder_name, weights)
+    dev = inference.torch_device(device)
+    module = spec.module.to(dev)
+
+    def one(uri: str) -> None:
+        with Image.open(uri) as img:
+            x = spec.transform(img.convert("RGB")).unsqueeze(0).to(dev)
+        with torch.inference_mode():
+            module(x).cpu().numpy()
+
+    one(uris[0])
+    started = time.perf_counter()
+    for uri in uris:
+        one(uri)
+    seconds = time.perf_counter() - started
+    return {"images": len(uris), "seconds": seconds, "images_per_s": _rate(len(uris), seconds), **torch_info(device)}
+
+
+def _premade_batches(uris: Sequence[str], spec: Any, crop: Any, batch_size: int) -> list[Any]:
+    """Up to MODEL_BATCHES uint8 batches, decoded and cropped the stage's way, cycling the images."""
+    import torch
+
+    from model import preprocess
+
+    crops = []
+    for uri in uris[: batch_size * MODEL_BATCHES]:
+        with open(uri, "rb") as f:
+            crops.append(preprocess.crop_uint8(preprocess.decode_image(f.read(), spec.resize_size), crop))
+    n_batches = max(1, min(MODEL_BATCHES, len(crops) // batch_size))
+    need = n_batches * batch_size
+    crops = [crops[i % len(crops)] for i in range(need)]
+    return [torch.stack(crops[k * batch_size : (k + 1) * batch_size]) for k in range(n_batches)]
+
+
+def phase_model(
+    uris: Sequence[str],
+    encoder_name: str,
+    weights: str,
+    device: str,
+    precision: str,
+    batch_size: int,
+    min_seconds: float = DEFAULT_MODEL_SECONDS,
+) -> dict[str, Any]:
+    """(b) The model alone, as the stage runs it: prepare_model + forward_features on uint8 batches.
+
+    The batches are made before timing (decoding excluded); the first forward is an untimed
+    warm-up (oneDNN builds its kernels then); then batches are timed until min_seconds have passed
+    and at least MIN_TIMED_BATCHES ran.
+    """
+    from model import encoders, inference, preprocess
+
+    spec = encoders.build_encoder(encoder_name, weights)
+    crop = preprocess.CropSpec.from_transform(spec.transform)
+    resolved = inference.resolve_precision(precision, device)
+    module = inference.prepare_model(spec.module, device, resolved)
+    batches = _premade_batches(uris, spec, crop, batch_size)
+
+    inference.forward_features(module, batches[0], crop, resolved, device)
+    timed, images = 0, 0
+    started = time.perf_counter()
+    while True:
+        features = inference.forward_features(module, batches[timed % len(batches)], crop, resolved, device)
+        timed += 1
+        images += features.shape[0]
+        seconds = time.perf_counter() - started
+        if seconds >= min_seconds and timed >= MIN_TIMED_BATCHES:
+            break
+    return {
+        "images": images,
+        "batches": timed,
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "images_per_s": _rate(images, seconds),
+        "precision": resolved,
+        **torch_info(device),
+    }
+
+
+def phase_stage(
+    index_out: str | Path,
+    out: str | Path,
+    encoder_name: str,
+    weights: str,
+    device: str,
+    precision: str,
+    batch_size: int,
+) -> dict[str, Any]:
+    """(c) extract-images end to end into a fresh OUT holding a copy of a cached index.
+
+    The rate is rows_out / the stage report's seconds: the pipeline's wall time (worker start,
+    model load, read, decode, preprocess, RunInference, Parquet), not the driver's encoder build
+    before it; the wall time around run() is reported beside it.
+    """
+    from model import schema
+    from pipelines import extract_images
+
+    index_dir = Path(schema.out_path(str(index_out), "index"))
+    shutil.copytree(index_dir, Path(schema.out_path(str(out), "index")))
+    argv = [
+        "--out", str(out),
+        "--image-model", encoder_name,
+        "--weights", weights,
+        "--device", device,
+        "--batch-size", str(batch_size),
+        "--precision", precision,
+    ]  # fmt: skip
+    started = time.perf_counter()
+    report = extract_images.run(argv, save_main_session=False)
+    wall = time.perf_counter() - started
+    return {
+        "images": report.rows_out,
+        "rows_in": report.rows_in,
+        "rows_failed": report.rows_failed,
+        "seconds": report.seconds,
+        "wall_seconds": wall,
+        "images_per_s": _rate(report.rows_out, report.seconds),
+        "precision": report.details.get("precision"),
+        **torch_info(device),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Running a phase: in a child process (the real thing) or in this one (tests)
+# ---------------------------------------------------------------------------
+class BenchError(RuntimeError):
+    """A phase failed; the message carries the end of its log."""
+
+
+def get_phase_parser() -> argparse.ArgumentParser:
+    """The internal command line of one phase (`python -m pipelines.bench --phase ...`)."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench --phase", description="run one bench phase")
+    parser.add_argument("--phase", required=True, choices=PHASES)
+    parser.add_argument("--manifest", action="append", default=[], help="(a, b) images to use; b takes several")
+    parser.add_argument("--index-out", help="(c) an OUT holding the index to copy")
+    parser.add_argument("--out", help="(c) the fresh OUT to extract into")
+    _add_model_flags(parser)
+    parser.add_argument("--model-seconds", type=float, default=DEFAULT_MODEL_SECONDS)
+    return parser
+
+
+def _interleaved(lists: Sequence[Sequence[str]]) -> list[str]:
+    out = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out
+
+
+def execute_phase(argv: Sequence[str]) -> dict[str, Any]:
+    """Run one phase from its internal command line and return its JSON-able result."""
+    args = get_phase_parser().parse_args(list(argv))
+    common_args = (args.image_model, args.weights, args.device)
+    if args.phase == PHASE_PROTOTYPE:
+        return phase_prototype(manifest_uris(args.manifest[0]), *common_args)
+    if args.phase == PHASE_MODEL:
+        uris = _interleaved([manifest_uris(m) for m in args.manifest])
+        return phase_model(uris, *common_args, args.precision, args.batch_size, args.model_seconds)
+    return phase_stage(args.index_out, args.out, *common_args, args.precision, args.batch_size)
+
+
+PhaseRunner = Callable[[Sequence[str]], dict[str, Any]]
+
+
+def run_phase_subprocess(argv: Sequence[str]) -> dict[str, Any]:
+    """Run one phase in a fresh Python process; add its own peak RSS (ru_maxrss from os.wait4)."""
+    cmd = [sys.executable, "-m", "pipelines.bench", *argv]
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr)
+        # wait4 rather than proc.wait(): it returns the child's resource usage, ru_maxrss included
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        out_text = stdout.read().decode("utf-8", "replace")
+        err_text = stderr.read().decode("utf-8", "replace")
+    lines = [line for line in out_text.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise BenchError(f"bench phase failed (exit {proc.returncode}): {' '.join(argv)}\n{err_text[-4000:]}")
+    result = json.loads(lines[-1])
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024.0  # KiB on Linux
+    result["peak_rss_own_process"] = True
+    return result
+
+
+def run_phase_in_process(argv: Sequence[str]) -> dict[str, Any]:
+    """The same phase in this process (tests): fast, but the peak RSS is this whole process's."""
+    result = execute_phase(argv)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result["peak_rss_own_process"] = False
+    return result
+
+
+# ---------------------------------------------------------------------------
+# The result and its table
+# ---------------------------------------------------------------------------
+def _fmt_rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _fmt_mib(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Columns aligned: the first `left` columns to the left, the rest (numbers) to the right."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+@dataclasses.dataclass
+class BenchResult:
+    mode: str  # "throughput" (a, b, c per kind) or "memory" (c at each size)
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    # throughput: one row per kind {"kind", "images", "a", "b", "c", "c/a", "c/b"};
+    # memory: one row per (kind, size) {"kind", "images", "c"}
+    rows: list[dict[str, Any]]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def _header(self) -> list[str]:
+        c, m = self.config, self.machine
+        precision = m.get("precision") or c["precision"]
+        asked = f" (asked {c['precision']})" if precision != c["precision"] else ""
+        device = m.get("gpu") or m.get("torch_device", c["device"])
+        bf16 = "yes" if m.get("cpu_bf16") else "no"
+        return [
+            f"imgsearch bench: {c['image_model']} ({c['weights']} weights), device {c['device']} ({device}), "
+            f"precision {precision}{asked}, batch {c['batch_size']}",
+            f"machine: {m['cpu']}, {m['cores']} cores, torch {m.get('torch', '?')} with "
+            f"{m.get('torch_threads', '?')} threads, CPU bf16 {bf16}",
+        ]
+
+    def summary_line(self) -> str:
+        """The whole printed result (the CLI prints a stage's summary_line())."""
+        body = self._throughput_table() if self.mode == "throughput" else self._memory_table()
+        return "\n".join([*self._header(), "", body, "", f"bench took {self.seconds:.0f} s"])
+
+    def _throughput_table(self) -> str:
+        header = ["kind", "images", "a img/s", "b img/s", "c img/s", "c/a", "c/b", "RSS a MiB", "RSS b MiB", "RSS c MiB"]
+        rows = []
+        for r in self.rows:
+            a, b, c = r["a"], r["b"], r["c"]
+            rows.append(
+                [
+                    r["kind"],
+                    str(r["images"]),
+                    _fmt_rate(a["images_per_s"]),
+                    _fmt_rate(b["images_per_s"]),
+                    _fmt_rate(c["images_per_s"]),
+                    _fmt_ratio(r["c/a"]),
+                    _fmt_ratio(r["c/b"]),
+                    _fmt_mib(a["peak_rss_mib"]),
+                    _fmt_mib(b["peak_rss_mib"]),
+                    _fmt_mib(c["peak_rss_mib"]),
+                ]
+            )
+        targets = []
+        for name, target in TARGETS.items():
+            marks = ", ".join(
+                f"{r['kind']} {'pass' if r[name] is not None and r[name] >= target else 'FAIL'}" for r in self.rows
+            )
+            targets.append(f"{name} >= {target}: {marks}")
+        b0 = self.rows[0]["b"] if self.rows else {}
+        notes = [
+            "targets (information, not asserted): " + "; ".join(targets),
+            f"a = {PHASE_NAMES[PHASE_PROTOTYPE]}: read, PIL open + convert RGB, torchvision transform, one image per forward",
+            f"b = {PHASE_NAMES[PHASE_MODEL]}: model.inference on pre-made uint8 batches, decoding excluded; "
+            f"{b0.get('batches', '?')} timed batches of {b0.get('batch_size', '?')} after a warm-up, one figure for every kind",
+            f"c = {PHASE_NAMES[PHASE_STAGE]}: rows_out / the stage report's seconds (the pipeline's wall time: "
+            "workers, model load, read, decode, RunInference, Parquet; not the driver's encoder build)",
+            "c seconds (report / wall around run()): "
+            + ", ".join(f"{r['kind']} {r['c']['seconds']:.1f} / {r['c']['wall_seconds']:.1f}" for r in self.rows),
+            "RSS = each phase's own process peak (ru_maxrss)"
+            if all(r[p].get("peak_rss_own_process") for r in self.rows for p in PHASES)
+            else "RSS = peak of the whole calling process (phases ran in-process)",
+        ]
+        return format_table(header, rows) + "\n\n" + "\n".join(notes)
+
+    def _memory_table(self) -> str:
+        sizes = sorted({r["images"] for r in self.rows})
+        header = ["kind", "measure", *(f"{n} images" for n in sizes)]
+        rows = []
+        for kind in dict.fromkeys(r["kind"] for r in self.rows):
+            by_size = {r["images"]: r["c"] for r in self.rows if r["kind"] == kind}
+            rows.append([kind, "peak RSS MiB", *(_fmt_mib(by_size[n]["peak_rss_mib"]) for n in sizes)])
+            rows.append([kind, "c img/s", *(_fmt_rate(by_size[n]["images_per_s"]) for n in sizes)])
+            rows.append([kind, "c seconds", *(f"{by_size[n]['seconds']:.1f}" for n in sizes)])
+        notes = [f"{PHASE_NAMES[PHASE_STAGE]} at each size, each run in its own process; RSS = its peak (ru_maxrss)"]
+        for kind in dict.fromkeys(r["kind"] for r in self.rows):
+            by_size = {r["images"]: r["c"]["peak_rss_mib"] for r in self.rows if r["kind"] == kind}
+            small, large = by_size[sizes[0]], by_size[sizes[-1]]
+            if len(sizes) > 1 and small:
+                notes.append(
+                    f"{kind}: peak RSS at {sizes[-1]} vs {sizes[0]} images: {large - small:+.0f} MiB ({(large / small - 1) * 100:+.1f}%)"
+                )
+        return format_table(header, rows, left=2) + "\n\n" + "\n".join(notes)
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-model", default="resnet50", choices=("resnet50", "efficientnet_lite0"))
+    parser.add_argument(
+        "--weights",
+        default="random",
+        help="random (default: the same speed as imagenet, no download), imagenet, or a state-dict PATH",
+    )
+    parser.add_argument("--device", default="CPU", type=str.upper, choices=("CPU", "GPU"))
+    parser.add_argument("--batch-size", type=int, default=None, help="inference batch (default: extract-images' default for the device)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+
+
+def _csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = _csv_list(text.lower())
+    unknown = [k for k in kinds if k not in KINDS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"kinds must be a comma-separated subset of {','.join(KINDS)}")
+    return list(dict.fromkeys(kinds))
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError("memory sizes must be comma-separated integers, e.g. 1000,8000") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("memory sizes must be positive")
+    return sorted(dict.fromkeys(sizes))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgsearch bench",
+        description="measure image feature extraction: the prototype's loop (a), the model alone (b) and "
+        "the extract-images stage end to end (c), on the same generated images",
+    )
+    _add_model_flags(parser)
+    parser.add_argument("--images", type=_positive_int, default=DEFAULT_IMAGES, help="images per input kind")
+    parser.add_argument("--kinds", type=_kinds, default=list(KINDS), help="jpeg (photos), png (graphics with transparency), or both: jpeg,png")
+    parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="generated images, indexes and scratch OUTs (cached between runs)")
+    parser.add_argument("--model-seconds", type=float, default=DEFAULT_MODEL_SECONDS, help="how long (b) times the model")
+    parser.add_argument("--memory-sizes", type=_sizes, default=None, help="e.g. 1000,8000: run only (c) at each size and compare peak RSS")
+    parser.add_argument("--json", default=None, help="also save the result as JSON here")
+    parser.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)
+    return parser
+
+
+def _default_batch_size(device: str) -> int:
+    from pipelines import extract_images
+
+    return extract_images.DEFAULT_BATCH_SIZE[device]
+
+
+def _model_argv(args: argparse.Namespace) -> list[str]:
+    return [
+        "--image-model", args.image_model,
+        "--weights", args.weights,
+        "--device", args.device,
+        "--batch-size", str(args.batch_size),
+        "--precision", args.precision,
+    ]  # fmt: skip
+
+
+def _stage_phase(args: argparse.Namespace, runner: PhaseRunner, manifest: Path, kind: str) -> dict[str, Any]:
+    index_out = ensure_index(args.work_dir, manifest)
+    runs = Path(args.work_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=runs))
+    try:
+        log.info("bench: (c) %s on %s images", PHASE_NAMES[PHASE_STAGE], kind)
+        return runner(["--phase", PHASE_STAGE, "--index-out", str(index_out), "--out", str(out / "out"), *_model_argv(args)])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _throughput_rows(args: argparse.Namespace, runner: PhaseRunner, machine: dict[str, Any]) -> list[dict[str, Any]]:
+    manifests = {kind: ensure_images(args.work_dir, kind, args.images, args.seed) for kind in args.kinds}
+    log.info("bench: (b) %s, %.0f s of batches of %d", PHASE_NAMES[PHASE_MODEL], args.model_seconds, args.batch_size)
+    b_argv = ["--phase", PHASE_MODEL, *(f"--manifest={m}" for m in manifests.values())]
+    b = runner([*b_argv, *_model_argv(args), "--model-seconds", str(args.model_seconds)])
+    machine.update({k: v for k, v in b.items() if k in ("torch", "torch_threads", "cpu_bf16", "torch_device", "gpu", "precision")})
+    rows = []
+    for kind, manifest in manifests.items():
+        log.info("bench: (a) %s on %d %s images", PHASE_NAMES[PHASE_PROTOTYPE], args.images, kind)
+        a = runner(["--phase", PHASE_PROTOTYPE, f"--manifest={manifest}", *_model_argv(args)])
+        c = _stage_phase(args, runner, manifest, kind)
+        if c["images"] != args.images:
+            log.warning("bench: extract-images wrote %d of %d %s images (%d failed)", c["images"], args.images, kind, c["rows_failed"])
+        rows.append(
+            {
+                "kind": kind,
+                "images": args.images,
+                "a": a,
+                "b": b,
+                "c": c,
+                "c/a": ratio(c["images_per_s"], a["images_per_s"]),
+                "c/b": ratio(c["images_per_s"], b["images_per_s"]),
+            }
+        )
+    return rows
+
+
+def _memory_rows(args: argparse.Namespace, runner: PhaseRunner, machine: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for kind in args.kinds:
+        for n in args.memory_sizes:
+            manifest = ensure_images(args.work_dir, kind, n, args.seed)
+            c = _stage_phase(args, runner, manifest, kind)
+            machine.update({k: v for k, v in c.items() if k in ("torch", "torch_threads", "cpu_bf16", "torch_device", "gpu")})
+            machine.setdefault("precision", c.get("precision"))
+            rows.append({"kind": kind, "images": n, "c": c})
+    return rows
+
+
+def run(argv: list[str] | None = None, phase_runner: PhaseRunner = run_phase_subprocess) -> BenchResult:
+    """Generate (or reuse) the images, run the phases, return the result (summary_line() is the table).
+
+    phase_runner runs one phase from its internal command line; tests pass run_phase_in_process.
+    """
+    args = get_args_parser().parse_args(argv)
+    args.batch_size = args.batch_size or _default_batch_size(args.device)
+    started = time.monotonic()
+    machine: dict[str, Any] = {"cpu": cpu_model(), "cores": usable_cores()}
+    if args.memory_sizes:
+        mode, rows = "memory", _memory_rows(args, phase_runner, machine)
+    else:
+        mode, rows = "throughput", _throughput_rows(args, phase_runner, machine)
+    config = {k: getattr(args, k) for k in ("image_model", "weights", "device", "batch_size", "precision", "images", "kinds", "memory_sizes", "model_seconds", "work_dir")}
+    result = BenchResult(mode=mode, config=config, machine=machine, rows=rows, seconds=time.monotonic() - started)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--phase" or a.startswith("--phase=") for a in argv):
+        # a child: logs only what went wrong (stderr goes back to the parent), the result as JSON
+        logging.basicConfig(level=logging.WARNING)
+        print(json.dumps(execute_phase(argv)), flush=True)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    print(run(argv).summary_line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
