@@ -143,6 +143,17 @@ REPORTS_DIR = "reports"  # <stage>.json, one summary per stage run
 TRUE_TAG = "true_tag"
 
 PARQUET_SUFFIX = ".parquet"
+# Shard file-name prefixes: <dir>/<prefix>-...parquet. Readers match on the prefix, so Beam's
+# temporary folders (<dir>/beam-temp-<prefix>-<uuid>/) of a running or interrupted job never match.
+IMAGES_PREFIX = "images"
+IMAGE_FEATURES_PREFIX = "features"
+TEXT_FEATURES_PREFIX = "text"
+RANKINGS_PREFIX = "rankings"
+
+
+def shard_pattern(out: str, directory: str, prefix: str) -> str:
+    """The glob of a directory's finished shards (never a temporary file of a running job)."""
+    return out_path(out, directory, f"{prefix}-*{PARQUET_SUFFIX}")
 
 
 def out_path(out: str, *parts: str) -> str:

@@ -420,6 +420,7 @@ def phase_stage(
         "wall_seconds": wall,
         "images_per_s": _rate(report.rows_out, report.seconds),
         "precision": report.details.get("precision"),
+        "decode": report.details.get("decode"),
         **torch_info(device),
     }
 
@@ -542,11 +543,16 @@ class BenchResult:
         c, m = self.config, self.machine
         precision = m.get("precision") or c["precision"]
         asked = f" (asked {c['precision']})" if precision != c["precision"] else ""
-        device = m.get("gpu") or m.get("torch_device", c["device"])
+        device = c["device"]
+        if m.get("gpu"):
+            device += f" ({m['gpu']})"
+        elif c["device"] == "GPU":
+            device += " (no CUDA here: ran on the CPU)"
+        decode = f", stage decodes with {m['decode']}" if m.get("decode") else ""
         bf16 = "yes" if m.get("cpu_bf16") else "no"
         return [
-            f"imgsearch bench: {c['image_model']} ({c['weights']} weights), device {c['device']} ({device}), "
-            f"precision {precision}{asked}, batch {c['batch_size']}",
+            f"imgsearch bench: {c['image_model']} ({c['weights']} weights), device {device}, "
+            f"precision {precision}{asked}, batch {c['batch_size']}{decode}",
             f"machine: {m['cpu']}, {m['cores']} cores, torch {m.get('torch', '?')} with "
             f"{m.get('torch_threads', '?')} threads, CPU bf16 {bf16}",
         ]
@@ -717,6 +723,7 @@ def _throughput_rows(args: argparse.Namespace, runner: PhaseRunner, machine: dic
         log.info("bench: (a) %s on %d %s images", PHASE_NAMES[PHASE_PROTOTYPE], args.images, kind)
         a = runner(["--phase", PHASE_PROTOTYPE, f"--manifest={manifest}", *_model_argv(args)])
         c = _stage_phase(args, runner, manifest, kind)
+        machine.setdefault("decode", c.get("decode"))
         if c["images"] != args.images:
             log.warning("bench: extract-images wrote %d of %d %s images (%d failed)", c["images"], args.images, kind, c["rows_failed"])
         rows.append(
@@ -741,6 +748,7 @@ def _memory_rows(args: argparse.Namespace, runner: PhaseRunner, machine: dict[st
             c = _stage_phase(args, runner, manifest, kind)
             machine.update({k: v for k, v in c.items() if k in ("torch", "torch_threads", "cpu_bf16", "torch_device", "gpu")})
             machine.setdefault("precision", c.get("precision"))
+            machine.setdefault("decode", c.get("decode"))
             rows.append({"kind": kind, "images": n, "c": c})
     return rows
 

@@ -30,6 +30,7 @@ import functools
 import hashlib
 import io
 import logging
+import secrets
 import time
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
@@ -41,6 +42,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image
 
 from model import encoders, inference, preprocess, schema
@@ -49,7 +51,7 @@ from pipelines import common
 log = logging.getLogger(__name__)
 
 STAGE = "extract-images"
-SHARD_PREFIX = "features"
+SHARD_PREFIX = schema.IMAGE_FEATURES_PREFIX
 ENCODERS_SUBDIR = "encoders"  # under schema.MODEL_DIR: the state dicts the workers load
 DEVICES = ("CPU", "GPU")
 # chosen by measurement (ResNet50 bf16 on 2 cores: batch 16 ran 15% faster than 32); a GPU needs
@@ -57,6 +59,8 @@ DEVICES = ("CPU", "GPU")
 DEFAULT_BATCH_SIZE = {"CPU": 16, "GPU": 256}
 DECODE_AUTO, DECODE_PILLOW, DECODE_DEVICE = "auto", "pillow", "device"
 DECODERS = (DECODE_AUTO, DECODE_PILLOW, DECODE_DEVICE)
+UNREADABLE_SUBDIR = "unreadable"
+SKIPPED_EXTRACTED = "skipped_already_extracted"
 PROGRESS_EVERY_S = 10.0
 MAX_MESSAGE_CHARS = 2000
 INDEX_ROWS = "index_rows"  # rows listed in the index, before keeping each image once
@@ -92,21 +96,75 @@ def failures_prefix(out: str) -> str:
 
 
 def feature_shards(out: str) -> list[str]:
-    """The image-feature shards under OUT (an incremental run would read their image ids)."""
-    return common.glob(features_prefix(out) + "-*" + schema.PARQUET_SUFFIX)
+    """The finished image-feature shards under OUT (never a running job's temporary files)."""
+    return common.glob(schema.shard_pattern(out, schema.IMAGE_FEATURES_DIR, SHARD_PREFIX))
 
 
 def failure_shards(out: str) -> list[str]:
     return common.glob(failures_prefix(out) + "-*" + schema.PARQUET_SUFFIX)
 
 
-def clear_previous_outputs(out: str) -> list[str]:
-    """Remove the feature and failure shards of an earlier run; a rerun may shard differently."""
-    stale = feature_shards(out) + failure_shards(out)
+def run_prefix(out: str) -> str:
+    """A new run's shard prefix, features-<UTC time>-<random>: never clashes with earlier runs'."""
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    return f"{features_prefix(out)}-{run_id}"
+
+
+def read_shard_metadata(path: str) -> dict[bytes, bytes]:
+    # the footer only: Beam's file objects seek, so a large shard is not read whole
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return dict(pq.ParquetFile(f).schema_arrow.metadata or {})
+
+
+class IncompatibleFeatures(ValueError):
+    """Existing features were made by another encoder: appending would mix two vector spaces."""
+
+
+def usable_feature_shards(out: str, metadata: dict[bytes, bytes]) -> list[str]:
+    """Existing shards this run can add to; unreadable ones are moved aside, never half-read.
+
+    Beam writes a shard to a temporary folder and renames it into place, so a shard under its
+    final name is whole; one that is not (copied in by hand, or a store that broke mid-copy) is
+    moved to features/image/unreadable/ where no reader looks, with a warning.
+    """
+    usable = []
+    for path in feature_shards(out):
+        try:
+            found = read_shard_metadata(path)
+        except Exception as exc:
+            aside = schema.out_path(out, schema.IMAGE_FEATURES_DIR, UNREADABLE_SUBDIR, path.rsplit("/", 1)[-1])
+            log.warning("%s: %s is unreadable (%s); moved to %s", STAGE, path, exc, aside)
+            if not common.exists(aside.rsplit("/", 1)[0]):
+                FileSystems.mkdirs(aside.rsplit("/", 1)[0])
+            FileSystems.rename([path], [aside])
+            continue
+        for key in (schema.META_ENCODER, schema.META_WEIGHTS, schema.META_DIM):
+            if found.get(key) != metadata[key]:
+                raise IncompatibleFeatures(
+                    f"{path} holds {key.decode()}={found.get(key, b'?').decode()!r}, this run makes "
+                    f"{metadata[key].decode()!r}: rerun with --full to re-extract every image"
+                )
+        usable.append(path)
+    return usable
+
+
+def clear_previous_outputs(out: str, *, features: bool) -> list[str]:
+    """Remove the failure shards of an earlier run (its failed images are retried), and with
+    features=True (--full) its feature shards too."""
+    stale = failure_shards(out) + (feature_shards(out) if features else [])
     common.delete(stale)
     if stale:
         log.info("%s: removed %d shards of a previous run", STAGE, len(stale))
     return stale
+
+
+def remove_empty_shards(prefix: str) -> None:
+    """A run with nothing new to extract still makes one empty shard; it would only pile up."""
+    for path in common.glob(prefix + "-*" + schema.PARQUET_SUFFIX):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        if rows == 0:
+            common.delete([path])
 
 
 def crop_spec(spec: encoders.EncoderSpec) -> preprocess.CropSpec:
@@ -229,12 +287,8 @@ def image_ref(row: dict[str, Any]) -> tuple[str, str]:
 class ReadImageFn(beam.DoFn):
     """(image_id, uri) -> (image_id, uri, bytes); unreadable files go to the FAILED output."""
 
-    def __init__(self):
-        self._rows_in = common.counter(STAGE, common.ROWS_IN)
-
     def process(self, ref: tuple[str, str]) -> Iterator[Any]:
         image_id, uri = ref
-        self._rows_in.inc()
         try:
             with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 data = f.read()
@@ -335,6 +389,48 @@ class ReadImageRefs(beam.PTransform):
             | "ReadImages" >> beam.io.ReadFromParquet(images_pattern(self._out), columns=[schema.IMAGE_ID, schema.URI])
             | "ImageRef" >> beam.Map(image_ref)
             | "DistinctImages" >> beam.Distinct()
+            | "CountImages" >> beam.Map(_count_image)
+        )
+
+
+def _count_image(ref: tuple[str, str]) -> tuple[str, str]:
+    common.counter(STAGE, common.ROWS_IN).inc()
+    return ref
+
+
+def _not_yet_extracted(joined: tuple[str, dict[str, list]]) -> Iterator[tuple[str, str]]:
+    image_id, groups = joined
+    for uri in groups["refs"]:
+        if groups["done"]:
+            common.counter(STAGE, common.ROWS_SKIPPED).inc()
+            common.counter(STAGE, SKIPPED_EXTRACTED).inc()
+        else:
+            yield image_id, uri
+
+
+class SkipExtracted(beam.PTransform):
+    """(image_id, uri) -> those whose id is in none of the given feature shards (an anti-join).
+
+    Runs in the pipeline, so a collection of any size is compared without the driver holding ids.
+    """
+
+    def __init__(self, existing_shards: Sequence[str]):
+        super().__init__()
+        self._existing = list(existing_shards)
+
+    def expand(self, refs):
+        if not self._existing:
+            return refs
+        done = (
+            refs.pipeline
+            | "ExistingShards" >> beam.Create(self._existing)
+            | "ReadExistingIds" >> beam.io.ReadAllFromParquet(columns=[schema.IMAGE_ID])
+            | "KeyExisting" >> beam.Map(lambda row: (row[schema.IMAGE_ID], True))
+        )
+        return (
+            {"refs": refs, "done": done}
+            | "JoinExisting" >> beam.CoGroupByKey()
+            | "NotYetExtracted" >> beam.FlatMap(_not_yet_extracted)
         )
 
 
@@ -386,9 +482,9 @@ class ExtractImageFeatures(beam.PTransform):
 
 
 class WriteImageFeatures(beam.PTransform):
-    def __init__(self, out: str, spec: encoders.EncoderSpec, precision: str, num_shards: int):
+    def __init__(self, prefix: str, spec: encoders.EncoderSpec, precision: str, num_shards: int):
         super().__init__()
-        self._prefix = features_prefix(out)
+        self._prefix = prefix
         self._schema = schema.image_features_schema(spec.dim, features_metadata(spec, precision))
         self._num_shards = num_shards
 
@@ -449,6 +545,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(torchvision's decoder on the model's device; other formats always use Pillow)",
     )
     parser.add_argument("--num-shards", type=int, default=0, help="feature shards to write (0: the runner decides)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="re-extract every image, replacing existing features (by default a rerun extracts "
+        "only images whose ids have no features yet)",
+    )
     return parser
 
 
@@ -472,7 +574,11 @@ def run(
     decode_on_device = args.decode == DECODE_DEVICE or (args.decode == DECODE_AUTO and args.device == "GPU")
     spec = encoders.build_encoder(args.image_model, args.weights)
     state_dict_path = save_encoder_state(spec, args.out)
-    clear_previous_outputs(args.out)
+    clear_previous_outputs(args.out, features=args.full)
+    existing = [] if args.full else usable_feature_shards(args.out, features_metadata(spec, precision))
+    if existing:
+        log.info("%s: %d feature shards exist; extracting only images they lack (--full redoes all)", STAGE, len(existing))
+    prefix = run_prefix(args.out)
 
     pipeline = test_pipeline or beam.Pipeline(
         options=common.make_options(beam_options, save_main_session)
@@ -480,18 +586,21 @@ def run(
     extracted = (
         pipeline
         | "ReadImageRefs" >> ReadImageRefs(args.out)
+        | "SkipExtracted" >> SkipExtracted(existing)
         | "ExtractImageFeatures" >> ExtractImageFeatures(
             args.image_model, args.weights, state_dict_path, args.device, batch_size, precision, decode_on_device
         )
     )
-    _ = extracted["features"] | "WriteImageFeatures" >> WriteImageFeatures(args.out, spec, precision, args.num_shards)
+    _ = extracted["features"] | "WriteImageFeatures" >> WriteImageFeatures(prefix, spec, precision, args.num_shards)
     _ = extracted["failures"] | "WriteFailures" >> WriteFailures(args.out)
 
     _, counters, seconds = common.run_pipeline(pipeline, STAGE)
+    remove_empty_shards(prefix)
     report = common.report_from_counters(
         STAGE,
         counters,
         seconds,
+        feature_shards=len(feature_shards(args.out)),
         encoder=spec.name,
         weights=spec.weights,
         dim=spec.dim,

@@ -24,14 +24,14 @@ from pipelines import common
 log = logging.getLogger(__name__)
 
 STAGE = "extract-text"
-SHARD_PREFIX = "text"
+SHARD_PREFIX = schema.TEXT_FEATURES_PREFIX
 
 
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
 def images_pattern(out: str) -> str:
-    return schema.out_path(out, schema.IMAGES_DIR, "*" + schema.PARQUET_SUFFIX)
+    return schema.shard_pattern(out, schema.IMAGES_DIR, schema.IMAGES_PREFIX)
 
 
 def output_prefix(out: str) -> str:

@@ -531,7 +531,7 @@ class WriteIndex(beam.PTransform):
         return {
             "images": outputs["images"]
             | "WriteImages" >> beam.io.WriteToParquet(
-                schema.out_path(out, schema.IMAGES_DIR, "images"),
+                schema.out_path(out, schema.IMAGES_DIR, schema.IMAGES_PREFIX),
                 schema=schema.IMAGES_SCHEMA,
                 file_name_suffix=schema.PARQUET_SUFFIX,
             ),

@@ -648,9 +648,9 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     if args.page_size < 1 or args.batch_size < 1 or args.thumbnail_size < 1:
         raise ValueError("--page-size, --batch-size and --thumbnail-size must be positive")
 
-    images_pattern = schema.out_path(out, schema.IMAGES_DIR, "*" + schema.PARQUET_SUFFIX)
-    image_features_pattern = schema.out_path(out, schema.IMAGE_FEATURES_DIR, "*" + schema.PARQUET_SUFFIX)
-    text_features_pattern = schema.out_path(out, schema.TEXT_FEATURES_DIR, "*" + schema.PARQUET_SUFFIX)
+    images_pattern = schema.shard_pattern(out, schema.IMAGES_DIR, schema.IMAGES_PREFIX)
+    image_features_pattern = schema.shard_pattern(out, schema.IMAGE_FEATURES_DIR, schema.IMAGE_FEATURES_PREFIX)
+    text_features_pattern = schema.shard_pattern(out, schema.TEXT_FEATURES_DIR, schema.TEXT_FEATURES_PREFIX)
     _require(images_pattern, "the images table (run index)")
     image_feature_files = _require(image_features_pattern, "image features (run extract-images)")
     text_feature_files = _require(text_features_pattern, "text features (run extract-text)")
@@ -683,7 +683,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         thumbnail_size=args.thumbnail_size if thumbnails else None,
     )
     _ = ranked["rankings"] | "WriteRankings" >> WriteToParquet(
-        schema.out_path(out, schema.RANKINGS_DIR, "rankings"),
+        schema.out_path(out, schema.RANKINGS_DIR, schema.RANKINGS_PREFIX),
         schema.RANKINGS_SCHEMA,
         codec="snappy",
         file_name_suffix=schema.PARQUET_SUFFIX,
@@ -695,7 +695,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     )
     _result, counters, seconds = common.run_pipeline(pipeline, STAGE)
 
-    rankings_files = common.glob(schema.out_path(out, schema.RANKINGS_DIR, "rankings-*" + schema.PARQUET_SUFFIX))
+    rankings_files = common.glob(schema.shard_pattern(out, schema.RANKINGS_DIR, schema.RANKINGS_PREFIX))
     entries, oov_tags, ranked_images = tag_entries_from_rankings(rankings_files, args.page_size)
     failures = count_failures(out)
     manifest = publish_site(

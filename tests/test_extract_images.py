@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import apache_beam as beam
@@ -217,11 +218,18 @@ def test_clear_previous_outputs_only_touches_this_stages_shards(tmp_path: Path):
     for p in stale + kept:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
+    # a running or interrupted job's temporary shard is never one of the finished shards
+    temp = tmp_path / schema.IMAGE_FEATURES_DIR / "beam-temp-features-0123abcd" / "part.parquet"
+    temp.parent.mkdir(parents=True)
+    temp.write_bytes(b"half a shard")
     assert ei.feature_shards(out) == [str(stale[0])]
-    removed = ei.clear_previous_outputs(out)
-    assert sorted(removed) == sorted(str(p) for p in stale)
+    # a plain rerun keeps the features (it adds to them) but redoes the failures
+    assert ei.clear_previous_outputs(out, features=False) == [str(stale[1])]
+    assert stale[0].exists() and not stale[1].exists()
+    removed = ei.clear_previous_outputs(out, features=True)
+    assert removed == [str(stale[0])]
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
-    assert ei.clear_previous_outputs(out) == []
+    assert ei.clear_previous_outputs(out, features=True) == []
 
 
 def test_cli_defaults():
@@ -282,9 +290,9 @@ def test_encode_images_sends_failed_batches_to_the_dead_letter_output(tmp_path: 
 # ---------------------------------------------------------------------------
 def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
     out = corpus["out"]
-    stale = out / schema.IMAGE_FEATURES_DIR / "features-00000-of-00009.parquet"
-    stale.parent.mkdir(parents=True, exist_ok=True)
-    stale.write_bytes(b"stale")
+    unreadable = out / schema.IMAGE_FEATURES_DIR / "features-00000-of-00009.parquet"
+    unreadable.parent.mkdir(parents=True, exist_ok=True)
+    unreadable.write_bytes(b"stale")
 
     report = ei.run(
         ["--out", str(out), "--image-model", LITE, "--weights", "random", "--batch-size", "8", "--num-shards", "2", "--precision", "fp32"],
@@ -304,9 +312,11 @@ def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
     saved = json.loads((out / schema.REPORTS_DIR / f"{ei.STAGE}.json").read_text())
     assert saved["rows_out"] == N_GOOD
 
-    # features: two shards with the stale one gone, one row per good image, metadata in the files
+    # features: this run's shards (named by the run, so later runs add beside them), the
+    # unreadable file moved aside where no reader looks, one row per good image, metadata in the files
     shards = sorted((out / schema.IMAGE_FEATURES_DIR).glob("*.parquet"))
-    assert [p.name for p in shards] == ["features-00000-of-00002.parquet", "features-00001-of-00002.parquet"]
+    assert shards and all(re.fullmatch(r"features-\d{8}T\d{6}-[0-9a-f]{6}-\d{5}-of-00002\.parquet", p.name) for p in shards)
+    assert (out / schema.IMAGE_FEATURES_DIR / ei.UNREADABLE_SUBDIR / unreadable.name).read_bytes() == b"stale"
     table = pa.concat_tables([pq.read_table(p) for p in shards])
     assert table.schema.field(schema.EMBEDDING).type == pa.list_(pa.float32(), 1280)
     meta = pq.read_schema(shards[0]).metadata

@@ -1,0 +1,107 @@
+"""Incremental extract-images: a rerun extracts only images whose ids have no features yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from model import encoders, inference, schema
+from pipelines import extract_images as ei
+from tests.conftest import write_broken_images, write_image_collection
+from tests.test_extract_images import _index_rows, write_images_table
+
+LITE = encoders.EFFICIENTNET_LITE0
+TAGS = ["cat", "dog", "tree"]
+FIRST = 20
+ADDED = 2  # 10% more
+
+
+def _run(out: Path, *extra: str) -> ei.common.StageReport:
+    argv = ["--out", str(out), "--image-model", LITE, "--weights", "random", "--batch-size", "4", "--precision", "fp32"]
+    return ei.run(argv + list(extra), save_main_session=False)
+
+
+def _features(out: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted((out / schema.IMAGE_FEATURES_DIR).glob("features-*.parquet"))])
+
+
+@pytest.fixture
+def counted_forward(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Images the model was asked to encode (the in-process runner shares this module)."""
+    seen: list[int] = []
+    original = inference.FeatureExtractor.forward
+
+    def forward(self, payloads):
+        seen.append(len(payloads))
+        return original(self, payloads)
+
+    monkeypatch.setattr(inference.FeatureExtractor, "forward", forward)
+    return seen
+
+
+@pytest.fixture
+def collection(tmp_path: Path) -> dict:
+    rows = write_image_collection(tmp_path / "images", FIRST + ADDED, TAGS, seed=3)
+    broken = [str(p) for p in write_broken_images(tmp_path / "images")]
+    listed = [(r["uri"], r["tag"]) for r in rows[:FIRST]] + [(u, "cat") for u in broken]
+    added = [(r["uri"], r["tag"]) for r in rows[FIRST:]]
+    out = tmp_path / "out"
+    write_images_table(out, _index_rows(listed))
+    return {"out": out, "listed": listed, "added": added}
+
+
+def test_a_rerun_of_an_unchanged_index_does_no_model_work(collection: dict, counted_forward: list[int]):
+    out = collection["out"]
+    first = _run(out)
+    assert (first.rows_out, first.rows_failed, first.rows_skipped) == (FIRST, 3, 0)
+    assert sum(counted_forward) == FIRST
+    shards_before = sorted(p.name for p in (out / schema.IMAGE_FEATURES_DIR).glob("features-*.parquet"))
+
+    counted_forward.clear()
+    again = _run(out)
+    assert sum(counted_forward) == 0
+    assert again.rows_in == FIRST + 3
+    assert (again.rows_out, again.rows_skipped) == (0, FIRST)
+    assert again.details[ei.SKIPPED_EXTRACTED] == FIRST
+    # the broken files are tried again (they may have been fixed) and recorded once, not twice
+    assert again.rows_failed == 3
+    failures = pa.concat_tables([pq.read_table(p) for p in (out / schema.FAILURES_DIR).glob("extract-images-*.parquet")])
+    assert failures.num_rows == 3
+    # no empty shard is left behind by a run that had nothing to add
+    assert sorted(p.name for p in (out / schema.IMAGE_FEATURES_DIR).glob("features-*.parquet")) == shards_before
+    assert _features(out).num_rows == FIRST
+
+
+def test_adding_images_extracts_only_the_new_ones(collection: dict, counted_forward: list[int]):
+    out = collection["out"]
+    _run(out)
+    before = {r[schema.IMAGE_ID]: r[schema.EMBEDDING] for r in _features(out).to_pylist()}
+
+    write_images_table(out, _index_rows(collection["listed"] + collection["added"]))
+    counted_forward.clear()
+    report = _run(out)
+    assert sum(counted_forward) == ADDED
+    assert (report.rows_out, report.rows_skipped, report.rows_failed) == (ADDED, FIRST, 3)
+    after = {r[schema.IMAGE_ID]: r[schema.EMBEDDING] for r in _features(out).to_pylist()}
+    assert len(after) == FIRST + ADDED  # every image once: nothing extracted twice
+    assert all(after[i] == v for i, v in before.items())
+
+
+def test_features_of_another_encoder_are_not_mixed_in(collection: dict):
+    out = collection["out"]
+    _run(out)
+    with pytest.raises(ei.IncompatibleFeatures, match="--full"):
+        ei.run(["--out", str(out), "--image-model", encoders.RESNET50, "--weights", "random"], save_main_session=False)
+
+
+def test_full_replaces_every_feature(collection: dict, counted_forward: list[int]):
+    out = collection["out"]
+    _run(out)
+    counted_forward.clear()
+    report = _run(out, "--full")
+    assert sum(counted_forward) == FIRST
+    assert (report.rows_out, report.rows_skipped) == (FIRST, 0)
+    assert _features(out).num_rows == FIRST
