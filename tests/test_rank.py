@@ -173,9 +173,9 @@ def write_inputs(out: Path, uris: dict[str, str], rows=ROWS, vectors=VECTORS, te
 
     meta = {schema.META_ENCODER: b"tiny", schema.META_WEIGHTS: b"random", schema.META_DIM: b"4"}
     write(image_rows(uris, rows), schema.IMAGES_SCHEMA, f"{schema.IMAGES_DIR}/images-00000-of-00001.parquet")
-    write(feature_rows(vectors), schema.image_features_schema(IMAGE_DIM, meta), f"{schema.IMAGE_FEATURES_DIR}/f-00000-of-00001.parquet")
+    write(feature_rows(vectors), schema.image_features_schema(IMAGE_DIM, meta), f"{schema.IMAGE_FEATURES_DIR}/features-00000-of-00001.parquet")
     text_meta = {schema.META_WORD_VECTORS: b"tiny.kv"}
-    write(text_rows(text), schema.text_features_schema(TEXT_DIM, text_meta), f"{schema.TEXT_FEATURES_DIR}/t-00000-of-00001.parquet")
+    write(text_rows(text), schema.text_features_schema(TEXT_DIM, text_meta), f"{schema.TEXT_FEATURES_DIR}/text-00000-of-00001.parquet")
     earlier = [rank.failure_row("x", "/nowhere.jpg", "OSError", "gone")] * 2
     write([{**r, schema.STAGE: "extract-images"} for r in earlier], schema.FAILURES_SCHEMA, f"{schema.FAILURES_DIR}/extract-images-00000-of-00001.parquet")
     write_towers(out)
