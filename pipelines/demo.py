@@ -30,6 +30,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="imagenet",
         help="imagenet (efficientnet_lite0's ship with its package: no download), random or a PATH",
     )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="image feature precision (extract-images --precision)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="matcher epochs (train's default if unset)")
     parser.add_argument("--no-thumbnails", action="store_true")
     parser.add_argument("--no-serve", action="store_true", help="build the site but do not serve it")
@@ -62,7 +68,9 @@ def run(argv: list[str] | None = None) -> Any:
     _timed("index", lambda: index.run(["--input", str(corpus.manifest), "--out", out]))
     _timed(
         "extract-images",
-        lambda: extract_images.run(["--out", out, "--image-model", args.image_model, "--weights", args.weights]),
+        lambda: extract_images.run(
+            ["--out", out, "--image-model", args.image_model, "--weights", args.weights, "--precision", args.precision]
+        ),
     )
     _timed("extract-text", lambda: extract_text.run(["--out", out, "--word-vectors", str(corpus.word_vectors)]))
     train_argv = ["--out", out, "--ground-truth", str(corpus.ground_truth), "--seed", str(args.seed)]

@@ -12,7 +12,7 @@ Generated, seeded and offline: no download. It imitates what makes a real crawl 
     occurs in the captions, so it is out of vocabulary for the demo word vectors.
 
 Files written under the folder:
-  manifest.jsonl      {"uri": <absolute path>, "tag": <crawled tag, raw>}, in shuffled crawl order
+  manifest.jsonl      {"uri": <path relative to the manifest>, "tag": <crawled tag, raw>}, in crawl order
   ground_truth.jsonl  {"uri", "tag": <crawled tag, normalised>, "true_tag"}; evaluation reads it
   captions.txt        one caption a line, generated from the true classes
   word_vectors.bin    a small Word2Vec trained on the captions, word2vec binary format
@@ -620,12 +620,17 @@ def generate_demo_corpus(
         path.write_bytes(data)
         crawled = rng.choice([t for t in TAGS if t != true_tag]) if i in wrong else true_tag
         raw = _raw_variant(crawled, rng) if rng.random() < 0.06 else crawled
-        manifest.append({schema.URI: str(path), schema.TAG: raw})
-        truth.append({schema.URI: str(path), schema.TAG: tags.normalize_tag(raw), schema.TRUE_TAG: true_tag})
+        # relative to the manifest: ids (and so the split and the evaluation) do not depend on
+        # where the corpus was generated
+        uri = f"{IMAGES_DIRNAME}/{path.name}"
+        manifest.append({schema.URI: uri, schema.TAG: raw})
+        truth.append({schema.URI: uri, schema.TAG: tags.normalize_tag(raw), schema.TRUE_TAG: true_tag})
 
     n_duplicates = max(3, n_images // 500)
     duplicates = [dict(manifest[j]) for j in rng.sample(range(len(manifest)), min(n_duplicates, len(manifest)))]
-    broken = [{schema.URI: str(p), schema.TAG: rng.choice(TAGS)} for p in _write_broken_files(images_dir, rng)]
+    broken = [
+        {schema.URI: f"{IMAGES_DIRNAME}/{p.name}", schema.TAG: rng.choice(TAGS)} for p in _write_broken_files(images_dir, rng)
+    ]
     rows = manifest + duplicates + broken
     rng.shuffle(rows)  # crawl order, not generation order
 

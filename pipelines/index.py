@@ -62,6 +62,9 @@ SKIPPED_DUPLICATE = "skipped_duplicate"
 # {ordinal, uri (may be None), error, message}.
 _ERROR_KEY = "error"
 _MESSAGE_KEY = "message"
+# the uri as the manifest writes it: ids derive from it, so a collection whose manifest uses
+# relative paths keeps its ids (and split) wherever it is moved
+_SOURCE_KEY = "source_uri"
 
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".deflate", ".zst", ".lzma")
@@ -167,18 +170,19 @@ def resolve_uri(uri: str, base_dir: str) -> str:
     return _normalise_path(join_path(base_dir, uri))
 
 
-def _row(ordinal: int, uri: str, tag_raw: str) -> dict[str, Any]:
-    return {schema.ORDINAL: ordinal, schema.URI: uri, schema.TAG_RAW: tag_raw}
+def _row(ordinal: int, uri: str, tag_raw: str, source_uri: str | None = None) -> dict[str, Any]:
+    return {schema.ORDINAL: ordinal, schema.URI: uri, schema.TAG_RAW: tag_raw, _SOURCE_KEY: source_uri or uri}
 
 
 def _bad_row(ordinal: int, error: str, message: str, uri: str | None = None) -> dict[str, Any]:
     return {schema.ORDINAL: ordinal, schema.URI: uri, _ERROR_KEY: error, _MESSAGE_KEY: message}
 
 
-def failure_record(uri: str | None, error: str, message: str) -> dict[str, Any]:
+def failure_record(uri: str | None, error: str, message: str, source_uri: str | None = None) -> dict[str, Any]:
     """A row of schema.FAILURES_SCHEMA for this stage."""
+    source = source_uri or uri
     return {
-        schema.IMAGE_ID: tags.image_id_for(uri) if uri else None,
+        schema.IMAGE_ID: tags.image_id_for(source) if source else None,
         schema.URI: uri,
         schema.STAGE: STAGE,
         schema.ERROR: error,
@@ -206,7 +210,7 @@ def parse_uri_tag(record: Any, ordinal: int, base_dir: str, where: str) -> dict[
         return bad
     if not isinstance(uri, str) or not isinstance(tag, str):
         return _bad_row(ordinal, REJECT_WRONG_TYPE, f"{where}: uri and tag must be strings: {excerpt(record)}")
-    return _row(ordinal, resolve_uri(uri, base_dir), tag)
+    return _row(ordinal, resolve_uri(uri, base_dir), tag, source_uri=uri)
 
 
 class PicIdResolver:
@@ -362,10 +366,10 @@ class NormalizeTagFn(beam.DoFn):
     def __init__(self):
         self.rows_failed = common.counter(STAGE, common.ROWS_FAILED)
 
-    def _fail(self, uri: str | None, error: str, message: str) -> beam.pvalue.TaggedOutput:
+    def _fail(self, uri: str | None, error: str, message: str, source_uri: str | None = None) -> beam.pvalue.TaggedOutput:
         self.rows_failed.inc()
         common.counter(STAGE, f"failed_{error}").inc()
-        return beam.pvalue.TaggedOutput(self.FAILURES, failure_record(uri, error, message))
+        return beam.pvalue.TaggedOutput(self.FAILURES, failure_record(uri, error, message, source_uri))
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
         uri = row.get(schema.URI)
@@ -376,9 +380,9 @@ class NormalizeTagFn(beam.DoFn):
         tag = tags.normalize_tag(tag_raw)
         problem = tags.tag_problem(tag)
         if problem:
-            yield self._fail(uri, problem, f"manifest row {row[schema.ORDINAL]}: tag {excerpt(tag_raw)}")
+            yield self._fail(uri, problem, f"manifest row {row[schema.ORDINAL]}: tag {excerpt(tag_raw)}", row.get(_SOURCE_KEY))
             return
-        image_id = tags.image_id_for(uri)
+        image_id = tags.image_id_for(row.get(_SOURCE_KEY) or uri)
         yield {
             schema.IMAGE_ID: image_id,
             schema.URI: uri,

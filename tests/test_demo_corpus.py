@@ -49,7 +49,9 @@ def test_counts_and_files(corpus: demo_corpus.DemoCorpus) -> None:
     rows = read_jsonl(corpus.manifest)
     assert len(rows) == corpus.n_rows == N + corpus.n_duplicates + corpus.n_broken
     assert corpus.n_broken == 3 and corpus.n_duplicates >= 3
-    assert all(set(r) == {schema.URI, schema.TAG} and Path(r[schema.URI]).is_absolute() for r in rows)
+    # relative to the manifest, so ids and the split do not depend on where the corpus lives
+    assert all(set(r) == {schema.URI, schema.TAG} and not Path(r[schema.URI]).is_absolute() for r in rows)
+    assert all((corpus.manifest.parent / r[schema.URI]).is_file() for r in rows)
     lines = corpus.manifest.read_text().splitlines()
     assert len(lines) - len(set(lines)) == corpus.n_duplicates  # exact duplicate rows
     # raw variation that normalisation has to undo
@@ -74,7 +76,7 @@ def test_ground_truth_and_mislabels(corpus: demo_corpus.DemoCorpus) -> None:
 def test_image_formats_and_sizes(corpus: demo_corpus.DemoCorpus) -> None:
     formats, modes, sizes = set(), set(), set()
     for t in read_jsonl(corpus.ground_truth):
-        with Image.open(t[schema.URI]) as img:
+        with Image.open(corpus.manifest.parent / t[schema.URI]) as img:
             img.load()
             formats.add(img.format)
             modes.add((img.format, img.mode, "transparency" in img.info))

@@ -43,6 +43,7 @@ def test_every_manifest_row_is_indexed_failed_or_a_duplicate(demo_out: Path):
     index = _report(demo_out, "index")
     assert index["rows_in"] == len(manifest_rows)
     distinct = {(r["uri"], " ".join(r["tag"].casefold().split())) for r in manifest_rows}
+    assert all(not r["uri"].startswith("/") for r in manifest_rows)
     assert index["rows_out"] == len(distinct)
     assert index["rows_skipped"] == index["details"]["skipped_duplicate"] == len(manifest_rows) - len(distinct)
 
@@ -58,7 +59,7 @@ def test_every_indexed_image_has_features_or_a_recorded_failure(demo_out: Path):
     assert feature_ids | failed_ids == indexed_ids
     assert not feature_ids & failed_ids
     # the demo's three broken files are among the failures, each with its reason
-    broken = {image_id_for(str(p)) for p in (demo_out / "corpus" / "images").glob("broken*")}
+    broken = {image_id_for(f"images/{p.name}") for p in (demo_out / "corpus" / "images").glob("broken*")}
     assert broken and broken <= failed_ids
     assert all(failed.column(schema.ERROR).to_pylist())
 

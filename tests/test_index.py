@@ -97,7 +97,7 @@ def test_read_jsonl_keeps_positions_and_records_malformed_lines(tmp_path: Path) 
     )
     rows = read_rows(manifest, index.FORMAT_JSONL)
     assert [r[schema.ORDINAL] for r in rows] == list(range(8))
-    assert rows[0] == {schema.ORDINAL: 0, schema.URI: str(tmp_path / "a.jpg"), schema.TAG_RAW: "Cat"}
+    assert rows[0] == {schema.ORDINAL: 0, schema.URI: str(tmp_path / "a.jpg"), schema.TAG_RAW: "Cat", index._SOURCE_KEY: "a.jpg"}
     errors = [r.get("error") for r in rows]
     assert errors == [
         None,
@@ -122,7 +122,12 @@ def test_read_csv_with_quoted_fields(tmp_path: Path) -> None:
         w.writerow([2, "/abs/c.jpg", "two\nlines"])
         w.writerow([3, "d.jpg"])  # short row: tag missing
     rows = read_rows(manifest, index.FORMAT_CSV)
-    assert rows[0] == {schema.ORDINAL: 0, schema.URI: str(tmp_path / "imgs/a, b.jpg"), schema.TAG_RAW: 'red "sports" car'}
+    assert rows[0] == {
+        schema.ORDINAL: 0,
+        schema.URI: str(tmp_path / "imgs/a, b.jpg"),
+        schema.TAG_RAW: 'red "sports" car',
+        index._SOURCE_KEY: "imgs/a, b.jpg",
+    }
     assert rows[1][schema.TAG_RAW] == "two\nlines" and rows[1][schema.URI] == "/abs/c.jpg"
     assert rows[2]["error"] == index.REJECT_MISSING_FIELD and rows[2][schema.ORDINAL] == 2
 
@@ -162,7 +167,7 @@ def test_read_parquet(tmp_path: Path) -> None:
         row_group_size=2,  # rows span two row groups: positions must run on across them
     )
     rows = read_rows(manifest, index.FORMAT_PARQUET)
-    assert rows[0] == {schema.ORDINAL: 0, schema.URI: str(tmp_path / "a.jpg"), schema.TAG_RAW: "Cat"}
+    assert rows[0] == {schema.ORDINAL: 0, schema.URI: str(tmp_path / "a.jpg"), schema.TAG_RAW: "Cat", index._SOURCE_KEY: "a.jpg"}
     assert [r.get("error") for r in rows[1:]] == [index.REJECT_MISSING_FIELD] * 2
     assert [r[schema.ORDINAL] for r in rows] == [0, 1, 2]
 
@@ -247,8 +252,9 @@ def test_first_by_ordinal_combine() -> None:
 # ---------------------------------------------------------------------------
 # tier 2: composites under TestPipeline
 # ---------------------------------------------------------------------------
-def _image(uri: str, tag: str, raw: str, ordinal: int) -> dict:
-    image_id = tags.image_id_for(uri)
+def _image(uri: str, tag: str, raw: str, ordinal: int, source_uri: str | None = None) -> dict:
+    # ids come from the uri as the manifest writes it (relative ones stay relative)
+    image_id = tags.image_id_for(source_uri or uri)
     return {
         schema.IMAGE_ID: image_id,
         schema.URI: uri,
@@ -271,10 +277,11 @@ def test_composites_under_test_pipeline(tmp_path: Path) -> None:
             {"uri": "c.jpg", "tag": "***"},
         ],
     )
-    expected_images = [_image(a, "cat", "Cat", 0), _image(b, "dog", "dog", 1), _image(a, "dog", "dog", 3)]
+    expected_images = [_image(a, "cat", "Cat", 0, "a.jpg"), _image(b, "dog", "dog", 1, "b.jpg"), _image(a, "dog", "dog", 3, "a.jpg")]
+    id_a, id_b = tags.image_id_for("a.jpg"), tags.image_id_for("b.jpg")
     expected_inverted = [
-        {schema.TAG: "cat", schema.COUNT: 1, schema.IMAGE_IDS: [tags.image_id_for(a)], schema.ORDINAL: 0},
-        {schema.TAG: "dog", schema.COUNT: 2, schema.IMAGE_IDS: [tags.image_id_for(b), tags.image_id_for(a)], schema.ORDINAL: 1},
+        {schema.TAG: "cat", schema.COUNT: 1, schema.IMAGE_IDS: [id_a], schema.ORDINAL: 0},
+        {schema.TAG: "dog", schema.COUNT: 2, schema.IMAGE_IDS: [id_b, id_a], schema.ORDINAL: 1},
     ]
     with test_pipeline.TestPipeline(runner=common.LOCAL_RUNNER) as p:
         outputs = p | index.ReadManifest(str(manifest), index.FORMAT_JSONL) | index.IndexRows()
@@ -452,3 +459,18 @@ def test_default_runner_is_in_process_but_a_runner_flag_wins() -> None:
     assert common.with_default_runner(PipelineOptions([])).view_as(StandardOptions).runner == common.LOCAL_RUNNER
     named = common.with_default_runner(PipelineOptions(["--runner", "DataflowRunner"]))
     assert named.view_as(StandardOptions).runner == "DataflowRunner"
+
+
+def test_relative_manifests_keep_their_ids_wherever_the_collection_lives(tmp_path: Path) -> None:
+    ids = []
+    for place in ("here", "there/deeper"):
+        folder = tmp_path / place
+        folder.mkdir(parents=True)
+        manifest = write_jsonl(folder / "m.jsonl", [{"uri": "imgs/a.jpg", "tag": "cat"}, {"uri": "/abs/b.jpg", "tag": "dog"}])
+        out = tmp_path / place / "out"
+        index.run(["--input", str(manifest), "--out", str(out)], save_main_session=False)
+        table = pq.read_table(next((out / schema.IMAGES_DIR).glob("*.parquet"))).sort_by(schema.ORDINAL)
+        ids.append(table.column(schema.IMAGE_ID).to_pylist())
+        # the uri column is resolved for reading; the id is the manifest's own uri
+        assert table.column(schema.URI).to_pylist()[0] == str(folder / "imgs/a.jpg")
+    assert ids[0] == ids[1] == [tags.image_id_for("imgs/a.jpg"), tags.image_id_for("/abs/b.jpg")]

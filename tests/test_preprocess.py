@@ -6,6 +6,7 @@ import hashlib
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -120,3 +121,51 @@ def test_to_tensor_rejects_a_transform_that_is_not_chw():
     decoded = DecodedImage(rgb=Image.new("RGB", (4, 4)), width=4, height=4, content_hash="x")
     with pytest.raises(TypeError):
         to_tensor(decoded, lambda img: torch.zeros(1, 3, 4, 4))
+
+
+# ---------------------------------------------------------------------------
+# The fast path: resize-and-crop in one Pillow call, uint8, normalised later per batch
+# ---------------------------------------------------------------------------
+def _photo(size: tuple[int, int]) -> bytes:
+    rng = np.random.default_rng(sum(size))
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    pixels = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h)], -1) + rng.normal(0, 8, (h, w, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(800, 600), (600, 800), (1280, 300), (224, 224), (150, 90)])
+@pytest.mark.parametrize("encoder", ["resnet50", "efficientnet_lite0"])
+def test_crop_uint8_matches_the_weights_own_transform(size, encoder):
+    from model import encoders
+    from model.preprocess import CropSpec, crop_uint8
+
+    transform, resize = encoders.preprocessing(encoder, "random")
+    spec = CropSpec.from_transform(transform)
+    decoded = decode_image(_photo(size), resize)
+    fast = crop_uint8(decoded, spec)
+    assert fast.dtype == torch.uint8 and tuple(fast.shape) == (3, spec.crop_size, spec.crop_size)
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+    normalised = (fast.float() / 255 - mean) / std
+    reference = to_tensor(decode_image(_photo(size), None), transform)
+    # the same region of the picture at the same scale: only resampling details differ
+    difference = (normalised - reference).abs()
+    assert difference.mean() < 0.05, difference.mean()
+    cosine = torch.nn.functional.cosine_similarity(normalised.flatten(), reference.flatten(), dim=0)
+    assert cosine > 0.995
+
+
+def test_crop_box_mirrors_torchvision_resize_then_centre_crop():
+    from model.preprocess import CropSpec, crop_box
+
+    spec = CropSpec(resize_size=256, crop_size=224, mean=(0.0,) * 3, std=(1.0,) * 3, interpolation="bilinear")
+    # 800x600 -> 341x256 -> crop offset (58, 16) -> scaled back by 600/256
+    left, top, right, bottom = crop_box(800, 600, spec)
+    scale = 600 / 256
+    assert (left, top) == pytest.approx((58 * 800 / 341, 16 * scale))
+    assert right - left == pytest.approx(224 * 800 / 341) and bottom - top == pytest.approx(224 * scale)
+    # a portrait picture: the same, transposed
+    assert crop_box(600, 800, spec) == pytest.approx((top, left, bottom, right))
