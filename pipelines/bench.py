@@ -57,9 +57,10 @@ log = logging.getLogger(__name__)
 KIND_JPEG = "jpeg"  # photos
 KIND_PNG = "png"  # graphics with transparency
 KINDS = (KIND_JPEG, KIND_PNG)
-# Sized so the default run (resnet50, both kinds) takes about 2 minutes on 2 cores: (a) runs at
-# ~15-18 images/s there, (c) at ~50, and each phase's process start and Beam's start-up are fixed costs.
-DEFAULT_IMAGES = 240
+# Sized so the default run (resnet50, both kinds) takes about 2 minutes on 2 cores (measured: 240
+# per kind took 63 s with the images cached): (a) runs at ~19 images/s there, (c) at ~35-50, and
+# each phase's process start and Beam's start-up (about a second of (c)'s time) are fixed costs.
+DEFAULT_IMAGES = 500
 DEFAULT_MODEL_SECONDS = 10.0  # how long (b) times the model, after its warm-up batch
 MIN_TIMED_BATCHES = 3
 MODEL_BATCHES = 2  # distinct pre-made batches (b) cycles through
