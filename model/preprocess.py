@@ -24,7 +24,7 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 @dataclasses.dataclass
 class DecodedImage:
-    rgb: Image.Image
+    rgb: Image.Image  # upright; RGB unless decoded with keep_mode (then RGB, RGBA, L, P, ...)
     width: int  # full-resolution size as displayed (EXIF orientation applied), not the draft's
     height: int
     content_hash: str  # sha256 hex of the encoded bytes
@@ -71,11 +71,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def decode_image(data: bytes, target_size: int | None) -> DecodedImage:
+def decode_image(data: bytes, target_size: int | None, *, keep_mode: bool = False) -> DecodedImage:
     """Decode bytes into an upright RGB image; raise on anything unreadable.
 
     target_size is the shorter side the caller will resize to: JPEGs are then decoded at the
     smallest DCT scale that keeps both sides at least that large (much faster for big photos).
+    keep_mode leaves the pixels in their own mode (RGBA, P, L, ...) for crop_uint8, which turns
+    only the small crop into RGB: flattening transparency at full size costs more than decoding.
     """
     digest = content_hash(data)
     img = Image.open(io.BytesIO(data))
@@ -85,8 +87,12 @@ def decode_image(data: bytes, target_size: int | None) -> DecodedImage:
         img.draft("RGB", (target_size, target_size))
     # load() here so truncated or corrupt files fail in this function, not later in a transform
     img.load()
-    img = ImageOps.exif_transpose(img)
-    return DecodedImage(rgb=to_rgb(img), width=width, height=height, content_hash=digest)
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        # exif_transpose copies the whole picture even when nothing turns: only call it when needed
+        img = ImageOps.exif_transpose(img)
+    if not keep_mode:
+        img = to_rgb(img)
+    return DecodedImage(rgb=img, width=width, height=height, content_hash=digest)
 
 
 def to_tensor(decoded: DecodedImage, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
@@ -111,6 +117,7 @@ _PIL_RESAMPLE = {
 # many times larger than the target, then resamples: much faster for big PNGs, and the output
 # differs from a full resample by less than JPEG noise.
 REDUCING_GAP = 3.0
+_RESIZABLE_MODES = ("RGB", "RGBA", "L", "LA")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +165,14 @@ def crop_uint8(decoded: DecodedImage, spec: CropSpec) -> torch.Tensor:
     reduced by a power of two: the same region of the scene either way.
     """
     img = decoded.rgb
+    if img.mode not in _RESIZABLE_MODES:
+        # palette, CMYK, 16-bit...: to a mode Pillow resizes directly (transparency kept)
+        img = img.convert("RGBA") if _has_transparency(img) else to_rgb(img)
     box = crop_box(img.width, img.height, spec)
     size = (spec.crop_size, spec.crop_size)
-    out = img.resize(size, _PIL_RESAMPLE[spec.interpolation], box=box, reducing_gap=REDUCING_GAP)
+    # Pillow resizes RGBA and LA with premultiplied alpha, so colours under transparent pixels
+    # do not bleed in; transparency is flattened onto white afterwards, on the crop alone
+    out = to_rgb(img.resize(size, _PIL_RESAMPLE[spec.interpolation], box=box, reducing_gap=REDUCING_GAP))
     # one copy out of Pillow; CHW is a view of the HWC pixels (channels_last strides), and the
     # batch is stacked and laid out once, on the inference device
     return torch.from_numpy(np.array(out)).permute(2, 0, 1)

@@ -361,11 +361,11 @@ def phase_model(
     module = inference.prepare_model(spec.module, device, resolved)
     batches = _premade_batches(uris, spec, crop, batch_size)
 
-    inference.forward_features(module, batches[0], crop, resolved, device)
+    inference.forward_features(module, batches[0], crop, device)
     timed, images = 0, 0
     started = time.perf_counter()
     while True:
-        features = inference.forward_features(module, batches[timed % len(batches)], crop, resolved, device)
+        features = inference.forward_features(module, batches[timed % len(batches)], crop, device)
         timed += 1
         images += features.shape[0]
         seconds = time.perf_counter() - started

@@ -165,8 +165,8 @@ def test_feature_extractor_decodes_raw_jpegs_like_pillow_and_isolates_a_bad_one(
 def test_bf16_features_stay_close_to_fp32(corpus: dict):
     _spec, crop, extractor = _extractor()
     crops = torch.stack([preprocess.crop_uint8(preprocess.decode_image(Path(u).read_bytes(), crop.resize_size), crop) for u in corpus["good"][:4]])
-    fp32 = inference.forward_features(extractor.encoder, crops, crop, inference.FP32, "CPU")
-    bf16 = inference.forward_features(extractor.encoder, crops, crop, inference.BF16, "CPU")
+    fp32 = inference.forward_features(inference.prepare_model(extractor.encoder, "CPU", inference.FP32), crops, crop, "CPU")
+    bf16 = inference.forward_features(inference.prepare_model(extractor.encoder, "CPU", inference.BF16), crops, crop, "CPU")
     cosines = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
     assert cosines.min() > 0.999
 

