@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import torch
 
 from model import metrics, schema, storage
+from model.report import StageReport
 from model.matcher import Matcher, MatcherConfig, contrastive_loss, save_checkpoint
 from model.tags import image_id_for, normalize_tag
 
@@ -274,27 +275,17 @@ def prepare_data(out: str) -> TrainData:
 
 
 @dataclasses.dataclass
-class TrainResult:
-    stage: str
-    rows_in: int  # train-split rows in the index
-    rows_out: int  # rows trained on, per epoch
-    rows_skipped: int
-    seconds: float
-    details: dict[str, Any]
-    epochs: list[dict[str, Any]]
-    metrics: dict[str, Any]
-    table: str
-    checkpoint: str
-    rows_failed: int = 0
+class TrainResult(StageReport):
+    """The stage's accounting (rows_in: train-split rows in the index; rows_out: rows trained on,
+    per epoch) plus what training learned."""
+
+    epochs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    table: str = ""
+    checkpoint: str = ""
 
     def summary_line(self) -> str:
-        line = (
-            f"{self.stage}: in {self.rows_in}, out {self.rows_out}, failed {self.rows_failed}, "
-            f"skipped {self.rows_skipped}, {self.seconds:.1f} s"
-        )
-        reasons = {k: v for k, v in self.details.items() if isinstance(v, (int, float)) and v}
-        if reasons:
-            line += " (" + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + ")"
+        line = super().summary_line()
         if self.epochs:
             line += f"; loss {self.epochs[0]['loss']:.3f} -> {self.epochs[-1]['loss']:.3f} in {len(self.epochs)} epochs"
         aucs = {r: m[metrics.AUC] for r, m in (self.metrics.get("rankers") or {}).items() if m[metrics.AUC] is not None}
@@ -520,7 +511,7 @@ def main(cfg: argparse.Namespace) -> TrainResult:
         table=table,
         checkpoint=checkpoint,
     )
-    storage.write_json(schema.out_path(cfg.out, schema.REPORTS_DIR, f"{STAGE}.json"), result.to_json())
+    result.save(cfg.out)
     return result
 
 

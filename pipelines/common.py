@@ -7,8 +7,6 @@ sees (rows in, out, failed, skipped) is the pipeline's own, on any runner.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import time
 from typing import Any, Iterable
@@ -19,6 +17,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from model import schema
+from model.report import StageReport  # noqa: F401 - every stage's run() returns one
 
 log = logging.getLogger(__name__)
 
@@ -30,32 +29,18 @@ ROWS_SKIPPED = "rows_skipped"
 STANDARD_COUNTERS = (ROWS_IN, ROWS_OUT, ROWS_FAILED, ROWS_SKIPPED)
 
 
-@dataclasses.dataclass
-class StageReport:
-    stage: str
-    rows_in: int = 0
-    rows_out: int = 0
-    rows_failed: int = 0
-    rows_skipped: int = 0
-    seconds: float = 0.0
-    # reason-specific counts (e.g. failed_UnidentifiedImageError, skipped_duplicate) and extras
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+MAX_MESSAGE_CHARS = 2000  # a failure's message is for a person: the start says what went wrong
 
-    def summary_line(self) -> str:
-        line = (
-            f"{self.stage}: in {self.rows_in}, out {self.rows_out}, failed {self.rows_failed}, "
-            f"skipped {self.rows_skipped}, {self.seconds:.1f} s"
-        )
-        reasons = {k: v for k, v in self.details.items() if isinstance(v, (int, float)) and v}
-        if reasons:
-            line += " (" + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + ")"
-        return line
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, out: str) -> None:
-        write_text(schema.out_path(out, schema.REPORTS_DIR, f"{self.stage}.json"), json.dumps(self.to_json(), indent=2))
+def failure_row(stage: str, image_id: str | None, uri: str | None, error: str, message: str) -> dict[str, Any]:
+    """One row of schema.FAILURES_SCHEMA."""
+    return {
+        schema.IMAGE_ID: image_id,
+        schema.URI: uri,
+        schema.STAGE: stage,
+        schema.ERROR: error,
+        schema.MESSAGE: message[:MAX_MESSAGE_CHARS],
+    }
 
 
 def counter(stage: str, name: str) -> beam.metrics.metricbase.Counter:

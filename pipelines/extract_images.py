@@ -62,7 +62,6 @@ DECODERS = (DECODE_AUTO, DECODE_PILLOW, DECODE_DEVICE)
 UNREADABLE_SUBDIR = "unreadable"
 SKIPPED_EXTRACTED = "skipped_already_extracted"
 PROGRESS_EVERY_S = 10.0
-MAX_MESSAGE_CHARS = 2000
 INDEX_ROWS = "index_rows"  # rows listed in the index, before keeping each image once
 FAILED = "failed"  # tag of the failure outputs
 # Beam's DirectRunner would first try Prism, which downloads a binary; this is the in-process
@@ -192,13 +191,7 @@ def features_metadata(spec: encoders.EncoderSpec, precision: str) -> dict[bytes,
 
 
 def failure_row(image_id: str | None, uri: str | None, error: str, message: str) -> dict[str, Any]:
-    return {
-        schema.IMAGE_ID: image_id,
-        schema.URI: uri,
-        schema.STAGE: STAGE,
-        schema.ERROR: error,
-        schema.MESSAGE: message[:MAX_MESSAGE_CHARS],
-    }
+    return common.failure_row(STAGE, image_id, uri, error, message)
 
 
 def record_failure(image_id: str | None, uri: str | None, exc: BaseException | type, message: str) -> dict[str, Any]:
@@ -359,7 +352,7 @@ class FeatureRowFn(beam.DoFn):
             error, message = prediction.inference
             common.counter(STAGE, common.ROWS_FAILED).inc()
             common.counter(STAGE, f"failed_{error}").inc()
-            yield beam.pvalue.TaggedOutput(FAILED, failure_row(key.image_id, key.uri, error, message[:MAX_MESSAGE_CHARS]))
+            yield beam.pvalue.TaggedOutput(FAILED, failure_row(key.image_id, key.uri, error, message))
             return
         self._rows_out.inc()
         yield feature_row(key, prediction.inference)

@@ -181,13 +181,7 @@ def _bad_row(ordinal: int, error: str, message: str, uri: str | None = None) -> 
 def failure_record(uri: str | None, error: str, message: str, source_uri: str | None = None) -> dict[str, Any]:
     """A row of schema.FAILURES_SCHEMA for this stage."""
     source = source_uri or uri
-    return {
-        schema.IMAGE_ID: tags.image_id_for(source) if source else None,
-        schema.URI: uri,
-        schema.STAGE: STAGE,
-        schema.ERROR: error,
-        schema.MESSAGE: message,
-    }
+    return common.failure_row(STAGE, tags.image_id_for(source) if source else None, uri, error, message)
 
 
 def row_from_fields(

@@ -79,13 +79,7 @@ _SCORED = "scored"
 # Helpers
 # ---------------------------------------------------------------------------
 def failure_row(image_id: str | None, uri: str | None, error: str, message: str) -> dict[str, Any]:
-    return {
-        schema.IMAGE_ID: image_id,
-        schema.URI: uri,
-        schema.STAGE: STAGE,
-        schema.ERROR: error,
-        schema.MESSAGE: message[:2000],
-    }
+    return common.failure_row(STAGE, image_id, uri, error, message)
 
 
 def load_onnx_session(model_uri: str) -> ort.InferenceSession:
