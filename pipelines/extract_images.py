@@ -60,6 +60,7 @@ DEFAULT_BATCH_SIZE = {"CPU": 16, "GPU": 256}
 DECODE_AUTO, DECODE_PILLOW, DECODE_DEVICE = "auto", "pillow", "device"
 DECODERS = (DECODE_AUTO, DECODE_PILLOW, DECODE_DEVICE)
 UNREADABLE_SUBDIR = "unreadable"
+ROW_GROUP_BYTES = 16 * 1024 * 1024
 SKIPPED_EXTRACTED = "skipped_already_extracted"
 PROGRESS_EVERY_S = 10.0
 INDEX_ROWS = "index_rows"  # rows listed in the index, before keeping each image once
@@ -487,6 +488,10 @@ class WriteImageFeatures(beam.PTransform):
             self._prefix,
             self._schema,
             codec="snappy",
+            # the writer holds a row group in memory before writing it: this caps what a worker
+            # buffers whatever the collection's size (Beam's default is 64 MiB), and is still
+            # thousands of rows for train's streamed reads
+            row_group_buffer_size=ROW_GROUP_BYTES,
             file_name_suffix=schema.PARQUET_SUFFIX,
             num_shards=self._num_shards,
         )
