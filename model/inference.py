@@ -134,7 +134,12 @@ def build_feature_extractor(name: str, crop: dict, precision: str) -> "FeatureEx
     """The architecture with fresh weights: Beam's model_class, before the state dict is loaded."""
     from model import encoders
 
-    return FeatureExtractor(encoders.encoder_architecture(name), CropSpec(**crop), precision)
+    # Beam loads the saved state dict (strictly: every parameter and buffer) right after, so the
+    # random initialisation of 25M parameters would be thrown away: build on the meta device and
+    # only allocate
+    with torch.device("meta"):
+        encoder = encoders.encoder_architecture(name)
+    return FeatureExtractor(encoder.to_empty(device="cpu"), CropSpec(**crop), precision)
 
 
 class FeatureExtractor(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -350,3 +351,13 @@ def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
     ]
     # the encoder the workers loaded is kept beside the model, named by its content
     assert len(list((out / schema.MODEL_DIR / ei.ENCODERS_SUBDIR).glob(f"{LITE}-*.pt"))) == 1
+
+
+def test_the_workers_skeleton_takes_the_saved_state_whole(tmp_path: Path):
+    # build_feature_extractor allocates without initialising; the strict load must fill it all
+    spec, state_path = _lite_state(tmp_path)
+    skeleton = inference.build_feature_extractor(LITE, dataclasses.asdict(ei.crop_spec(spec)), inference.FP32)
+    skeleton.load_state_dict(torch.load(state_path, weights_only=True), strict=True)
+    _, crop, reference = _extractor()
+    batch = [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))]
+    np.testing.assert_allclose(skeleton(batch)[0], reference(batch)[0], rtol=1e-5, atol=1e-5)
