@@ -8,7 +8,12 @@ setup(
     description="Image search for crawled, tagged collections: Beam features, a two-tower "
     "matcher, offline per-tag rankings and a static search site.",
     python_requires=">=3.11",
-    packages=find_packages(include=["pipelines", "pipelines.*", "model", "model.*", "export", "export.*"]),
+    packages=find_packages(include=["pipelines", "pipelines.*", "model", "model.*", "export", "export.*"])
+    + ["imgsearch_site"],
+    # the static front end travels inside the distribution under an import name that does not
+    # shadow the standard library's `site`, so `imgsearch rank` publishes it from any install
+    package_dir={"imgsearch_site": "site"},
+    package_data={"imgsearch_site": ["*", "*/*"]},
     install_requires=[
         "apache-beam==2.77.0",
         "torch==2.14.1",

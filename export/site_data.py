@@ -152,13 +152,23 @@ def build_manifest(
 
 
 def static_site_dir() -> Path:
-    """The repository's site/ folder (index.html, css/, js/) that rank copies into OUT/site."""
-    return Path(__file__).resolve().parent.parent / schema.SITE_DIR
+    """The front end's folder (index.html, css/, js/) that rank copies into OUT/site.
+
+    The repository's site/ in a checkout; the `imgsearch_site` package data in an installed wheel.
+    """
+    checkout = Path(__file__).resolve().parent.parent / schema.SITE_DIR
+    if (checkout / "index.html").is_file():
+        return checkout
+    import imgsearch_site  # a folder of files without __init__.py: its __path__ says where
+
+    return Path(next(iter(imgsearch_site.__path__)))
 
 
 def static_site_files() -> Iterator[tuple[str, bytes]]:
-    """(relative path, bytes) of every front-end file to publish."""
+    """(relative path, bytes) of every front-end file to publish; raises if the front end is missing."""
     root = static_site_dir()
+    if not (root / "index.html").is_file():
+        raise FileNotFoundError(f"the site's front end is missing: no index.html in {root}")
     for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.name.startswith("."):
+        if path.is_file() and not path.name.startswith(".") and "__pycache__" not in path.parts:
             yield path.relative_to(root).as_posix(), path.read_bytes()

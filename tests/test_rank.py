@@ -504,3 +504,13 @@ def test_module_never_imports_torch():
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_front_end_is_found_and_a_missing_one_fails_loudly(monkeypatch, tmp_path):
+    from export import site_data
+
+    published = dict(site_data.static_site_files())
+    assert "index.html" in published and any(p.startswith("js/") for p in published)
+    monkeypatch.setattr(site_data, "static_site_dir", lambda: tmp_path)
+    with pytest.raises(FileNotFoundError, match="index.html"):
+        list(site_data.static_site_files())
