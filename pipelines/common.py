@@ -116,8 +116,9 @@ def read_bytes(path: str) -> bytes:
 
 def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
     parent = path.rsplit("/", 1)[0]
-    if parent and "://" not in path:
-        FileSystems.mkdirs(parent) if not FileSystems.exists(parent) else None
+    # object stores have no folders; a local parent must exist before create()
+    if parent and "://" not in path and not FileSystems.exists(parent):
+        FileSystems.mkdirs(parent)
     with FileSystems.create(path, mime_type=mime_type) as f:
         f.write(data)
 

@@ -195,9 +195,17 @@ def failure_row(image_id: str | None, uri: str | None, error: str, message: str)
     return common.failure_row(STAGE, image_id, uri, error, message)
 
 
-def record_failure(image_id: str | None, uri: str | None, exc: BaseException | type, message: str) -> dict[str, Any]:
-    """Count a failed image (rows_failed and failed_<ExceptionClass>) and build its failure row."""
-    error = exc.__name__ if isinstance(exc, type) else type(exc).__name__
+def record_failure(
+    image_id: str | None, uri: str | None, exc: BaseException | type | str, message: str
+) -> dict[str, Any]:
+    """Count a failed image (rows_failed and failed_<ExceptionClass>) and build its failure row.
+
+    exc is the exception, its class, or the class's name (as a device-side failure reports it).
+    """
+    if isinstance(exc, str):
+        error = exc
+    else:
+        error = exc.__name__ if isinstance(exc, type) else type(exc).__name__
     common.counter(STAGE, common.ROWS_FAILED).inc()
     common.counter(STAGE, f"failed_{error}").inc()
     return failure_row(image_id, uri, error, message)
@@ -351,9 +359,7 @@ class FeatureRowFn(beam.DoFn):
             self._last_log = now
         if isinstance(prediction.inference, tuple):  # (exception class, message) from the device
             error, message = prediction.inference
-            common.counter(STAGE, common.ROWS_FAILED).inc()
-            common.counter(STAGE, f"failed_{error}").inc()
-            yield beam.pvalue.TaggedOutput(FAILED, failure_row(key.image_id, key.uri, error, message))
+            yield beam.pvalue.TaggedOutput(FAILED, record_failure(key.image_id, key.uri, error, message))
             return
         self._rows_out.inc()
         yield feature_row(key, prediction.inference)
