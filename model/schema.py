@@ -31,6 +31,19 @@ RANK = "rank"
 SCORE = "score"
 IMAGE_IDS = "image_ids"
 COUNT = "count"
+# neighbour lists (k nearest images by cosine over image features, self excluded)
+NEIGHBOUR_IDS = "neighbour_ids"
+SIMILARITIES = "similarities"
+# per (image, tag) signals that need no model: the neighbours' tags and the tag's mean feature
+AGREEMENT = "agreement"  # share of the image's neighbours that carry the tag
+AGREEMENT_WEIGHTED = "agreement_weighted"  # the same, each neighbour weighted by its similarity
+MEAN_FEATURE = "mean_feature"  # cosine to the mean feature of the tag's other images (leave-one-out)
+# cross-fitting: the fold whose model never trained on the image (-1: no fold trained on it)
+FOLD = "fold"
+NO_FOLD = -1
+# published score components (raw values; the per-tag standardisation happens in rank)
+MATCHER = "matcher"  # cosine of the two towers of the model that never trained on the image
+MATCHER_IN_SAMPLE = "matcher_in_sample"  # a model that did train on it: what memorisation shows
 
 SPLIT_TRAIN = "train"
 SPLIT_TEST = "test"
@@ -47,6 +60,7 @@ META_WEIGHTS = b"imgsearch.weights"
 META_DIM = b"imgsearch.dim"
 META_PRECISION = b"imgsearch.precision"
 META_WORD_VECTORS = b"imgsearch.word_vectors"
+META_NEIGHBOURS = b"imgsearch.neighbours"  # JSON: k, method, searched dim, images
 
 # ---------------------------------------------------------------------------
 # Schemas
@@ -86,8 +100,42 @@ RANKINGS_SCHEMA = pa.schema(
         pa.field(RANK, pa.int32(), nullable=False),
         pa.field(IMAGE_ID, pa.string(), nullable=False),
         pa.field(URI, pa.string(), nullable=False),
-        # null where the tag is OOV and its images keep index order
+        # the published score (what ranked the tag); null where no signal exists and index order ranks
         pa.field(SCORE, pa.float32()),
+        # its components, kept so every ranker can be evaluated on exactly what was published
+        pa.field(MATCHER, pa.float32()),
+        pa.field(MATCHER_IN_SAMPLE, pa.float32()),
+        pa.field(AGREEMENT, pa.float32()),
+        pa.field(AGREEMENT_WEIGHTED, pa.float32()),
+        pa.field(MEAN_FEATURE, pa.float32()),
+        pa.field(FOLD, pa.int32(), nullable=False),
+        pa.field(ORDINAL, pa.int64(), nullable=False),
+        pa.field(SPLIT, pa.string(), nullable=False),
+    ]
+)
+
+NEIGHBOURS_SCHEMA = pa.schema(
+    [
+        pa.field(IMAGE_ID, pa.string(), nullable=False),
+        pa.field(NEIGHBOUR_IDS, pa.list_(pa.string()), nullable=False),  # most similar first
+        pa.field(SIMILARITIES, pa.list_(pa.float32()), nullable=False),  # cosine, aligned with the ids
+    ]
+)
+
+SIGNALS_SCHEMA = pa.schema(
+    [
+        pa.field(IMAGE_ID, pa.string(), nullable=False),
+        pa.field(TAG, pa.string(), nullable=False),
+        pa.field(AGREEMENT, pa.float32()),  # null: the image has no neighbour list
+        pa.field(AGREEMENT_WEIGHTED, pa.float32()),
+        pa.field(MEAN_FEATURE, pa.float32()),  # null: the tag has no other image with features
+    ]
+)
+
+FOLDS_SCHEMA = pa.schema(
+    [
+        pa.field(IMAGE_ID, pa.string(), nullable=False),
+        pa.field(FOLD, pa.int32(), nullable=False),
     ]
 )
 
@@ -135,6 +183,10 @@ IMAGE_TOWER_ONNX = "model/image_tower.onnx"
 TEXT_TOWER_ONNX = "model/text_tower.onnx"
 EXPORT_JSON = "model/export.json"
 RANKINGS_DIR = "rankings"
+NEIGHBOURS_DIR = "neighbours"  # neighbours-SSSSS-of-NNNNN.parquet (NEIGHBOURS_SCHEMA)
+SIGNALS_DIR = "signals"  # signals-SSSSS-of-NNNNN.parquet (SIGNALS_SCHEMA)
+FOLDS_DIR = "model/folds"  # folds-SSSSS-of-NNNNN.parquet: the images each fold held out
+REPORT_DIR = "report"  # the evaluation of what was published: metrics.json, index.html, plots
 SITE_DIR = "site"
 REPORTS_DIR = "reports"  # <stage>.json, one summary per stage run
 
@@ -149,6 +201,9 @@ IMAGES_PREFIX = "images"
 IMAGE_FEATURES_PREFIX = "features"
 TEXT_FEATURES_PREFIX = "text"
 RANKINGS_PREFIX = "rankings"
+NEIGHBOURS_PREFIX = "neighbours"
+SIGNALS_PREFIX = "signals"
+FOLDS_PREFIX = "folds"
 
 
 def shard_pattern(out: str, directory: str, prefix: str) -> str:
