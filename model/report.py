@@ -38,3 +38,38 @@ class StageReport:
 
     def save(self, out: str) -> None:
         storage.write_json(schema.out_path(out, schema.REPORTS_DIR, f"{self.stage}.json"), self.to_json())
+
+
+DEFAULT_MAX_FAILURE_RATE = 0.05
+MAX_FAILURE_RATE_FLAG = "--max-failure-rate"
+
+
+class FailureRateExceeded(RuntimeError):
+    """A stage finished, but too many of its rows failed for its output to be trusted downstream.
+
+    The report and the failure rows are saved before this is raised, so the user can see why; the
+    CLI prints the message (no traceback) and exits non-zero, which stops a scripted pipeline
+    before a later stage publishes what is left.
+    """
+
+    def __init__(self, report: StageReport, max_rate: float):
+        self.report = report
+        self.max_rate = max_rate
+        rate = report.rows_failed / report.rows_in
+        super().__init__(
+            f"{report.stage}: {report.rows_failed} of {report.rows_in} rows failed ({rate:.1%}), over the "
+            f"allowed {max_rate:.1%}; see the failures of stage {report.stage!r} under OUT/{schema.FAILURES_DIR}/ "
+            f"and OUT/{schema.REPORTS_DIR}/{report.stage}.json (raise {MAX_FAILURE_RATE_FLAG} to accept more)"
+        )
+
+
+def check_failure_rate(report: StageReport, max_rate: float) -> None:
+    """Raise FailureRateExceeded when rows_failed / rows_in is over max_rate.
+
+    Call it after report.save(): the numbers that explain the refusal must be on disk. A run with
+    no rows in has no rate (an empty manifest is not a pile of failures).
+    """
+    if not 0.0 <= max_rate <= 1.0:
+        raise ValueError(f"{MAX_FAILURE_RATE_FLAG} must be between 0 and 1, got {max_rate}")
+    if report.rows_in > 0 and report.rows_failed / report.rows_in > max_rate:
+        raise FailureRateExceeded(report, max_rate)

@@ -13,6 +13,9 @@ import logging
 import sys
 from typing import Callable
 
+# the exit status of a stage that finished but failed too many rows (argparse's usage errors use 2)
+EXIT_TOO_MANY_FAILURES = 3
+
 # command -> (module, function taking argv and returning an object with summary_line())
 STAGES: dict[str, tuple[str, str, str]] = {
     "index": ("pipelines.index", "run", "build the images table and the inverted index from a manifest"),
@@ -87,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     if args.command == "serve":
         return _serve(rest)
-    result = _stage_function(args.command)(rest)
+    from model.report import FailureRateExceeded  # here, not at the top: serve must stay light
+
+    try:
+        result = _stage_function(args.command)(rest)
+    except FailureRateExceeded as exc:
+        # an expected refusal, not a bug: the summary and the reason, no traceback
+        print(exc.report.summary_line(), flush=True)
+        print(f"imgsearch {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_TOO_MANY_FAILURES
     line = getattr(result, "summary_line", None)
     if callable(line):
         print(line(), flush=True)

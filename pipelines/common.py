@@ -18,6 +18,12 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from model import schema
 from model.report import StageReport  # noqa: F401 - every stage's run() returns one
+from model.report import (  # noqa: F401 - the failure-rate gate every stage shares
+    DEFAULT_MAX_FAILURE_RATE,
+    MAX_FAILURE_RATE_FLAG,
+    FailureRateExceeded,
+    check_failure_rate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,24 @@ def split_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple
     """Our flags to argparse; everything else goes to PipelineOptions untouched."""
     known, beam_args = parser.parse_known_args(argv)
     return known, PipelineOptions(beam_args)
+
+
+def failure_rate(text: str) -> float:
+    """argparse type of --max-failure-rate: a fraction between 0 and 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a fraction between 0 and 1, got {text}")
+    return value
+
+
+def add_max_failure_rate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        MAX_FAILURE_RATE_FLAG,
+        type=failure_rate,
+        default=DEFAULT_MAX_FAILURE_RATE,
+        help="exit with an error (after saving the report and the failures) when more than this "
+        f"fraction of the rows in failed (default {DEFAULT_MAX_FAILURE_RATE})",
+    )
 
 
 # Beam's DirectRunner first tries Prism, which downloads a binary; this is the in-process runner
