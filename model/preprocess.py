@@ -13,13 +13,18 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # EXIF orientations that turn the picture a quarter (the stored width is the displayed height)
 _QUARTER_TURNS = (5, 6, 7, 8)
 EXIF_ORIENTATION = 0x0112
 _BACKGROUND = (255, 255, 255)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+# The raster formats crawled bytes may be decoded as (Pillow format ids). Pillow would otherwise
+# try every plugin it has, and some hand the bytes to an external program: EPS runs Ghostscript
+# (`gs`) on a file whose name says .jpg. Every Image.open of crawled bytes passes formats=this.
+ALLOWED_IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
 
 @dataclasses.dataclass
@@ -28,10 +33,32 @@ class DecodedImage:
     width: int  # full-resolution size as displayed (EXIF orientation applied), not the draft's
     height: int
     content_hash: str  # sha256 hex of the encoded bytes
+    frames: int = 1  # more than 1: animated (the first frame is what is decoded and encoded)
 
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Pillow's lazy open of crawled bytes, restricted to ALLOWED_IMAGE_FORMATS.
+
+    Anything else (EPS, PDF, SVG, ICO, PSD, ...) raises UnidentifiedImageError naming the formats
+    that are allowed: the failure row says why, and no external interpreter is ever started.
+    """
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_IMAGE_FORMATS)
+    except UnidentifiedImageError as exc:
+        raise UnidentifiedImageError(f"{exc} (allowed formats: {', '.join(ALLOWED_IMAGE_FORMATS)})") from None
+
+
+def frame_count(img: Image.Image) -> int:
+    """Frames of an opened image: more than 1 for animated GIF/PNG/WebP, multi-page TIFF, MPO.
+
+    Asked only when the plugin says the image is animated (n_frames may walk the whole file);
+    Pillow returns to the frame it was on.
+    """
+    return int(getattr(img, "n_frames", 1)) if getattr(img, "is_animated", False) else 1
 
 
 def check_pixel_limit(size: tuple[int, int]) -> None:
@@ -80,9 +107,10 @@ def decode_image(data: bytes, target_size: int | None, *, keep_mode: bool = Fals
     only the small crop into RGB: flattening transparency at full size costs more than decoding.
     """
     digest = content_hash(data)
-    img = Image.open(io.BytesIO(data))
+    img = open_image(data)
     check_pixel_limit(img.size)
     width, height = displayed_size(img)
+    frames = frame_count(img)
     if target_size and img.format == "JPEG":
         img.draft("RGB", (target_size, target_size))
     # load() here so truncated or corrupt files fail in this function, not later in a transform
@@ -92,7 +120,7 @@ def decode_image(data: bytes, target_size: int | None, *, keep_mode: bool = Fals
         img = ImageOps.exif_transpose(img)
     if not keep_mode:
         img = to_rgb(img)
-    return DecodedImage(rgb=img, width=width, height=height, content_hash=digest)
+    return DecodedImage(rgb=img, width=width, height=height, content_hash=digest, frames=frames)
 
 
 def to_tensor(decoded: DecodedImage, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:

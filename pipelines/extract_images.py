@@ -10,11 +10,19 @@ listed rows are reported as `index_rows`), reads its bytes through Beam's FileSy
 preprocesses it (model.preprocess, the encoder's own transform), and batches it through
 RunInference(KeyedModelHandler(PytorchModelHandlerTensor)). Writes
 
-- OUT/features/image/features-SSSSS-of-NNNNN.parquet (schema.image_features_schema) with the
-  encoder, weights, dimension and precision in the file metadata;
+- OUT/features/image/features-<run>-<writer>-SSSSS.parquet (schema.image_features_schema) with
+  the encoder, weights, dimension and precision in the file metadata. Each worker commits its
+  rows every --commit-every images (written under a temporary name, then renamed), so a run
+  killed at 90% keeps 90% of its work and the next run (incremental) does the rest;
 - OUT/failures/extract-images-SSSSS-of-NNNNN.parquet (schema.FAILURES_SCHEMA): every image that
   could not be read, decoded or encoded, with its exception class. One bad image never fails
-  the job; counters failed_<ExceptionClass> say why.
+  the job; counters failed_<ExceptionClass> say why. Crawled bytes are decoded only as the
+  raster formats of preprocess.ALLOWED_IMAGE_FORMATS; local paths must be regular files; each
+  image's read and its decode get --image-timeout seconds each; a non-finite embedding is a
+  failure (NonFiniteEmbedding), never a feature row.
+
+Too many failures (--max-failure-rate of the distinct images) make the stage raise
+common.FailureRateExceeded after its report and failures are saved.
 
 The driver builds the encoder once, saves its state dict under OUT/model/encoders/ (named by a
 hash of its bytes) and hands that path to the model handler, which rebuilds the architecture on
@@ -26,13 +34,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
 import hashlib
-import io
 import logging
+import os
 import secrets
+import stat
+import threading
 import time
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 import torch
@@ -40,10 +51,13 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from model import encoders, inference, preprocess, schema
 from pipelines import common
@@ -65,6 +79,17 @@ SKIPPED_EXTRACTED = "skipped_already_extracted"
 PROGRESS_EVERY_S = 10.0
 INDEX_ROWS = "index_rows"  # rows listed in the index, before keeping each image once
 FAILED = "failed"  # tag of the failure outputs
+DEFAULT_IMAGE_TIMEOUT_S = 30.0
+DEFAULT_COMMIT_EVERY = 2000
+# a chunk's name while it is written: no reader's pattern (features-*.parquet, *.parquet) matches it
+INPROGRESS_PREFIX = ".inprogress-"
+INPROGRESS_SUFFIX = ".tmp"
+# reasons of this stage's own failure rows (the `error` column)
+NOT_A_REGULAR_FILE = "NotARegularFile"
+NON_FINITE_EMBEDDING = "NonFiniteEmbedding"
+ANIMATED_IMAGES = "animated_images"  # images with more than one frame (the first is encoded)
+ANIMATED_FRAMES = "animated_frames"  # their frames, all together
+FEATURE_CHUNKS = "feature_chunks"  # chunk files this run committed
 # Beam's DirectRunner would first try Prism, which downloads a binary; this is the in-process
 # runner it falls back to.
 LOCAL_RUNNER = "FnApiRunner"
@@ -116,6 +141,20 @@ def read_shard_metadata(path: str) -> dict[bytes, bytes]:
         return dict(pq.ParquetFile(f).schema_arrow.metadata or {})
 
 
+class ImageTimeout(TimeoutError):
+    """An image's read or decode took longer than --image-timeout (a FIFO, a hung mount, a file
+    that decodes forever); the image fails and the stage goes on."""
+
+
+class NotARegularFile(OSError):
+    """A local uri that names a FIFO, a device, a socket or a folder: reading it may block forever
+    or never end."""
+
+
+class ShardWriteError(OSError):
+    """A feature chunk could not be written (disk full, permissions): nothing of it was committed."""
+
+
 class IncompatibleFeatures(ValueError):
     """Existing features were made by another encoder: appending would mix two vector spaces."""
 
@@ -158,13 +197,114 @@ def clear_previous_outputs(out: str, *, features: bool) -> list[str]:
     return stale
 
 
-def remove_empty_shards(prefix: str) -> None:
-    """A run with nothing new to extract still makes one empty shard; it would only pile up."""
-    for path in common.glob(prefix + "-*" + schema.PARQUET_SUFFIX):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
-        if rows == 0:
-            common.delete([path])
+def inprogress_pattern(out: str) -> str:
+    return schema.out_path(out, schema.IMAGE_FEATURES_DIR, INPROGRESS_PREFIX + "*" + INPROGRESS_SUFFIX)
+
+
+def clear_inprogress_chunks(out: str) -> list[str]:
+    """Chunks a killed run was writing when it died: never committed, so never read; remove them."""
+    stale = common.glob(inprogress_pattern(out))
+    common.delete(stale)
+    if stale:
+        log.info("%s: removed %d half-written chunks of an interrupted run", STAGE, len(stale))
+    return stale
+
+
+def is_local(uri: str) -> bool:
+    return FileSystems.get_scheme(uri) in (None, "file")
+
+
+def check_regular_file(uri: str) -> None:
+    """Local uris must name regular files: a FIFO blocks its reader, /dev/zero never ends."""
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    mode = os.stat(path).st_mode  # follows symlinks: a link to a regular file is fine
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
+        raise NotARegularFile(errno.EINVAL, f"{uri} is {kind}, not a regular file: only regular files are read")
+
+
+def read_uri(uri: str) -> bytes:
+    """The bytes of one image (local files checked to be regular files first)."""
+    if is_local(uri):
+        check_regular_file(uri)
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout_s: float | None, what: str) -> Any:
+    """fn() on a daemon thread, or ImageTimeout after timeout_s (None or <= 0: no limit).
+
+    A read stuck in the kernel cannot be interrupted from Python; the thread is left behind. It
+    is a daemon thread, so it never holds up the worker's exit, and the stage moves on.
+    """
+    if not timeout_s or timeout_s <= 0:
+        return fn()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread as it is
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"{STAGE}-timed", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise ImageTimeout(f"{what} took longer than {timeout_s:g} s (--image-timeout); abandoned")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def chunk_name(run_prefix_: str, writer: str, seq: int) -> str:
+    return f"{run_prefix_}-{writer}-{seq:05d}{schema.PARQUET_SUFFIX}"
+
+
+def inprogress_path(final: str) -> str:
+    directory, name = final.rsplit("/", 1)
+    return f"{directory}/{INPROGRESS_PREFIX}{name}{INPROGRESS_SUFFIX}"
+
+
+def features_table(rows: Sequence[dict[str, Any]], table_schema: pa.Schema) -> pa.Table:
+    """Feature rows -> a table; the embeddings stacked once, not converted value by value."""
+    dim = table_schema.field(schema.EMBEDDING).type.list_size
+    flat = np.stack([r[schema.EMBEDDING] for r in rows]).astype(np.float32, copy=False).reshape(-1)
+    columns = {
+        schema.IMAGE_ID: pa.array([r[schema.IMAGE_ID] for r in rows], pa.string()),
+        schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
+        schema.CONTENT_HASH: pa.array([r[schema.CONTENT_HASH] for r in rows], pa.string()),
+        schema.WIDTH: pa.array([r[schema.WIDTH] for r in rows], pa.int32()),
+        schema.HEIGHT: pa.array([r[schema.HEIGHT] for r in rows], pa.int32()),
+    }
+    return pa.Table.from_arrays([columns[name] for name in table_schema.names], schema=table_schema)
+
+
+def write_parquet_file(path: str, table: pa.Table, row_group_rows: int) -> None:
+    """One Parquet file through FileSystems (local or gs://). The fault tests replace this."""
+    with FileSystems.create(path, mime_type="application/octet-stream") as f:
+        pq.write_table(table, f, compression="snappy", row_group_size=row_group_rows)
+
+
+def commit_chunk(final: str, table: pa.Table, row_group_rows: int) -> None:
+    """Write a chunk under a temporary name and rename it into place: a reader sees it whole or
+    not at all. A failed write leaves nothing behind and raises ShardWriteError."""
+    temp = inprogress_path(final)
+    try:
+        write_parquet_file(temp, table, row_group_rows)
+        FileSystems.rename([temp], [final])
+    except Exception as exc:
+        try:
+            if common.exists(temp):
+                common.delete([temp])
+        except Exception:  # the store may be failing as a whole; the original error matters
+            log.warning("%s: could not remove %s", STAGE, temp)
+        raise ShardWriteError(
+            getattr(exc, "errno", None) or errno.EIO,
+            f"could not write feature chunk {final} ({type(exc).__name__}: {exc}); nothing of it was "
+            "committed, and a rerun extracts its images again",
+        ) from exc
 
 
 def crop_spec(spec: encoders.EncoderSpec) -> preprocess.CropSpec:
@@ -270,7 +410,7 @@ def device_decodable(data: bytes) -> tuple[bool, int, int]:
     Only baseline-orientation RGB or grey JPEGs go raw to the device; anything Pillow must fix
     (EXIF rotation, CMYK, transparency, other formats) is decoded on the CPU. Reads the header only.
     """
-    with Image.open(io.BytesIO(data)) as img:
+    with preprocess.open_image(data) as img:
         preprocess.check_pixel_limit(img.size)
         width, height = preprocess.displayed_size(img)
         orientation = img.getexif().get(preprocess.EXIF_ORIENTATION, 1)
@@ -288,13 +428,18 @@ def image_ref(row: dict[str, Any]) -> tuple[str, str]:
 # DoFns
 # ---------------------------------------------------------------------------
 class ReadImageFn(beam.DoFn):
-    """(image_id, uri) -> (image_id, uri, bytes); unreadable files go to the FAILED output."""
+    """(image_id, uri) -> (image_id, uri, bytes); unreadable files go to the FAILED output.
+
+    A read that takes longer than timeout_s (a FIFO, a hung mount) fails that image alone.
+    """
+
+    def __init__(self, timeout_s: float | None = DEFAULT_IMAGE_TIMEOUT_S):
+        self._timeout_s = timeout_s
 
     def process(self, ref: tuple[str, str]) -> Iterator[Any]:
         image_id, uri = ref
         try:
-            with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = f.read()
+            data = call_with_timeout(functools.partial(read_uri, uri), self._timeout_s, f"reading {uri}")
         except Exception as exc:  # one unreadable file must not fail the job
             yield beam.pvalue.TaggedOutput(FAILED, record_failure(image_id, uri, exc, str(exc)))
             return
@@ -308,32 +453,48 @@ class DecodeImageFn(beam.DoFn):
     bytes of a plain JPEG as a 1-D uint8 tensor (FeatureExtractor decodes those in a batch).
     """
 
-    def __init__(self, encoder_name: str, weights: str, decode_on_device: bool = False):
+    def __init__(
+        self,
+        encoder_name: str,
+        weights: str,
+        decode_on_device: bool = False,
+        timeout_s: float | None = DEFAULT_IMAGE_TIMEOUT_S,
+    ):
         self._encoder_name = encoder_name
         self._weights = weights
         self._decode_on_device = decode_on_device
+        self._timeout_s = timeout_s
         self._crop: preprocess.CropSpec | None = None
+        self._animated = common.counter(STAGE, ANIMATED_IMAGES)
+        self._animated_frames = common.counter(STAGE, ANIMATED_FRAMES)
 
     def setup(self) -> None:
         transform, _ = encoders.preprocessing(self._encoder_name, self._weights)
         self._crop = preprocess.CropSpec.from_transform(transform)
 
-    def _payload(self, data: bytes) -> tuple[torch.Tensor, str, int, int]:
+    def _payload(self, data: bytes) -> tuple[torch.Tensor, str, int, int, int]:
+        """(payload, content hash, width, height, frames)."""
         if self._decode_on_device:
             raw_ok, width, height = device_decodable(data)
-            if raw_ok:
+            if raw_ok:  # a plain JPEG: one frame
                 raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                return raw, preprocess.content_hash(data), width, height
+                return raw, preprocess.content_hash(data), width, height, 1
         decoded = preprocess.decode_image(data, self._crop.resize_size, keep_mode=True)
-        return preprocess.crop_uint8(decoded, self._crop), decoded.content_hash, decoded.width, decoded.height
+        crop = preprocess.crop_uint8(decoded, self._crop)
+        return crop, decoded.content_hash, decoded.width, decoded.height, decoded.frames
 
     def process(self, element: tuple[str, str, bytes]) -> Iterator[Any]:
         image_id, uri, data = element
         try:
-            payload, digest, width, height = self._payload(data)
-        except Exception as exc:  # corrupt, truncated, not an image, too many pixels...
+            payload, digest, width, height, frames = call_with_timeout(
+                functools.partial(self._payload, data), self._timeout_s, f"decoding {uri}"
+            )
+        except Exception as exc:  # corrupt, truncated, not an allowed format, too many pixels...
             yield beam.pvalue.TaggedOutput(FAILED, record_failure(image_id, uri, exc, str(exc)))
             return
+        if frames > 1:
+            self._animated.inc()
+            self._animated_frames.inc(frames)
         yield ImageKey(image_id, uri, digest, width, height), payload
 
 
@@ -361,8 +522,63 @@ class FeatureRowFn(beam.DoFn):
             error, message = prediction.inference
             yield beam.pvalue.TaggedOutput(FAILED, record_failure(key.image_id, key.uri, error, message))
             return
+        embedding = np.asarray(prediction.inference, dtype=np.float32)
+        finite = np.isfinite(embedding)
+        if not finite.all():
+            # NaN or inf (broken weights, an overflow in reduced precision) would poison training
+            # and every score computed from it: the image fails, the vector is never written
+            message = f"the embedding has {int((~finite).sum())} non-finite values of {embedding.size}"
+            yield beam.pvalue.TaggedOutput(FAILED, record_failure(key.image_id, key.uri, NON_FINITE_EMBEDDING, message))
+            return
         self._rows_out.inc()
-        yield feature_row(key, prediction.inference)
+        yield feature_row(key, embedding)
+
+
+class CommitFeaturesFn(beam.DoFn):
+    """Feature rows -> Parquet chunks of commit_every rows, each committed as soon as it is full.
+
+    Beam's file sinks make every file visible only when the whole job finishes, so a killed job
+    kept nothing; here each worker renames a full chunk into place (and the rest at the end of a
+    bundle). A retried bundle may commit some rows twice: readers keep one row per image_id.
+    Yields the committed paths.
+    """
+
+    def __init__(self, run_prefix_: str, table_schema: pa.Schema, commit_every: int):
+        self._run_prefix = run_prefix_
+        self._schema = table_schema
+        self._commit_every = commit_every
+        dim = table_schema.field(schema.EMBEDDING).type.list_size
+        # row groups capped at ROW_GROUP_BYTES of embeddings: bounded memory for streamed readers
+        self._row_group_rows = max(1, ROW_GROUP_BYTES // (4 * dim))
+        self._chunks = common.counter(STAGE, FEATURE_CHUNKS)
+        self._writer = ""
+        self._seq = 0
+        self._rows: list[dict[str, Any]] = []
+
+    def setup(self) -> None:
+        # one name per DoFn instance: workers never clash, and a chunk's name says which wrote it
+        self._writer = secrets.token_hex(4)
+        self._seq = 0
+
+    def start_bundle(self) -> None:
+        self._rows = []
+
+    def _commit(self) -> str:
+        final = chunk_name(self._run_prefix, self._writer, self._seq)
+        self._seq += 1
+        commit_chunk(final, features_table(self._rows, self._schema), self._row_group_rows)
+        self._rows = []
+        self._chunks.inc()
+        return final
+
+    def process(self, row: dict[str, Any]) -> Iterator[str]:
+        self._rows.append(row)
+        if len(self._rows) >= self._commit_every:
+            yield self._commit()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._rows:
+            yield WindowedValue(self._commit(), MIN_TIMESTAMP, [GlobalWindow()])
 
 
 class InferenceFailureFn(beam.DoFn):
@@ -464,18 +680,20 @@ class ExtractImageFeatures(beam.PTransform):
         batch_size: int,
         precision: str = inference.FP32,
         decode_on_device: bool = False,
+        image_timeout_s: float | None = DEFAULT_IMAGE_TIMEOUT_S,
     ):
         super().__init__()
         self._encoder_name = encoder_name
         self._weights = weights
         self._decode_on_device = decode_on_device
+        self._timeout_s = image_timeout_s
         crop = preprocess.CropSpec.from_transform(encoders.preprocessing(encoder_name, weights)[0])
         self._handler = make_model_handler(encoder_name, crop, precision, state_dict_path, device, batch_size)
 
     def expand(self, refs):
-        read = refs | "ReadImage" >> beam.ParDo(ReadImageFn()).with_outputs(FAILED, main="images")
+        read = refs | "ReadImage" >> beam.ParDo(ReadImageFn(self._timeout_s)).with_outputs(FAILED, main="images")
         decoded = read.images | "DecodeImage" >> beam.ParDo(
-            DecodeImageFn(self._encoder_name, self._weights, self._decode_on_device)
+            DecodeImageFn(self._encoder_name, self._weights, self._decode_on_device, self._timeout_s)
         ).with_outputs(FAILED, main="tensors")
         encoded = decoded.tensors | "EncodeImages" >> EncodeImages(self._handler)
         failures = (read[FAILED], decoded[FAILED], encoded["failures"]) | "AllFailures" >> beam.Flatten()
@@ -483,24 +701,16 @@ class ExtractImageFeatures(beam.PTransform):
 
 
 class WriteImageFeatures(beam.PTransform):
-    def __init__(self, prefix: str, spec: encoders.EncoderSpec, precision: str, num_shards: int):
+    """Feature rows -> committed chunk files under the run's prefix; the paths written."""
+
+    def __init__(self, prefix: str, spec: encoders.EncoderSpec, precision: str, commit_every: int = DEFAULT_COMMIT_EVERY):
         super().__init__()
         self._prefix = prefix
         self._schema = schema.image_features_schema(spec.dim, features_metadata(spec, precision))
-        self._num_shards = num_shards
+        self._commit_every = commit_every
 
     def expand(self, rows):
-        return rows | "WriteParquet" >> beam.io.WriteToParquet(
-            self._prefix,
-            self._schema,
-            codec="snappy",
-            # the writer holds a row group in memory before writing it: this caps what a worker
-            # buffers whatever the collection's size (Beam's default is 64 MiB), and is still
-            # thousands of rows for train's streamed reads
-            row_group_buffer_size=ROW_GROUP_BYTES,
-            file_name_suffix=schema.PARQUET_SUFFIX,
-            num_shards=self._num_shards,
-        )
+        return rows | "CommitChunks" >> beam.ParDo(CommitFeaturesFn(self._prefix, self._schema, self._commit_every))
 
 
 class WriteFailures(beam.PTransform):
@@ -549,7 +759,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="where JPEGs are decoded: auto (the device on GPU, Pillow on CPU), pillow, or device "
         "(torchvision's decoder on the model's device; other formats always use Pillow)",
     )
-    parser.add_argument("--num-shards", type=int, default=0, help="feature shards to write (0: the runner decides)")
+    parser.add_argument(
+        "--num-shards",
+        type=int,
+        default=0,
+        help="kept for old command lines and ignored: features are committed in chunks (--commit-every)",
+    )
+    parser.add_argument(
+        "--commit-every",
+        type=int,
+        default=DEFAULT_COMMIT_EVERY,
+        help="images per committed feature file, per worker: what a killed run can lose at most "
+        f"(default {DEFAULT_COMMIT_EVERY})",
+    )
+    parser.add_argument(
+        "--image-timeout",
+        type=float,
+        default=DEFAULT_IMAGE_TIMEOUT_S,
+        help="seconds an image's read, and then its decode, may take before the image fails with "
+        f"ImageTimeout (default {DEFAULT_IMAGE_TIMEOUT_S:g}; 0: no limit)",
+    )
+    common.add_max_failure_rate(parser)
     parser.add_argument(
         "--full",
         action="store_true",
@@ -571,6 +801,8 @@ def run(
 ) -> common.StageReport:
     args, beam_options = common.split_args(get_args_parser(), argv)
     batch_size = _batch_size(args)
+    if args.commit_every < 1:
+        raise ValueError(f"--commit-every must be at least 1, got {args.commit_every}")
     if args.device == "GPU" and not torch.cuda.is_available():
         # workers decide for themselves (Beam's handler falls back to CPU); say so early when local
         log.warning("%s: --device GPU but CUDA is not available here; a worker without one uses CPU", STAGE)
@@ -580,6 +812,7 @@ def run(
     spec = encoders.build_encoder(args.image_model, args.weights)
     state_dict_path = save_encoder_state(spec, args.out)
     clear_previous_outputs(args.out, features=args.full)
+    clear_inprogress_chunks(args.out)
     existing = [] if args.full else usable_feature_shards(args.out, features_metadata(spec, precision))
     if existing:
         log.info("%s: %d feature shards exist; extracting only images they lack (--full redoes all)", STAGE, len(existing))
@@ -593,14 +826,20 @@ def run(
         | "ReadImageRefs" >> ReadImageRefs(args.out)
         | "SkipExtracted" >> SkipExtracted(existing)
         | "ExtractImageFeatures" >> ExtractImageFeatures(
-            args.image_model, args.weights, state_dict_path, args.device, batch_size, precision, decode_on_device
+            args.image_model,
+            args.weights,
+            state_dict_path,
+            args.device,
+            batch_size,
+            precision,
+            decode_on_device,
+            args.image_timeout,
         )
     )
-    _ = extracted["features"] | "WriteImageFeatures" >> WriteImageFeatures(prefix, spec, precision, args.num_shards)
+    _ = extracted["features"] | "WriteImageFeatures" >> WriteImageFeatures(prefix, spec, precision, args.commit_every)
     _ = extracted["failures"] | "WriteFailures" >> WriteFailures(args.out)
 
     _, counters, seconds = common.run_pipeline(pipeline, STAGE)
-    remove_empty_shards(prefix)
     report = common.report_from_counters(
         STAGE,
         counters,
@@ -616,6 +855,7 @@ def run(
     )
     report.save(args.out)
     log.info(report.summary_line())
+    common.check_failure_rate(report, args.max_failure_rate)
     return report
 
 

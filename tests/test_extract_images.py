@@ -296,7 +296,8 @@ def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
     unreadable.write_bytes(b"stale")
 
     report = ei.run(
-        ["--out", str(out), "--image-model", LITE, "--weights", "random", "--batch-size", "8", "--num-shards", "2", "--precision", "fp32"],
+        # 4 of 28 images are broken on purpose: over the default --max-failure-rate
+        ["--out", str(out), "--image-model", LITE, "--weights", "random", "--batch-size", "8", "--precision", "fp32", "--max-failure-rate", "1"],
         save_main_session=False,
     )
 
@@ -313,10 +314,12 @@ def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
     saved = json.loads((out / schema.REPORTS_DIR / f"{ei.STAGE}.json").read_text())
     assert saved["rows_out"] == N_GOOD
 
-    # features: this run's shards (named by the run, so later runs add beside them), the
-    # unreadable file moved aside where no reader looks, one row per good image, metadata in the files
+    # features: this run's chunks (named by the run and the writer, so later runs add beside
+    # them), the unreadable file moved aside where no reader looks, one row per good image,
+    # metadata in the files
     shards = sorted((out / schema.IMAGE_FEATURES_DIR).glob("*.parquet"))
-    assert shards and all(re.fullmatch(r"features-\d{8}T\d{6}-[0-9a-f]{6}-\d{5}-of-00002\.parquet", p.name) for p in shards)
+    assert shards and all(re.fullmatch(r"features-\d{8}T\d{6}-[0-9a-f]{6}-[0-9a-f]{8}-\d{5}\.parquet", p.name) for p in shards)
+    assert report.details[ei.FEATURE_CHUNKS] == len(shards)
     assert (out / schema.IMAGE_FEATURES_DIR / ei.UNREADABLE_SUBDIR / unreadable.name).read_bytes() == b"stale"
     table = pa.concat_tables([pq.read_table(p) for p in shards])
     assert table.schema.field(schema.EMBEDDING).type == pa.list_(pa.float32(), 1280)

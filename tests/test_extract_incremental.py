@@ -21,6 +21,8 @@ ADDED = 2  # 10% more
 
 def _run(out: Path, *extra: str) -> ei.common.StageReport:
     argv = ["--out", str(out), "--image-model", LITE, "--weights", "random", "--batch-size", "4", "--precision", "fp32"]
+    # the 3 broken files are over the default --max-failure-rate of these small runs
+    argv += ["--max-failure-rate", "1"]
     return ei.run(argv + list(extra), save_main_session=False)
 
 
