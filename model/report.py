@@ -44,22 +44,30 @@ DEFAULT_MAX_FAILURE_RATE = 0.05
 MAX_FAILURE_RATE_FLAG = "--max-failure-rate"
 
 
-class FailureRateExceeded(RuntimeError):
-    """A stage finished, but too many of its rows failed for its output to be trusted downstream.
+class StageRefused(RuntimeError):
+    """A stage finished, but its output must not be trusted downstream (a health check failed).
 
-    The report and the failure rows are saved before this is raised, so the user can see why; the
-    CLI prints the message (no traceback) and exits non-zero, which stops a scripted pipeline
-    before a later stage publishes what is left.
+    Raised after the report (and the failure rows) are saved, so the user can see why; the CLI
+    prints the summary and this message (no traceback) and exits non-zero, which stops a scripted
+    pipeline before a later stage publishes what is left.
     """
 
-    def __init__(self, report: StageReport, max_rate: float):
+    def __init__(self, report: StageReport, message: str):
         self.report = report
+        super().__init__(message)
+
+
+class FailureRateExceeded(StageRefused):
+    """Too many of a stage's rows failed (over --max-failure-rate)."""
+
+    def __init__(self, report: StageReport, max_rate: float):
         self.max_rate = max_rate
         rate = report.rows_failed / report.rows_in
         super().__init__(
+            report,
             f"{report.stage}: {report.rows_failed} of {report.rows_in} rows failed ({rate:.1%}), over the "
             f"allowed {max_rate:.1%}; see the failures of stage {report.stage!r} under OUT/{schema.FAILURES_DIR}/ "
-            f"and OUT/{schema.REPORTS_DIR}/{report.stage}.json (raise {MAX_FAILURE_RATE_FLAG} to accept more)"
+            f"and OUT/{schema.REPORTS_DIR}/{report.stage}.json (raise {MAX_FAILURE_RATE_FLAG} to accept more)",
         )
 
 

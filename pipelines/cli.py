@@ -13,8 +13,9 @@ import logging
 import sys
 from typing import Callable
 
-# the exit status of a stage that finished but failed too many rows (argparse's usage errors use 2)
-EXIT_TOO_MANY_FAILURES = 3
+# the exit status of a stage that finished but refused its output (too many failed rows, a failed
+# health check); argparse's usage errors use 2
+EXIT_REFUSED = 3
 
 # command -> (module, function taking argv and returning an object with summary_line())
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -90,15 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     if args.command == "serve":
         return _serve(rest)
-    from model.report import FailureRateExceeded  # here, not at the top: serve must stay light
+    from model.report import StageRefused  # here, not at the top: serve must stay light
 
     try:
         result = _stage_function(args.command)(rest)
-    except FailureRateExceeded as exc:
-        # an expected refusal, not a bug: the summary and the reason, no traceback
+    except StageRefused as exc:
+        # an expected refusal (too many failures, a failed health check), not a bug: the summary
+        # and the reason, no traceback
         print(exc.report.summary_line(), flush=True)
         print(f"imgsearch {args.command}: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_TOO_MANY_FAILURES
+        return EXIT_REFUSED
     line = getattr(result, "summary_line", None)
     if callable(line):
         print(line(), flush=True)

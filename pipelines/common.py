@@ -22,6 +22,7 @@ from model.report import (  # noqa: F401 - the failure-rate gate every stage sha
     DEFAULT_MAX_FAILURE_RATE,
     MAX_FAILURE_RATE_FLAG,
     FailureRateExceeded,
+    StageRefused,
     check_failure_rate,
 )
 
