@@ -28,6 +28,7 @@ setup(
         "numpy>=1.26",
         "fsspec>=2023.1",
         "psutil>=5.9",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "playwright>=1.45"],
