@@ -1,7 +1,9 @@
 """Tag vectors from word vectors (gensim KeyedVectors), shared by extract-text and the tests.
 
 Loads word2vec binary, word2vec text (with or without a header line, e.g. GloVe) and gensim's
-own `.kv` format, from a local path or any fsspec URL (gs://...). A tag becomes one vector:
+own `.kv` format, from a local path or any fsspec URL (gs://...). The format is detected from
+the content, and a file whose records disagree with its header is refused with the line named
+(a damaged file must not load as something else and turn every tag into oov). A tag becomes one vector:
 the whole tag as a phrase when the vocabulary has it (word2vec phrase vocabularies join words
 with '_'), otherwise the mean of the words it knows. A tag with no known word has no vector.
 """
@@ -26,6 +28,13 @@ from model import schema, storage
 log = logging.getLogger(__name__)
 
 KV_SUFFIX = ".kv"
+FORMAT_KV = "gensim-kv"
+FORMAT_TEXT = "word2vec-text"
+FORMAT_BINARY = "word2vec-binary"
+_PICKLE_MAGIC = b"\x80"  # gensim saves KeyedVectors with pickle protocol 2 or later
+_MAX_WORD_BYTES = 10_000
+_FINITE_CHUNK_ROWS = 100_000
+_HEAD_BYTES = 4 * 1024 * 1024
 _TOKEN_SPLIT = re.compile(r"[\s\-]+", re.UNICODE)
 _PHRASE_JOINER = "_"
 
@@ -42,6 +51,12 @@ class Word2VecLayout:
     has_header: bool
     binary: bool
     dim: int
+    vocab: int | None = None  # the header's count of vectors (None: no header)
+
+
+class WordVectorsError(ValueError):
+    """A word-vector file that is damaged, truncated or not what it seems; the message names the
+    line (text) or the record (binary)."""
 
 
 # ---------------------------------------------------------------------------
@@ -81,38 +96,169 @@ def _parse_floats(tokens: list[bytes]) -> bool:
     return True
 
 
-def sniff_word2vec(local_path: str) -> Word2VecLayout:
-    """Header, binary or text, and dimension of a local word2vec file, from its first record.
+def _looks_like_text(record: bytes) -> bool:
+    """Whether a record read up to its newline is a line of text rather than raw float32 bytes.
 
-    A text record is one line: the word and `dim` decimal numbers. Read as a line, a binary
-    record (raw float32 bytes) does not split into `dim` parseable numbers, whatever its
-    extension claims.
+    A binary record's dim*4 bytes are almost never valid UTF-8 free of control characters, so a
+    text line whose numbers disagree with the header is reported as such instead of being
+    misread as binary.
+    """
+    try:
+        text = record.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return len(text.split()) >= 2 and not any(ord(c) < 32 and c not in "\t\r\n" for c in text)
+
+
+def _check_binary_record(f: IO[bytes], path: str, dim: int) -> None:
+    """The first binary record after the header: a word, a space, then dim finite float32."""
+    word = bytearray()
+    while len(word) <= _MAX_WORD_BYTES:
+        ch = f.read(1)
+        if ch in (b"", b" "):
+            break
+        word += ch
+    else:
+        raise WordVectorsError(f"{path}: no word in the first {_MAX_WORD_BYTES} bytes after the header: not word2vec binary")
+    data = f.read(4 * dim)
+    if len(data) < 4 * dim:
+        raise WordVectorsError(f"{path}: the first binary record ends after {len(data)} of {4 * dim} bytes: truncated")
+    if not np.isfinite(np.frombuffer(data, dtype="<f4")).all():
+        raise WordVectorsError(f"{path}: the first record ({bytes(word)!r}) holds non-finite numbers: damaged or not word2vec binary")
+
+
+def sniff_word2vec(local_path: str) -> Word2VecLayout:
+    """Header, binary or text, and dimension of a local word2vec file, from its content.
+
+    The header (`<vocab> <dim>`) is checked against the first record: a text record is one line
+    of the word and `dim` decimal numbers, a binary one is the word and dim raw float32. A text
+    line with the wrong count of numbers is refused (naming the line), never read as binary.
     """
     with _open_local(local_path) as f:
         first = f.readline().split()
         if len(first) == 2 and all(t.isdigit() for t in first):
-            dim = int(first[1])
-            record = f.readline().split()
-            text = len(record) == dim + 1 and _parse_floats(record[1:])
-            return Word2VecLayout(has_header=True, binary=not text, dim=dim)
+            vocab, dim = int(first[0]), int(first[1])
+            if vocab < 1 or dim < 1:
+                raise WordVectorsError(f"{local_path}: line 1: the header says {vocab} vectors of {dim} dims")
+            start = f.tell()
+            record = f.readline()
+            if _looks_like_text(record):
+                fields = record.split()
+                if not _parse_floats(fields[1:]):
+                    raise WordVectorsError(f"{local_path}: line 2 is text but not a word followed by numbers: {record[:80]!r}")
+                if len(fields) != dim + 1:
+                    raise WordVectorsError(
+                        f"{local_path}: line 2 has {len(fields) - 1} numbers after its word, the header "
+                        f"(line 1) says {dim}: the file is damaged"
+                    )
+                return Word2VecLayout(has_header=True, binary=False, dim=dim, vocab=vocab)
+            f.seek(start)
+            _check_binary_record(f, local_path, dim)
+            return Word2VecLayout(has_header=True, binary=True, dim=dim, vocab=vocab)
     if len(first) < 2 or not _parse_floats(first[1:]):
-        raise ValueError(f"{local_path}: neither a word2vec header nor a text vector on the first line")
+        raise WordVectorsError(f"{local_path}: neither a word2vec header nor a text vector on the first line")
     # GloVe-style text without a header: the first line is already a vector.
     return Word2VecLayout(has_header=False, binary=False, dim=len(first) - 1)
 
 
-def _load_local(local_path: str, mmap: str | None) -> KeyedVectors:
+def detect_format(local_path: str) -> str:
+    """FORMAT_KV, FORMAT_TEXT or FORMAT_BINARY from the file's first bytes, whatever its name."""
+    with _open_local(local_path) as f:
+        head = f.read(2)
+    if head[:1] == _PICKLE_MAGIC and not local_path.endswith(".gz"):
+        return FORMAT_KV
     if local_path.endswith(KV_SUFFIX):
-        return KeyedVectors.load(local_path, mmap=mmap)
-    layout = sniff_word2vec(local_path)
-    # Crawled vocabularies sometimes hold words cut inside a UTF-8 sequence; gensim's advice.
-    return KeyedVectors.load_word2vec_format(
-        local_path, binary=layout.binary, no_header=not layout.has_header, unicode_errors="ignore"
-    )
+        log.warning("%s is named %s but holds no gensim pickle; reading it as word2vec", local_path, KV_SUFFIX)
+    return FORMAT_BINARY if sniff_word2vec(local_path).binary else FORMAT_TEXT
+
+
+def _read_text(local_path: str, layout: Word2VecLayout) -> KeyedVectors:
+    """word2vec text, every line checked: `dim` finite numbers after the word, and as many lines
+    as the header promises. A refusal names the line."""
+    dim = layout.dim
+    words: list[str] = []
+    seen: set[str] = set()
+    capacity = layout.vocab or 1024
+    vectors = np.empty((capacity, dim), dtype=np.float32)
+    with _open_local(local_path) as f:
+        line_no = 0
+        if layout.has_header:
+            f.readline()
+            line_no = 1
+        for raw in f:
+            line_no += 1
+            fields = raw.split()
+            if not fields:
+                continue  # a blank line (a trailing newline too many) holds no vector
+            if len(fields) != dim + 1:
+                raise WordVectorsError(
+                    f"{local_path}: line {line_no} has {len(fields) - 1} numbers after its word, expected {dim}"
+                    + (" (a line cut short: the file may be truncated)" if not raw.endswith(b"\n") else "")
+                )
+            try:
+                vector = np.array([float(t) for t in fields[1:]], dtype=np.float32)
+            except ValueError:
+                raise WordVectorsError(f"{local_path}: line {line_no} holds something that is not a number") from None
+            if not np.isfinite(vector).all():
+                raise WordVectorsError(f"{local_path}: line {line_no} holds a non-finite number (nan or inf)")
+            word = fields[0].decode("utf-8", errors="ignore")  # words cut inside a UTF-8 sequence
+            if word in seen:
+                continue  # gensim's rule: the first vector of a word wins
+            if layout.vocab is not None and len(words) >= layout.vocab:
+                raise WordVectorsError(f"{local_path}: line {line_no} is a vector beyond the {layout.vocab} the header (line 1) promises")
+            if len(words) == capacity:
+                capacity *= 2
+                vectors = np.resize(vectors, (capacity, dim))
+            vectors[len(words)] = vector
+            words.append(word)
+            seen.add(word)
+    if layout.vocab is not None and len(words) < layout.vocab:
+        raise WordVectorsError(
+            f"{local_path}: the header (line 1) promises {layout.vocab} vectors, the file ends after {len(words)} "
+            f"(line {line_no}): truncated"
+        )
+    if not words:
+        raise WordVectorsError(f"{local_path}: no vectors")
+    kv = KeyedVectors(vector_size=dim, count=len(words))
+    kv.add_vectors(words, vectors[: len(words)])
+    return kv
+
+
+def _check_finite(kv: KeyedVectors, path: str) -> None:
+    """NaN or inf in a vector would poison every tag that uses it; chunked for mapped files."""
+    for start in range(0, len(kv.vectors), _FINITE_CHUNK_ROWS):
+        chunk = np.asarray(kv.vectors[start : start + _FINITE_CHUNK_ROWS])
+        bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+        if bad.size:
+            raise WordVectorsError(f"{path}: the vector of {kv.index_to_key[start + int(bad[0])]!r} holds nan or inf")
+
+
+def _load_local(local_path: str, mmap: str | None) -> KeyedVectors:
+    fmt = detect_format(local_path)
+    if fmt == FORMAT_KV:
+        kv = KeyedVectors.load(local_path, mmap=mmap)
+    elif fmt == FORMAT_TEXT:
+        kv = _read_text(local_path, sniff_word2vec(local_path))
+    else:
+        layout = sniff_word2vec(local_path)
+        try:
+            # Crawled vocabularies sometimes hold words cut inside a UTF-8 sequence; gensim's advice.
+            kv = KeyedVectors.load_word2vec_format(local_path, binary=True, unicode_errors="ignore")
+        except (EOFError, ValueError) as exc:
+            raise WordVectorsError(f"{local_path}: damaged word2vec binary file ({exc})") from exc
+        if layout.vocab is not None and len(kv) != layout.vocab:
+            raise WordVectorsError(f"{local_path}: the header promises {layout.vocab} vectors, the file holds {len(kv)}")
+    _check_finite(kv, local_path)
+    return kv
 
 
 def load_keyed_vectors(path: str) -> KeyedVectors:
-    """Word vectors from a word2vec binary/text file or a gensim .kv file, local or remote."""
+    """Word vectors from a word2vec binary/text file or a gensim .kv file, local or remote.
+
+    The format comes from the content (a pickle is a gensim .kv; a `<vocab> <dim>` header then a
+    text line or raw floats is word2vec text or binary), and a file whose records disagree
+    with its header raises WordVectorsError naming the line.
+    """
     if not _is_remote(path):
         # mmap: several workers in one process share the .kv arrays instead of copying them
         return _load_local(_local_path(path), mmap="r")
@@ -125,17 +271,26 @@ def load_keyed_vectors(path: str) -> KeyedVectors:
         return _load_local(local, mmap=None)
 
 
+def _remote_head(path: str, local: str) -> None:
+    """The first _HEAD_BYTES of a remote file: enough for the header and the first record."""
+    with fsspec.open(path, "rb") as fin, open(local, "wb") as fout:
+        fout.write(fin.read(_HEAD_BYTES))
+
+
 def vector_dim(path: str) -> int:
-    """The vectors' dimension, cheaply: the word2vec header or first line, or a mapped .kv."""
+    """The vectors' dimension, checked cheaply: the header against the first record (word2vec),
+    or a mapped .kv. The whole file is checked when a worker loads it."""
+    if not _is_remote(path):
+        local = _local_path(path)
+        if detect_format(local) == FORMAT_KV:
+            return int(KeyedVectors.load(local, mmap="r").vector_size)
+        return sniff_word2vec(local).dim
     if path.endswith(KV_SUFFIX):
         return int(load_keyed_vectors(path).vector_size)
-    if not _is_remote(path):
-        return sniff_word2vec(_local_path(path)).dim
-    with fsspec.open(path, "rb", compression="infer") as f:
-        first = f.readline().split()
-        if len(first) == 2 and all(t.isdigit() for t in first):
-            return int(first[1])
-        return len(first) - 1
+    with tempfile.TemporaryDirectory(prefix="imgsearch-kv-") as tmp:
+        local = os.path.join(tmp, path.rsplit("/", 1)[-1])
+        _remote_head(path, local)
+        return sniff_word2vec(local).dim
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import time
 from typing import Any, Iterable
 
@@ -48,6 +49,12 @@ def failure_row(stage: str, image_id: str | None, uri: str | None, error: str, m
         schema.ERROR: error,
         schema.MESSAGE: message[:MAX_MESSAGE_CHARS],
     }
+
+
+def run_id() -> str:
+    """<UTC time>-<random>: names a run's output shards so they never clash with an earlier run's,
+    which then stay in place until the new ones are complete."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 def counter(stage: str, name: str) -> beam.metrics.metricbase.Counter:

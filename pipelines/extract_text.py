@@ -3,11 +3,14 @@
     imgsearch extract-text --out OUT --word-vectors PATH [Beam flags]
 
 Reads OUT/index/images, keeps each distinct tag once and writes
-OUT/features/text/text-SSSSS-of-NNNNN.parquet (schema.text_features_schema) with the word
-vectors' path and dimension in the file metadata. Every tag gets a row: `ok` (every word
+OUT/features/text/text-<run>-SSSSS-of-NNNNN.parquet (schema.text_features_schema) with the word
+vectors' path and dimension in the file metadata. The previous run's shards are deleted only
+once the new ones are complete and usable, so a damaged or truncated word-vector file (refused
+with the line named, model.text_vectors) never costs the features that were there. Every tag gets a row: `ok` (every word
 known, or the whole tag as a phrase), `partial` (the mean of the words that are known) or
 `oov` (no word known; the embedding is null). Training leaves oov tags out; their images still
-reach the site in index order.
+reach the site in index order. A run where every tag is oov is refused (common.StageRefused):
+the file almost certainly is not the vectors it claims to be.
 """
 
 from __future__ import annotations
@@ -36,6 +39,22 @@ def images_pattern(out: str) -> str:
 
 def output_prefix(out: str) -> str:
     return schema.out_path(out, schema.TEXT_FEATURES_DIR, SHARD_PREFIX)
+
+
+def text_shards(out: str) -> list[str]:
+    """The finished text-feature shards under OUT (Beam's temporary folders never match)."""
+    return common.glob(schema.shard_pattern(out, schema.TEXT_FEATURES_DIR, SHARD_PREFIX))
+
+
+def check_not_all_oov(report: common.StageReport) -> None:
+    """Refuse a run where no tag found a vector: training would have no text side at all."""
+    oov = report.details.get(schema.TEXT_OOV, 0)
+    if report.rows_in and oov == report.rows_in:
+        raise common.StageRefused(
+            report,
+            f"{STAGE}: none of the {report.rows_in} tags has a vector in {report.details.get('word_vectors')} "
+            "(every tag is oov): wrong or damaged word vectors? The previous text features were kept.",
+        )
 
 
 def output_schema(dim: int, word_vectors: str):
@@ -105,14 +124,17 @@ class TagVectors(beam.PTransform):
 
 
 class WriteTextFeatures(beam.PTransform):
-    def __init__(self, out: str, dim: int, word_vectors: str):
+    """Text feature rows -> shards named by prefix (the run's own, so earlier shards stay until
+    this run is complete)."""
+
+    def __init__(self, prefix: str, dim: int, word_vectors: str):
         super().__init__()
-        self._out = out
+        self._prefix = prefix
         self._schema = output_schema(dim, word_vectors)
 
     def expand(self, rows):
         return rows | "WriteParquet" >> beam.io.WriteToParquet(
-            output_prefix(self._out), self._schema, file_name_suffix=schema.PARQUET_SUFFIX
+            self._prefix, self._schema, file_name_suffix=schema.PARQUET_SUFFIX
         )
 
 
@@ -125,8 +147,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--word-vectors",
         required=True,
-        help="word2vec binary or text (.bin/.txt/.vec, format detected) or gensim .kv; local or gs://",
+        help="word2vec binary or text, or gensim .kv (the format is detected from the content); local or gs://",
     )
+    common.add_max_failure_rate(parser)
     return parser
 
 
@@ -134,10 +157,12 @@ def run(
     argv: list[str] | None = None, save_main_session: bool = True, test_pipeline: beam.Pipeline | None = None
 ) -> common.StageReport:
     args, beam_options = common.split_args(get_args_parser(), argv)
+    # the header against the first record, here: a damaged file fails before any worker starts
+    # (workers check every line when they load it)
     dim = text_vectors.vector_dim(args.word_vectors)
     log.info("%s: %s has %d-d vectors", STAGE, args.word_vectors, dim)
-    # A rerun may shard differently; stale shards would be read as extra rows.
-    common.delete(common.glob(output_prefix(args.out) + "-*" + schema.PARQUET_SUFFIX))
+    previous = text_shards(args.out)
+    prefix = f"{output_prefix(args.out)}-{common.run_id()}"
 
     pipeline = test_pipeline or beam.Pipeline(
         options=common.make_options(beam_options, save_main_session)
@@ -146,11 +171,24 @@ def run(
         pipeline
         | "ReadImages" >> beam.io.ReadFromParquet(images_pattern(args.out), columns=[schema.TAG])
         | "TagVectors" >> TagVectors(args.word_vectors, dim)
-        | "WriteTextFeatures" >> WriteTextFeatures(args.out, dim, args.word_vectors)
+        | "WriteTextFeatures" >> WriteTextFeatures(prefix, dim, args.word_vectors)
     )
+    # a failed run (a damaged line found by a worker) raises here: the previous shards stay
     _, counters, seconds = common.run_pipeline(pipeline, STAGE)
     report = common.report_from_counters(STAGE, counters, seconds, dim=dim, word_vectors=args.word_vectors)
     report.save(args.out)
+    new = common.glob(prefix + "-*" + schema.PARQUET_SUFFIX)
+    try:
+        check_not_all_oov(report)
+        common.check_failure_rate(report, args.max_failure_rate)
+    except common.StageRefused:
+        common.delete(new)  # the previous features stay the ones read downstream
+        raise
+    # complete and usable: now the new shards replace the old (a rerun may shard differently,
+    # and stale shards would be read as extra rows)
+    common.delete([p for p in previous if p not in new])
+    if previous:
+        log.info("%s: replaced %d shards of the previous run", STAGE, len(previous))
     return report
 
 
