@@ -16,7 +16,7 @@ const siteRoot = new URL('.', document.baseURI);
 const hub = createHub();
 const data = createData(siteRoot);
 
-mountHeader(hub, { line: $('collection') });
+mountHeader(hub, { line: $('collection'), header: document.querySelector('header.top'), siteRoot });
 mountSearchBox(hub, { form: $('search'), input: $('q'), list: $('suggestions') });
 mountResults(hub, {
   section: $('results'), title: $('results-title'), note: $('results-note'), near: $('near'),

@@ -1,10 +1,33 @@
-// The header line: collection size and the model that ranked it, from the manifest.
-import { formatCount, modelLabel } from './text.js';
+// The header line: collection size and the model that ranked it, from the manifest; and a link
+// to the evaluation report when the manifest names one.
+import { formatCount, modelLabel, safeUrl } from './text.js';
 
-export function mountHeader(hub, { line }) {
+export const REPORT_LINK_TEXT = 'How this ranking was made';
+
+// The manifest's "report" as a URL under the site root, or null. Only a relative path is
+// accepted: the report is published with the site, so an absolute URL (another host, a
+// javascript: scheme) or a path climbing out of the site is a broken or hostile manifest.
+export function reportUrl(manifest, siteRoot) {
+  const raw = manifest && typeof manifest === 'object' ? manifest.report : null;
+  if (typeof raw !== 'string' || /^\s*[a-z][a-z0-9+.-]*:/i.test(raw)) return null;
+  return safeUrl(raw, siteRoot, true);
+}
+
+export function mountHeader(hub, { line, header, siteRoot }) {
+  let link = null;
   hub.on('manifest', (m) => {
     const c = m.counts || {};
     line.textContent = `${formatCount(c.images)} images · ${formatCount(c.tags)} tags · ranked by ${modelLabel(m.model)}`;
+    const href = header && siteRoot ? reportUrl(m, siteRoot) : null;
+    if (!href) { link?.remove(); link = null; return; }
+    if (!link) {
+      link = document.createElement('a');
+      link.id = 'report-link';
+      link.className = 'report-link';
+      link.textContent = REPORT_LINK_TEXT;
+      header.append(link);
+    }
+    link.setAttribute('href', href);
   });
   hub.on('manifest:error', ({ message }) => { line.textContent = message; });
 }
