@@ -1,13 +1,16 @@
-"""Stage `export`: the matcher's two towers as ONNX, checked against PyTorch before publishing.
+"""Stage `export`: every matcher member's two towers as ONNX, checked against PyTorch first.
 
     imgsearch export --out OUT [--tolerance 1e-4] [--opset 17]
 
-Each tower takes the raw input (image feature, D floats, or tag vector, d floats) as `features`
-[batch, dim] and returns its L2-normalised 128-d `embedding` [batch, 128], so the rank stage
-scores an image against a tag as dot(image embedding, text embedding). Both are exported with a
-dynamic batch axis (traced with batch 3), run through onnxruntime on batches of 1, 2 and 7 and
-compared with PyTorch; past the tolerance the stage fails and publishes nothing. Only then are
-OUT/model/image_tower.onnx, text_tower.onnx and export.json written (through fsspec: gs:// works).
+The checkpoint holds K cross-fitted members and one in-sample member (model/matcher.py). Each
+side is exported as one graph holding that tower of every member: it takes the raw input (image
+feature, D floats, or tag vector, d floats) as `features` [batch, dim] and returns
+`embeddings` [batch, members, 128], L2-normalised, member k at index k (the in-sample member
+last). rank scores an image against a tag as dot(image embedding, text embedding) of the member
+that held the image out. Both graphs have a dynamic batch axis (traced with batch 3), run
+through onnxruntime on batches of 1, 2 and 7 and are compared with PyTorch; past the tolerance
+the stage fails and publishes nothing. Only then are OUT/model/image_tower.onnx, text_tower.onnx
+and export.json written (through fsspec: gs:// works).
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from model.matcher import load_checkpoint
 log = logging.getLogger(__name__)
 
 STAGE = "export"
-INPUT_NAME = "features"
-OUTPUT_NAME = "embedding"
+INPUT_NAME = schema.TOWER_INPUT
+OUTPUT_NAME = schema.TOWER_OUTPUT
 BATCH_AXIS = "batch"
 TRACE_BATCH = 3  # > 1, so nothing batch-size-specific gets baked into the graph
 CHECK_BATCHES = (1, 2, 7)
@@ -148,7 +151,7 @@ def run(argv: list[str] | None = None) -> ExportResult:
     args = get_args_parser().parse_args(argv)
     started = time.monotonic()
     model, checkpoint = load_checkpoint(schema.out_path(args.out, schema.CHECKPOINT))
-    towers = {IMAGE: (model.image_tower, schema.IMAGE_TOWER_ONNX), TEXT: (model.text_tower, schema.TEXT_TOWER_ONNX)}
+    towers = {IMAGE: (model.image_towers(), schema.IMAGE_TOWER_ONNX), TEXT: (model.text_towers(), schema.TEXT_TOWER_ONNX)}
 
     exported: dict[str, tuple[bytes, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="imgsearch-onnx-") as tmp:
@@ -170,7 +173,10 @@ def run(argv: list[str] | None = None) -> ExportResult:
             "tolerance": args.tolerance,
             "input_name": INPUT_NAME,
             "output_name": OUTPUT_NAME,
-            "score": "dot(image embedding, text embedding): both are L2-normalised, so a cosine",
+            "score": "dot(image embedding, text embedding) of one member: both are L2-normalised, so a cosine",
+            "folds": model.folds,
+            "members": model.folds + 1,
+            "in_sample_member": model.full_member,
             "towers": infos,
             "matcher": checkpoint["config"],
             "image_features": inputs.get("image_features", {}),

@@ -5,6 +5,10 @@ is a cosine, and the towers can be exported and run separately (images and tags 
 offline, in different passes). The prototype's matcher was near-linear and trained against one
 fixed negative; this one trains against every other tag in the batch with a learned temperature.
 
+Cross-fitting: `FoldedMatcher` holds K members, member k trained on every fold but k, so an
+image's published score comes from the one member that never saw it with its (maybe wrong) tag,
+plus one member trained on all folds, kept only to measure what in-sample scoring would show.
+
 A checkpoint carries its config, so export and rank rebuild the model without training flags.
 """
 
@@ -21,7 +25,7 @@ from torch import nn
 
 from model import storage
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: a FoldedMatcher (K cross-fitted members + one full member)
 INIT_TEMPERATURE = 0.07  # CLIP's starting temperature
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: keeps the softmax from collapsing onto one logit
 
@@ -84,6 +88,48 @@ class Matcher(nn.Module):
         return self.logit_scale() * self.encode_images(image_features) @ self.encode_text(text_vectors).T
 
 
+class StackedTower(nn.Module):
+    """The same tower of every member side by side: [batch, in_dim] -> [batch, members, out_dim].
+
+    One ONNX graph per side, so rank runs one session for all members."""
+
+    def __init__(self, towers: list[Tower]):
+        super().__init__()
+        self.towers = nn.ModuleList(towers)
+        self.in_dim = towers[0].in_dim
+        self.out_dim = towers[0].out_dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.stack([tower(features) for tower in self.towers], dim=1)
+
+
+class FoldedMatcher(nn.Module):
+    """K cross-fitted members (member k never trains on fold k) and member K, trained on all folds.
+
+    Members 0..K-1 score the images of their held-out fold, and their mean scores an image no
+    member trained on. Member K is never used for the published score: it is the in-sample
+    matcher the evaluation compares against.
+    """
+
+    def __init__(self, config: MatcherConfig, folds: int):
+        super().__init__()
+        if folds < 2:
+            raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+        self.config = config
+        self.folds = folds
+        self.members = nn.ModuleList(Matcher(config) for _ in range(folds + 1))
+
+    @property
+    def full_member(self) -> int:
+        return self.folds
+
+    def image_towers(self) -> StackedTower:
+        return StackedTower([m.image_tower for m in self.members])
+
+    def text_towers(self) -> StackedTower:
+        return StackedTower([m.text_tower for m in self.members])
+
+
 def contrastive_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Symmetric in-batch loss where images that share a tag are never each other's negatives.
 
@@ -102,11 +148,12 @@ def contrastive_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 # ---------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------
-def save_checkpoint(path: str, model: Matcher, **extra: Any) -> None:
-    """model weights + config + whatever the caller adds (training args, input metadata)."""
+def save_checkpoint(path: str, model: FoldedMatcher, **extra: Any) -> None:
+    """model weights + config + fold count + whatever the caller adds (training args, inputs)."""
     payload = {
         "version": CHECKPOINT_VERSION,
         "config": model.config.to_dict(),
+        "folds": model.folds,
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
@@ -115,11 +162,15 @@ def save_checkpoint(path: str, model: Matcher, **extra: Any) -> None:
     storage.write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[Matcher, dict[str, Any]]:
-    """The matcher in eval mode, and the checkpoint's other entries."""
+def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[FoldedMatcher, dict[str, Any]]:
+    """The folded matcher in eval mode, and the checkpoint's other entries."""
     # weights_only: a checkpoint is data (tensors, numbers, strings), never code to unpickle
     payload = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
-    model = Matcher(MatcherConfig.from_dict(payload["config"]))
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint version {payload.get('version')} (this imgsearch reads {CHECKPOINT_VERSION}); rerun train"
+        )
+    model = FoldedMatcher(MatcherConfig.from_dict(payload["config"]), int(payload["folds"]))
     model.load_state_dict(payload["model_state"])
     model.to(device).eval()
     return model, payload

@@ -16,11 +16,15 @@ then average over tags. Three rankers on the same features:
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 from scipy.stats import rankdata
+
+from model import schema, storage
+from model.tags import image_id_for, normalize_tag
 
 MATCHER = "matcher"
 INDEX_ORDER = "index_order"
@@ -35,6 +39,22 @@ AUC = "auc"
 P_AT_10 = "p_at_10"
 TOP_K = 10
 NEEDS_GROUND_TRUTH = "AUC and P@10 need ground truth (--ground-truth): not computed"
+
+
+# ---------------------------------------------------------------------------
+# Ground truth
+# ---------------------------------------------------------------------------
+def load_ground_truth(path: str, keep_ids: set[str] | None = None) -> dict[str, str]:
+    """image_id -> normalised true tag, from JSON lines {"uri", "tag", "true_tag"}."""
+    truth: dict[str, str] = {}
+    for line in storage.read_bytes(path).decode("utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        image_id = image_id_for(row[schema.URI])
+        if keep_ids is None or image_id in keep_ids:
+            truth[image_id] = normalize_tag(row[schema.TRUE_TAG])
+    return truth
 
 
 # ---------------------------------------------------------------------------

@@ -178,7 +178,8 @@ TEXT_FEATURES_DIR = "features/text"
 FAILURES_DIR = "failures"  # <stage>-SSSSS-of-NNNNN.parquet
 MODEL_DIR = "model"
 CHECKPOINT = "model/matcher.pt"
-METRICS_JSON = "model/metrics.json"
+TRAINING_JSON = "model/training.json"  # every member's epochs, early stopping, args
+METRICS_JSON = "report/metrics.json"  # the evaluation of what rank published
 IMAGE_TOWER_ONNX = "model/image_tower.onnx"
 TEXT_TOWER_ONNX = "model/text_tower.onnx"
 EXPORT_JSON = "model/export.json"
@@ -189,6 +190,11 @@ FOLDS_DIR = "model/folds"  # folds-SSSSS-of-NNNNN.parquet: the images each fold 
 REPORT_DIR = "report"  # the evaluation of what was published: metrics.json, index.html, plots
 SITE_DIR = "site"
 REPORTS_DIR = "reports"  # <stage>.json, one summary per stage run
+
+# The ONNX towers' contract (export writes it, rank reads it): one float32 input [batch, dim],
+# one float32 output [batch, members, out_dim], L2-normalised per member.
+TOWER_INPUT = "features"
+TOWER_OUTPUT = "embeddings"
 
 # Ground truth (demo corpus only; training never reads it, evaluation does):
 # JSON lines {"uri": ..., "tag": <crawled tag>, "true_tag": <what the image shows>}

@@ -59,6 +59,21 @@ def split_for(image_id: str) -> str:
     return schema.SPLIT_TEST if bucket < TEST_FRACTION_PERCENT else schema.SPLIT_TRAIN
 
 
+def _bucket(salt: str, image_id: str, buckets: int) -> int:
+    return int(hashlib.sha256((salt + image_id).encode("utf-8")).hexdigest()[:8], 16) % buckets
+
+
+def fold_for(image_id: str, folds: int) -> int:
+    """The cross-fitting fold of an image (0..folds-1), independent of its split (another salt)."""
+    return _bucket("fold:", image_id, folds)
+
+
+def in_validation(image_id: str, member: int, percent: int) -> bool:
+    """Whether an image is in a matcher member's early-stopping validation part (its own salt,
+    so each member holds out a different part of its training data)."""
+    return _bucket(f"val{member}:", image_id, 100) < percent
+
+
 def tag_key(tag: str) -> str:
     """File-name key for a tag: lower-case hex of its SHA-256, safe on every file system.
 

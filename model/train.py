@@ -1,13 +1,22 @@
-"""Stage `train`: fit the two-tower matcher on the training split and evaluate it on the test split.
+"""Stage `train`: fit the cross-fitted two-tower matcher (K fold members + one in-sample member).
 
-    imgsearch train --out OUT [--ground-truth GT.jsonl] [--epochs N] [--batch-size B] ...
+    imgsearch train --out OUT [--folds 5] [--epochs N] [--batch-size B] ...
 
 Reads OUT/index/images (ids, tags, splits: small, loaded whole), OUT/features/text (one row per
 tag: small) and OUT/features/image (large: streamed row group by row group through a shuffle
 buffer, never loaded whole; 1.7M x 2048 floats would be 14 GB). Trains on split `train` only,
-leaving out oov tags and images without features. Writes OUT/model/matcher.pt (weights +
-config + training args + input metadata) and OUT/model/metrics.json, and returns a TrainResult
-whose summary_line() the CLI prints.
+leaving out oov tags and images without features; the held-out split is trained on by no member.
+
+Each training image falls in one of K folds (a hash of its id). Member k trains on every fold
+but k, so rank scores an image with the one member that never saw it with its own, possibly
+wrong, tag: a model scoring its own training images repeats their wrong tags. Member K trains on
+all folds; it is never published, only measured against (what in-sample scoring would show).
+Every member holds out a validation part of its own training rows and keeps the weights of its
+best validation epoch (early stopping). All members train in one pass over the stream per epoch.
+
+Writes OUT/model/matcher.pt (every member's weights + config + training args + input metadata),
+OUT/model/folds/ (each training image's fold) and OUT/model/training.json. Evaluation happens on
+what rank publishes (pipelines/evaluate.py), not here.
 
 Plain torch on one machine (GPU when present): no Beam here.
 """
@@ -21,16 +30,20 @@ import logging
 import math
 import os
 import time
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+import copy
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
+from torch import nn
 
-from model import metrics, schema, storage
+from model import schema, storage
 from model.report import StageReport
-from model.matcher import Matcher, MatcherConfig, contrastive_loss, save_checkpoint
-from model.tags import image_id_for, normalize_tag
+from model.matcher import FoldedMatcher, Matcher, MatcherConfig, contrastive_loss, save_checkpoint
+from model.tags import fold_for, in_validation
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +82,10 @@ class ImageFeatureFiles:
     units: list[tuple[str, int]]  # (file, row group): the unit of shuffled reading
     dim: int
     metadata: dict[str, str]  # encoder, weights, ... from the file metadata
+
+
+class NonFiniteFeatures(ValueError):
+    """A feature shard holds NaN or inf: training on it would silently produce a NaN model."""
 
 
 def _meta_text(meta: Mapping[bytes, bytes] | None, key: bytes) -> str | None:
@@ -135,19 +152,6 @@ def find_image_features(out: str) -> ImageFeatureFiles:
     return ImageFeatureFiles(files=files, units=units, dim=dim, metadata=metadata)
 
 
-def load_ground_truth(path: str, keep_ids: set[str] | None = None) -> dict[str, str]:
-    """image_id -> normalised true tag, from JSON lines {"uri", "tag", "true_tag"}."""
-    truth: dict[str, str] = {}
-    for line in storage.read_bytes(path).decode("utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        image_id = image_id_for(row[schema.URI])
-        if keep_ids is None or image_id in keep_ids:
-            truth[image_id] = normalize_tag(row[schema.TRUE_TAG])
-    return truth
-
-
 # ---------------------------------------------------------------------------
 # Streaming features
 # ---------------------------------------------------------------------------
@@ -169,6 +173,13 @@ def iter_feature_rows(
                 continue
             # flatten() honours the batch's offset, unlike .values
             features = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+            finite = np.isfinite(features).all(axis=1)
+            if not finite.all():
+                bad = [ids[i] for i in np.flatnonzero(~finite)[:3]]
+                raise NonFiniteFeatures(
+                    f"{path} (row group {row_group}): {int((~finite).sum())} image feature rows hold NaN or inf, "
+                    f"e.g. image ids {bad}; rerun extract-images --full, or delete that shard and rerun extract-images"
+                )
             values = np.fromiter((wanted[ids[i]] for i in keep), dtype=np.int64, count=len(keep))
             yield np.ascontiguousarray(features[keep], dtype=np.float32), values
 
@@ -241,13 +252,20 @@ class TrainData:
     images: ImagesTable
     text: TextFeatures
     features: ImageFeatureFiles
-    train_ids: dict[str, int]  # image_id -> position in train_tag
+    train_ids: dict[str, int]  # image_id -> training row
     train_tag: np.ndarray  # int64: tag index of each training row
+    fold: np.ndarray  # int64: each training row's cross-fitting fold
+    validation: np.ndarray  # bool [rows, members]: the row is in that member's validation part
     train_split_rows: int  # train-split rows in the index
     skipped_oov_tag: int
 
+    def member_rows(self, member: int, folds: int) -> tuple[np.ndarray, np.ndarray]:
+        """(trains on, validates on) masks over training rows: member k never sees fold k."""
+        eligible = self.fold != member if member < folds else np.ones(len(self.fold), dtype=bool)
+        return eligible & ~self.validation[:, member], eligible & self.validation[:, member]
 
-def prepare_data(out: str) -> TrainData:
+
+def prepare_data(out: str, folds: int = 5, validation_percent: int = 10) -> TrainData:
     images = load_images(out)
     text = load_text_features(out)
     features = find_image_features(out)
@@ -263,12 +281,17 @@ def prepare_data(out: str) -> TrainData:
         elif image_id not in train_ids:
             train_ids[image_id] = len(train_tag)
             train_tag.append(idx)
+    ids = list(train_ids)
     return TrainData(
         images=images,
         text=text,
         features=features,
         train_ids=train_ids,
         train_tag=np.asarray(train_tag, dtype=np.int64),
+        fold=np.fromiter((fold_for(i, folds) for i in ids), dtype=np.int64, count=len(ids)),
+        validation=np.array(
+            [[in_validation(i, m, validation_percent) for m in range(folds + 1)] for i in ids], dtype=bool
+        ).reshape(len(ids), folds + 1),
         train_split_rows=int(is_train.sum()),
         skipped_oov_tag=skipped_oov,
     )
@@ -276,156 +299,124 @@ def prepare_data(out: str) -> TrainData:
 
 @dataclasses.dataclass
 class TrainResult(StageReport):
-    """The stage's accounting (rows_in: train-split rows in the index; rows_out: rows trained on,
-    per epoch) plus what training learned."""
+    """The stage's accounting (rows_in: train-split rows in the index; rows_out: rows some member
+    trained on) plus what each member learned and where early stopping kept it."""
 
     epochs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    table: str = ""
+    members: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     checkpoint: str = ""
 
     def summary_line(self) -> str:
         line = super().summary_line()
-        if self.epochs:
-            line += f"; loss {self.epochs[0]['loss']:.3f} -> {self.epochs[-1]['loss']:.3f} in {len(self.epochs)} epochs"
-        aucs = {r: m[metrics.AUC] for r, m in (self.metrics.get("rankers") or {}).items() if m[metrics.AUC] is not None}
-        if aucs:
-            line += "; mean AUC " + ", ".join(f"{r} {v:.3f}" for r, v in aucs.items())
-        else:
-            line += "; no AUC (needs --ground-truth)"
+        if self.members:
+            kept = ", ".join(str(m["best_epoch"]) for m in self.members)
+            line += f"; {len(self.members) - 1} folds + 1 in-sample member, epochs kept {kept}"
         return line
 
     def report(self) -> str:
-        """Per-epoch loss lines and the evaluation table, for a terminal."""
-        lines = [
-            f"epoch {e['epoch']}/{len(self.epochs)}  loss {e['loss']:.4f}  rows {e['rows']}  {e['seconds']:.1f} s"
-            for e in self.epochs
-        ]
-        return "\n".join(lines + ["", "evaluation on the held-out split (mean over tags):", self.table])
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("metrics")
-        d.pop("table")
-        return d
+        """Per-epoch training and validation losses of every member, for a terminal."""
+        lines = []
+        for e in self.epochs:
+            parts = "  ".join(
+                f"{m['name']} {m['loss']:.3f}/{m['val_loss']:.3f}" if m["active"] else f"{m['name']} stopped"
+                for m in e["members"]
+            )
+            lines.append(f"epoch {e['epoch']:>2}  {parts}  {e['seconds']:.1f} s")
+        lines.append("(training/validation loss per member; a stopped member keeps its best validation epoch)")
+        return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------
-# Training and evaluation
+# Training
 # ---------------------------------------------------------------------------
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"contrastive": contrastive_loss}
+
+
+def _batch_loss(member: Matcher, x: torch.Tensor, tags: torch.Tensor, text_vectors: torch.Tensor, criterion) -> torch.Tensor:
+    # The batch's distinct tags are the classes; images sharing a tag are not negatives.
+    unique_tags, targets = torch.unique(tags, return_inverse=True)
+    return criterion(member(x, text_vectors[unique_tags]), targets)
+
+
 def train_one_epoch(
-    model: Matcher,
-    optimizer: torch.optim.Optimizer,
+    model: FoldedMatcher,
+    optimizers: Sequence[torch.optim.Optimizer],
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
-    train_tag: torch.Tensor,
+    data: TrainData,
     text_vectors: torch.Tensor,
+    active: Sequence[bool],
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     device: torch.device,
-) -> dict[str, Any]:
-    """One pass over the batches; returns the mean loss and the rows seen."""
-    model.train()
-    total, rows, steps = 0.0, 0, 0
+) -> list[dict[str, float]]:
+    """One pass over the stream for every member at once (one read of the features per epoch).
+
+    Each batch is split per member into the rows it trains on and the rows of its validation
+    part. Validation rows are scored before the step, so the validation loss is progressive
+    (measured along the epoch on rows the member has never trained on) and needs no second pass.
+    """
+    folds = model.folds
+    masks = [data.member_rows(m, folds) for m in range(folds + 1)]
+    stats = [{"loss": 0.0, "rows": 0, "val_loss": 0.0, "val_rows": 0} for _ in masks]
+    train_tag = torch.from_numpy(data.train_tag)
     for x_np, pos_np in batches:
-        x = torch.from_numpy(x_np).to(device, non_blocking=True)
-        tags = train_tag[torch.from_numpy(pos_np).to(device)]
-        # The batch's distinct tags are the classes; images sharing a tag are not negatives.
-        unique_tags, targets = torch.unique(tags, return_inverse=True)
-        loss = contrastive_loss(model(x, text_vectors[unique_tags]), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * len(x_np)
-        rows += len(x_np)
-        steps += 1
-    return {"loss": total / rows if rows else math.nan, "rows": rows, "steps": steps}
+        x_all = torch.from_numpy(x_np).to(device)
+        tags_all = train_tag[torch.from_numpy(pos_np)].to(device)
+        for m, member in enumerate(model.members):
+            if not active[m]:
+                continue
+            fit_mask, val_mask = (torch.from_numpy(mask[pos_np]).to(device) for mask in masks[m])
+            if val_mask.any():
+                member.eval()
+                with torch.no_grad():
+                    val = _batch_loss(member, x_all[val_mask], tags_all[val_mask], text_vectors, criterion)
+                n_val = int(val_mask.sum())
+                stats[m]["val_loss"] += float(val) * n_val
+                stats[m]["val_rows"] += n_val
+            n_fit = int(fit_mask.sum())
+            if n_fit < 2:
+                continue
+            member.train()
+            loss = _batch_loss(member, x_all[fit_mask], tags_all[fit_mask], text_vectors, criterion)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"member {m}: the loss became {float(loss)} (lower --lr, or check the features)")
+            optimizers[m].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[m].step()
+            stats[m]["loss"] += float(loss.detach()) * n_fit
+            stats[m]["rows"] += n_fit
+    for s in stats:
+        s["loss"] = s["loss"] / s["rows"] if s["rows"] else math.nan
+        s["val_loss"] = s["val_loss"] / s["val_rows"] if s["val_rows"] else math.nan
+    return stats
 
 
-@dataclasses.dataclass
-class _TestSet:
-    image_id: np.ndarray
-    tag: np.ndarray  # str
-    tag_index: np.ndarray  # int64 into TextFeatures.tags
-    label: np.ndarray  # bool: true_tag == tag
-    ordinal: np.ndarray
+class EarlyStopping:
+    """Per member: keep the weights of the epoch with the lowest validation loss; stop a member
+    after `patience` epochs without an improvement of at least `min_delta`."""
 
+    def __init__(self, members: int, patience: int, min_delta: float):
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best = [math.inf] * members
+        self.best_epoch = [0] * members
+        self.best_state: list[dict[str, torch.Tensor] | None] = [None] * members
+        self.active = [True] * members
 
-def _test_set(data: TrainData, truth: Mapping[str, str]) -> _TestSet:
-    tag_index = data.text.index()
-    images = data.images
-    keep = [
-        i
-        for i in np.flatnonzero(images.split == schema.SPLIT_TEST)
-        if images.image_id[i] in truth and images.tag[i] in tag_index
-    ]
-    keep = np.asarray(keep, dtype=np.int64)
-    tags = images.tag[keep]
-    return _TestSet(
-        image_id=images.image_id[keep],
-        tag=tags,
-        tag_index=np.asarray([tag_index[t] for t in tags], dtype=np.int64),
-        label=np.asarray([truth[images.image_id[i]] == images.tag[i] for i in keep], dtype=bool),
-        ordinal=images.ordinal[keep],
-    )
+    def update(self, epoch: int, member: int, module: nn.Module, val_loss: float) -> None:
+        if not self.active[member]:
+            return
+        if math.isnan(val_loss):  # no validation rows (tiny data): keep the latest weights
+            val_loss = self.best[member] - 2 * self.min_delta if self.best[member] < math.inf else 0.0
+        if val_loss < self.best[member] - self.min_delta:
+            self.best[member], self.best_epoch[member] = val_loss, epoch
+            self.best_state[member] = copy.deepcopy(module.state_dict())
+        elif epoch - self.best_epoch[member] >= self.patience:
+            self.active[member] = False
 
-
-@torch.no_grad()
-def evaluate(
-    model: Matcher, data: TrainData, device: torch.device, ground_truth: str | None, read_rows: int = DEFAULT_READ_ROWS
-) -> dict[str, Any]:
-    """Matcher vs index order vs cosine-to-mean-feature on the test split (metrics.py)."""
-    images = data.images
-    is_test = images.split == schema.SPLIT_TEST
-    counts: dict[str, Any] = {
-        "test_images": int(is_test.sum()),
-        "tags_with_vectors": len(data.text.tags),
-        "tags_oov": data.text.oov_tags,
-    }
-    if not ground_truth:
-        return {"split": schema.SPLIT_TEST, "ground_truth": None, "note": metrics.NEEDS_GROUND_TRUTH, "rankers": {}, "per_tag": [], "counts": counts}
-
-    model.eval()
-    truth = load_ground_truth(ground_truth, set(images.image_id[is_test].tolist()))
-    test = _test_set(data, truth)
-    counts["test_images_with_ground_truth_and_vector"] = int(test.image_id.size)
-    # Only tags with a true and a mislabelled test image can be measured; average only those.
-    eval_tags = sorted({t for t in set(test.tag.tolist()) if 0 < test.label[test.tag == t].sum() < (test.tag == t).sum()})
-    eval_pos = {t: i for i, t in enumerate(eval_tags)}
-    # pass 1: each evaluated tag's mean raw training feature, streamed
-    means = metrics.TagMeanAccumulator(len(eval_tags), data.features.dim)
-    train_wanted = {i: eval_pos[t] for i, t in zip(images.image_id, images.tag) if t in eval_pos}
-    train_wanted = {i: p for i, p in train_wanted.items() if i in data.train_ids}
-    for x, pos in iter_feature_rows(data.features.units, train_wanted, data.features.dim, read_rows):
-        means.add(x, pos)
-
-    # pass 2: score the test images of those tags
-    in_eval = np.asarray([t in eval_pos for t in test.tag], dtype=bool)
-    test_wanted = {test.image_id[i]: int(i) for i in np.flatnonzero(in_eval)}
-    n = test.image_id.size
-    matcher_scores = np.full(n, np.nan)
-    mean_scores = np.full(n, np.nan)
-    seen = np.zeros(n, dtype=bool)
-    text_emb = model.encode_text(torch.from_numpy(data.text.vectors).to(device))
-    for x, pos in iter_feature_rows(data.features.units, test_wanted, data.features.dim, read_rows):
-        image_emb = model.encode_images(torch.from_numpy(x).to(device))
-        tag_idx = torch.from_numpy(test.tag_index[pos]).to(device)
-        matcher_scores[pos] = (image_emb * text_emb[tag_idx]).sum(dim=1).double().cpu().numpy()
-        mean_scores[pos] = means.cosine(x, np.asarray([eval_pos[t] for t in test.tag[pos]], dtype=np.int64))
-        seen[pos] = True
-    counts["test_images_evaluated"] = int(seen.sum())
-    counts["test_images_without_features"] = int(in_eval.sum() - seen.sum())
-
-    result = metrics.evaluate_rankings(
-        test.tag[seen],
-        test.label[seen],
-        test.ordinal[seen],
-        {
-            metrics.MATCHER: matcher_scores[seen],
-            metrics.INDEX_ORDER: metrics.index_order_scores(test.ordinal[seen]),
-            metrics.MEAN_FEATURE: mean_scores[seen],
-        },
-    )
-    counts["tags_evaluated"] = result.pop("tags_evaluated")
-    counts["tags_single_class"] = result.pop("tags_single_class")
-    return {"split": schema.SPLIT_TEST, "ground_truth": ground_truth, **result, "counts": counts}
+    def restore(self, model: FoldedMatcher) -> None:
+        for member, state in zip(model.members, self.best_state):
+            if state is not None:
+                member.load_state_dict(state)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -443,49 +434,87 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def write_folds(out: str, data: TrainData) -> str:
+    """OUT/model/folds/folds-00000-of-00001.parquet: the fold of every image some member trained
+    on. An image absent from it (the held-out split, or added later) was trained on by no member."""
+    table = pa.table(
+        {schema.IMAGE_ID: list(data.train_ids), schema.FOLD: pa.array(data.fold, pa.int32())}, schema=schema.FOLDS_SCHEMA
+    )
+    path = schema.out_path(out, schema.FOLDS_DIR, f"{schema.FOLDS_PREFIX}-00000-of-00001{schema.PARQUET_SUFFIX}")
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="snappy")
+    storage.write_bytes(path, buf.getvalue().to_pybytes())
+    return path
+
+
 def main(cfg: argparse.Namespace) -> TrainResult:
     started = time.monotonic()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    data = prepare_data(cfg.out)
+    data = prepare_data(cfg.out, cfg.folds, cfg.validation_percent)
     if not data.train_ids:
         raise ValueError(f"{cfg.out}: no training rows (train split with a tag vector)")
     config = MatcherConfig(
         image_dim=data.features.dim, text_dim=data.text.dim, hidden=cfg.hidden, out_dim=cfg.out_dim, dropout=cfg.dropout
     )
-    model = Matcher(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    train_tag = torch.from_numpy(data.train_tag).to(device)
+    model = FoldedMatcher(config, cfg.folds).to(device)
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) for m in model.members]
+    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=max(cfg.epochs, 1)) for o in optimizers]
+    criterion = LOSSES[cfg.loss]
     text_vectors = torch.from_numpy(data.text.vectors).to(device)
+    names = [f"fold{m}" for m in range(cfg.folds)] + ["all"]
     log.info(
-        "train: %d training images, %d tags with vectors, %s on %s, %d feature files",
-        len(data.train_ids), len(data.text.tags), config, device, len(data.features.files),
+        "train: %d training images in %d folds (+1 in-sample member), %d tags with vectors, %s on %s",
+        len(data.train_ids), cfg.folds, len(data.text.tags), config, device,
     )
 
+    stopping = EarlyStopping(len(model.members), cfg.patience, cfg.min_delta)
     epochs: list[dict[str, Any]] = []
-    for epoch in range(cfg.epochs):
+    for epoch in range(1, cfg.epochs + 1):
         t0 = time.monotonic()
         rng = np.random.default_rng([cfg.seed, epoch])
         batches = epoch_batches(data.features, data.train_ids, cfg.batch_size, cfg.shuffle_buffer, rng, cfg.read_rows)
-        stats = train_one_epoch(model, optimizer, batches, train_tag, text_vectors, device)
-        scheduler.step()
-        stats.update(epoch=epoch + 1, seconds=round(time.monotonic() - t0, 3), logit_scale=float(model.logit_scale().detach()))
-        epochs.append(stats)
-        log.info(
-            "epoch %d/%d  loss %.4f  rows %d  steps %d  scale %.1f  %.1f s",
-            epoch + 1, cfg.epochs, stats["loss"], stats["rows"], stats["steps"], stats["logit_scale"], stats["seconds"],
-        )
-        if stats["rows"] == 0:
+        active = list(stopping.active)
+        stats = train_one_epoch(model, optimizers, batches, data, text_vectors, active, criterion, device)
+        if not any(s["rows"] for s in stats):
             raise ValueError(f"{cfg.out}: no training image has features (run extract-images)")
+        for m, (member, s) in enumerate(zip(model.members, stats)):
+            if active[m]:
+                schedulers[m].step()
+                stopping.update(epoch, m, member, s["val_loss"])
+        epochs.append(
+            {
+                "epoch": epoch,
+                "seconds": round(time.monotonic() - t0, 3),
+                "members": [{"name": n, "active": a, **s} for n, a, s in zip(names, active, stats)],
+            }
+        )
+        log.info(
+            "epoch %d/%d  %s  %.1f s", epoch, cfg.epochs,
+            "  ".join(f"{n} {s['loss']:.3f}/{s['val_loss']:.3f}" for n, a, s in zip(names, active, stats) if a),
+            epochs[-1]["seconds"],
+        )
+        if not any(stopping.active):
+            log.info("every member stopped early after epoch %d", epoch)
+            break
+    stopping.restore(model)
 
-    evaluation = evaluate(model, data, device, cfg.ground_truth, cfg.read_rows)
-    table = metrics.format_table(evaluation)
-    log.info("evaluation on the held-out split (mean over tags):\n%s", table)
-
-    rows_out = epochs[-1]["rows"] if epochs else 0
-    skipped_no_features = len(data.train_ids) - rows_out if epochs else 0
-    details = {"skipped_oov_tag": data.skipped_oov_tag, "skipped_no_features": skipped_no_features}
+    members = [
+        {
+            "name": n,
+            "held_out_fold": m if m < cfg.folds else None,
+            "best_epoch": stopping.best_epoch[m],
+            "best_val_loss": None if math.isinf(stopping.best[m]) else stopping.best[m],
+        }
+        for m, n in enumerate(names)
+    ]
+    with_features = _rows_with_features(epochs[0]["members"], data, cfg.folds)
+    details = {
+        "skipped_oov_tag": data.skipped_oov_tag,
+        "skipped_no_features": len(data.train_ids) - with_features,
+        "folds": cfg.folds,
+        "epochs_run": len(epochs),
+    }
     inputs = {
         "image_dim": data.features.dim,
         "text_dim": data.text.dim,
@@ -494,32 +523,43 @@ def main(cfg: argparse.Namespace) -> TrainResult:
         "tags_with_vectors": len(data.text.tags),
     }
     checkpoint = schema.out_path(cfg.out, schema.CHECKPOINT)
-    save_checkpoint(checkpoint, model.cpu(), train_args=vars(cfg), inputs=inputs, epochs=epochs)
-    evaluation["counts"].update(train_rows=rows_out, **details)
-    evaluation["train"] = {"epochs": epochs, "args": vars(cfg), "model": config.to_dict(), "inputs": inputs}
-    storage.write_json(schema.out_path(cfg.out, schema.METRICS_JSON), evaluation)
-
+    save_checkpoint(checkpoint, model.cpu(), train_args=vars(cfg), inputs=inputs, members=members)
+    folds_file = write_folds(cfg.out, data)
+    storage.write_json(
+        schema.out_path(cfg.out, schema.TRAINING_JSON),
+        {"members": members, "epochs": epochs, "args": vars(cfg), "model": config.to_dict(), "inputs": inputs, "folds_file": folds_file},
+    )
     result = TrainResult(
         stage=STAGE,
         rows_in=data.train_split_rows,
-        rows_out=rows_out,
-        rows_skipped=data.train_split_rows - rows_out,
+        rows_out=with_features,
+        rows_skipped=data.train_split_rows - with_features,
         seconds=time.monotonic() - started,
         details=details,
         epochs=epochs,
-        metrics=evaluation,
-        table=table,
+        members=members,
         checkpoint=checkpoint,
     )
     result.save(cfg.out)
     return result
 
 
+def _rows_with_features(first_epoch: list[dict[str, Any]], data: TrainData, folds: int) -> int:
+    """Training rows that had features: the in-sample member sees every one of them (trained on
+    or validated), so its first epoch counts them."""
+    full = first_epoch[folds]
+    return int(full["rows"] + full["val_rows"])
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output root (local path or gs://...)")
-    parser.add_argument("--ground-truth", default=None, help="JSON lines {uri, tag, true_tag}: enables AUC and P@10")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--folds", type=int, default=5, help="cross-fitting folds K (each image is scored by the member that held it out)")
+    parser.add_argument("--epochs", type=int, default=20, help="at most this many epochs (early stopping may end a member sooner)")
+    parser.add_argument("--patience", type=int, default=3, help="epochs without a validation improvement before a member stops")
+    parser.add_argument("--min-delta", type=float, default=1e-3, help="smallest validation-loss drop that counts as an improvement")
+    parser.add_argument("--validation-percent", type=int, default=10, help="share of each member's training images it validates on")
+    parser.add_argument("--loss", default="contrastive", choices=sorted(LOSSES), help="training criterion")
     parser.add_argument("--batch-size", type=int, default=256, help="images per step; their distinct tags are the classes")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (cosine-annealed per epoch)")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
@@ -534,7 +574,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main_cli(argv: list[str] | None = None) -> TrainResult:
-    return main(get_args_parser().parse_args(argv))
+    cfg = get_args_parser().parse_args(argv)
+    if cfg.folds < 2:
+        raise ValueError("--folds must be at least 2")
+    if not 0 < cfg.validation_percent < 100:
+        raise ValueError("--validation-percent must be between 1 and 99")
+    return main(cfg)
 
 
 if __name__ == "__main__":

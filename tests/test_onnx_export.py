@@ -9,14 +9,17 @@ import torch
 
 from export import onnx_export
 from model import schema, storage
-from model.matcher import Matcher, MatcherConfig, save_checkpoint
+from model.matcher import FoldedMatcher, MatcherConfig, save_checkpoint
 
 CONFIG = MatcherConfig(image_dim=20, text_dim=7, hidden=32, out_dim=128, dropout=0.1)
 
 
-def write_checkpoint(out: str) -> Matcher:
+FOLDS = 3
+
+
+def write_checkpoint(out: str) -> FoldedMatcher:
     torch.manual_seed(0)
-    model = Matcher(CONFIG)
+    model = FoldedMatcher(CONFIG, FOLDS)
     with torch.no_grad():  # not the identity LayerNorm of a fresh model
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -41,18 +44,25 @@ def test_export_parity_and_files(tmp_path: Path):
     assert info["towers"]["image"]["output_dim"] == 128
     assert info["opset"] == onnx_export.DEFAULT_OPSET and info["tolerance"] == onnx_export.DEFAULT_TOLERANCE
     assert info["image_features"]["imgsearch.encoder"] == "test-encoder"
+    assert info["folds"] == FOLDS and info["members"] == FOLDS + 1 and info["in_sample_member"] == FOLDS
 
-    # the published files, read back, agree with PyTorch at a batch size never traced or checked
-    for rel, tower, dim in ((schema.IMAGE_TOWER_ONNX, model.image_tower, 20), (schema.TEXT_TOWER_ONNX, model.text_tower, 7)):
+    # the published files, read back, agree with PyTorch at a batch size never traced or checked,
+    # member by member: [batch, members, 128]
+    towers = ((schema.IMAGE_TOWER_ONNX, model.image_towers(), 20), (schema.TEXT_TOWER_ONNX, model.text_towers(), 7))
+    for rel, tower, dim in towers:
         session = ort.InferenceSession(storage.read_bytes(schema.out_path(out, rel)), providers=["CPUExecutionProvider"])
         (inp,) = session.get_inputs()
         assert inp.name == onnx_export.INPUT_NAME and isinstance(inp.shape[0], str)  # dynamic batch
         assert session.get_outputs()[0].name == onnx_export.OUTPUT_NAME
         x = np.random.default_rng(5).standard_normal((11, dim)).astype(np.float32)
         got = session.run(None, {onnx_export.INPUT_NAME: x})[0]
+        assert got.shape == (11, FOLDS + 1, 128)
         with torch.no_grad():
             np.testing.assert_allclose(got, tower(torch.from_numpy(x)).numpy(), atol=1e-5)
-        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+            member = model.members[1].image_tower if dim == 20 else model.members[1].text_tower
+            np.testing.assert_allclose(got[:, 1], member(torch.from_numpy(x)).numpy(), atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=2), 1.0, rtol=1e-5)
+        assert not np.allclose(got[:, 0], got[:, 1])  # members differ
 
 
 def test_sabotaged_onnx_output_fails_loudly_and_publishes_nothing(tmp_path: Path, monkeypatch):

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from model import metrics, schema, storage, train
+from model import schema, storage, train
 from model.matcher import MatcherConfig, Matcher, contrastive_loss, load_checkpoint
 from model.tags import image_id_for, split_for
 
@@ -144,53 +144,112 @@ def test_contrastive_loss_same_tag_images_are_not_negatives():
     assert wrong.item() > 10
 
 
-def _args(out: Path, gt: str | None, **overrides) -> list[str]:
+def _args(out: Path, **overrides) -> list[str]:
     args = {"--out": str(out), "--epochs": "12", "--batch-size": "64", "--hidden": "64", "--lr": "3e-3",
-            "--shuffle-buffer": "200", "--read-rows": "32", "--device": "cpu", "--seed": "7"}
+            "--shuffle-buffer": "200", "--read-rows": "32", "--device": "cpu", "--seed": "7", "--folds": "3"}
     args.update({k: str(v) for k, v in overrides.items()})
-    argv = [t for kv in args.items() for t in kv]
-    return argv + (["--ground-truth", gt] if gt else [])
+    return [t for kv in args.items() for t in kv]
 
 
-def test_training_beats_index_order_and_writes_checkpoint_and_metrics(corpus):
+def _fold_scores(model, out: Path, info: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(out-of-fold cosine, in-sample cosine, label) of every training image with features."""
+    data = train.prepare_data(str(out), folds=model.folds)
+    gt = {json.loads(line)["uri"]: json.loads(line) for line in Path(info["gt"]).read_text().splitlines()}
+    truth = {image_id_for(u): r["true_tag"] == r["tag"] for u, r in gt.items()}
+    held, in_sample, labels = [], [], []
+    with torch.no_grad():
+        text = model.text_towers()(torch.from_numpy(data.text.vectors))  # [tags, members, d]
+        for x, pos in train.iter_feature_rows(data.features.units, data.train_ids, data.features.dim):
+            images = model.image_towers()(torch.from_numpy(x))  # [n, members, d]
+            cos = torch.einsum("nmd,nmd->nm", images, text[torch.from_numpy(data.train_tag[pos])]).numpy()
+            held += cos[np.arange(len(pos)), data.fold[pos]].tolist()
+            in_sample += cos[:, model.full_member].tolist()
+    ids = {p: i for i, p in data.train_ids.items()}
+    for x, pos in train.iter_feature_rows(data.features.units, data.train_ids, data.features.dim):
+        labels += [truth[ids[p]] for p in pos]
+    return np.asarray(held), np.asarray(in_sample), np.asarray(labels)
+
+
+def test_cross_fitted_members_score_held_out_images_better_than_in_sample(corpus):
     out, info = corpus
-    result = train.main_cli(_args(out, info["gt"]))
-
-    rankers = result.metrics["rankers"]
-    matcher_auc = rankers[metrics.MATCHER][metrics.AUC]
-    index_auc = rankers[metrics.INDEX_ORDER][metrics.AUC]
-    assert matcher_auc > 0.85 and matcher_auc > index_auc + 0.2
-    assert rankers[metrics.MATCHER]["tags"] == len(TAGS)  # oov tag not evaluated
-    assert result.epochs[-1]["loss"] < result.epochs[0]["loss"]
+    result = train.main_cli(_args(out))
+    assert len(result.members) == 4 and result.members[-1]["held_out_fold"] is None
+    assert all(1 <= m["best_epoch"] <= 12 for m in result.members)
     assert result.rows_out == len(info["train_ids"] - info["without_features"])
     assert result.details["skipped_oov_tag"] > 0
     assert result.details["skipped_no_features"] == len(info["train_ids"] & info["without_features"])
     assert result.rows_in == result.rows_out + result.rows_skipped
-    assert "mean AUC matcher" in result.summary_line()
-    assert "index order (baseline)" in result.table
-    assert result.report().startswith("epoch 1/12  loss ") and result.table in result.report()
-
-    saved = storage.read_json(str(out / schema.METRICS_JSON))
-    assert saved["rankers"][metrics.MATCHER][metrics.AUC] == pytest.approx(matcher_auc)
-    assert {e["tag"] for e in saved["per_tag"]} == set(TAGS)
-    assert saved["counts"]["tags_oov"] == 1 and saved["counts"]["tags_evaluated"] == len(TAGS)
+    assert result.report().startswith("epoch  1  fold0 ")
 
     model, ckpt = load_checkpoint(str(out / schema.CHECKPOINT))
+    assert model.folds == 3 and ckpt["folds"] == 3
     assert MatcherConfig.from_dict(ckpt["config"]) == MatcherConfig(IMAGE_DIM, TEXT_DIM, hidden=64, out_dim=128, dropout=0.1)
     assert ckpt["inputs"]["image_features"]["imgsearch.encoder"] == "test-encoder"
-    assert ckpt["inputs"]["word_vectors"] == "generated"
     assert ckpt["train_args"]["seed"] == 7
-    emb = model.encode_images(torch.randn(3, IMAGE_DIM))
-    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+    emb = model.image_towers()(torch.randn(3, IMAGE_DIM))
+    assert emb.shape == (3, 4, 128)
+    torch.testing.assert_close(emb.norm(dim=2), torch.ones(3, 4))
+
+    # the fold file names every training image once, with the fold hashed from its id
+    folds = storage.read_parquet_dir(str(out / schema.FOLDS_DIR))
+    assert sorted(folds.column(schema.IMAGE_ID).to_pylist()) == sorted(info["train_ids"])
+    assert {f for f in folds.column(schema.FOLD).to_pylist()} == {0, 1, 2}
+
+    held, in_sample, labels = _fold_scores(model, out, info)
+    from model.metrics import roc_auc
+
+    # wrongly tagged images are found by the members that never trained on them
+    assert roc_auc(held, labels) > 0.9
+    assert in_sample.shape == held.shape
+    saved = storage.read_json(str(out / schema.TRAINING_JSON))
+    assert [m["name"] for m in saved["members"]] == ["fold0", "fold1", "fold2", "all"]
 
 
-def test_training_is_deterministic_and_runs_without_ground_truth(corpus, tmp_path: Path):
+def test_each_member_never_trains_on_its_fold_or_its_validation_part(corpus):
     out, _ = corpus
-    a = train.main_cli(_args(out, None, **{"--epochs": 2}))
-    b = train.main_cli(_args(out, None, **{"--epochs": 2}))
-    assert [e["loss"] for e in a.epochs] == [e["loss"] for e in b.epochs]
-    assert a.metrics["rankers"] == {} and metrics.NEEDS_GROUND_TRUTH in a.table
-    assert "needs --ground-truth" in a.summary_line()
+    data = train.prepare_data(str(out), folds=4, validation_percent=10)
+    for member in range(5):
+        fit, val = data.member_rows(member, 4)
+        assert not (fit & val).any()
+        if member < 4:
+            assert not fit[data.fold == member].any() and not val[data.fold == member].any()
+            assert (fit | val)[data.fold != member].all()
+        else:
+            assert (fit | val).all()
+        assert 0.03 < val.mean() < 0.2
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    stopping = train.EarlyStopping(members=1, patience=2, min_delta=0.0)
+    module = torch.nn.Linear(1, 1)
+    for epoch, loss in enumerate([1.0, 0.5, 0.7, 0.6, 0.4], start=1):
+        with torch.no_grad():
+            module.weight.fill_(epoch)
+        stopping.update(epoch, 0, module, loss)
+    assert stopping.best_epoch == [2] and stopping.active == [False]  # stopped after epoch 4
+    model = type("M", (), {"members": [module]})()
+    stopping.restore(model)
+    assert module.weight.item() == 2.0
+
+
+def test_training_is_deterministic(corpus):
+    out, _ = corpus
+    a = train.main_cli(_args(out, **{"--epochs": 2}))
+    b = train.main_cli(_args(out, **{"--epochs": 2}))
+    assert [[m["loss"] for m in e["members"]] for e in a.epochs] == [[m["loss"] for m in e["members"]] for e in b.epochs]
+
+
+def test_non_finite_features_stop_training_and_name_the_shard(tmp_path: Path):
+    out = tmp_path / "out"
+    write_corpus(out, n=60, files=1)
+    path = out / schema.IMAGE_FEATURES_DIR / "features-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    values = table.column(schema.EMBEDDING).combine_chunks().flatten().to_numpy().copy()
+    values[3] = np.nan
+    column = pa.FixedSizeListArray.from_arrays(pa.array(values), IMAGE_DIM)
+    pq.write_table(table.set_column(1, schema.EMBEDDING, column), path)
+    with pytest.raises(train.NonFiniteFeatures, match="features-00000-of-00001.parquet"):
+        train.main_cli(_args(out, **{"--epochs": 1}))
 
 
 def test_no_training_rows_is_a_clear_error(tmp_path: Path):
@@ -204,7 +263,7 @@ def test_no_training_rows_is_a_clear_error(tmp_path: Path):
     )
     pq.write_table(oov, text_dir / "text-00000-of-00001.parquet")
     with pytest.raises(ValueError, match="no training rows"):
-        train.main_cli(_args(out, None, **{"--epochs": 1}))
+        train.main_cli(_args(out, **{"--epochs": 1}))
 
 
 def test_matcher_shapes():
@@ -223,4 +282,4 @@ def test_text_vectors_of_the_wrong_length_are_refused(tmp_path: Path):
     rows[0][schema.EMBEDDING] = rows[0][schema.EMBEDDING][:-1]
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
     with pytest.raises(ValueError, match="not all 12 long"):
-        train.main_cli(_args(out, None, **{"--epochs": 1}))
+        train.main_cli(_args(out, **{"--epochs": 1}))
