@@ -1,10 +1,20 @@
 // Pure helpers: tag normalisation, URL safety, spelling distance, number formatting.
+import { FOLD } from './fold.js';
 
-// Approximates model.tags.normalize_tag (NFKC, casefold, whitespace collapsed).
+// Python's str.casefold, one character at a time: the generated table where casefold and
+// toLowerCase differ (ᾳ -> αι, ß -> ss, ς -> σ, ...), toLowerCase for the rest. Per character,
+// so toLowerCase's final-sigma rule (a context Python's casefold ignores) never applies.
+function casefold(text) {
+  let out = '';
+  for (const ch of text) out += FOLD.get(ch) ?? ch.toLowerCase();
+  return out;
+}
+
+// model.tags.normalize_tag, step for step: NFKC, invisible format characters (Cf: zero-width
+// space and joiners, BOM, soft hyphen, bidi marks) removed, casefold, NFKC, whitespace collapsed.
 export function normalizeTag(raw) {
-  return String(raw ?? '').normalize('NFKC').toLowerCase()
-    .replace(/ß/g, 'ss').replace(/ς/g, 'σ') // the casefold cases toLowerCase misses most often
-    .normalize('NFKC').replace(/\s+/g, ' ').trim();
+  const text = String(raw ?? '').normalize('NFKC').replace(/\p{Cf}/gu, '');
+  return casefold(text).normalize('NFKC').replace(/\s+/g, ' ').trim();
 }
 
 const SCHEME = /^[a-z][a-z0-9+.-]*:/i;
