@@ -173,6 +173,8 @@ def text_features_schema(dim: int, metadata: dict[bytes, bytes] | None = None) -
 IMAGES_DIR = "index/images"  # images-SSSSS-of-NNNNN.parquet
 TAG2PICID_JSON = "index/tag2picid.json"  # the prototype's inverted index
 TAG2PICID_DIR = "index/tag2picid"  # the same, as Parquet shards
+# tags that several different raw spellings folded into: [{"tag", "spellings": [...], "count"}]
+TAG_FOLDS_JSON = "index/tag_folds.json"
 IMAGE_FEATURES_DIR = "features/image"
 TEXT_FEATURES_DIR = "features/text"
 FAILURES_DIR = "failures"  # <stage>-SSSSS-of-NNNNN.parquet

@@ -243,7 +243,9 @@ def ensure_index(work_dir: str | Path, manifest: Path) -> Path:
     done = Path(schema.out_path(str(out), schema.REPORTS_DIR, f"{index.STAGE}.json"))
     if not done.exists():
         shutil.rmtree(out, ignore_errors=True)
-        report = index.run(["--input", str(manifest), "--out", str(out)], save_main_session=False)
+        # the generated images live beside the manifests' folder, under the work folder
+        argv = ["--input", str(manifest), "--out", str(out), "--allow-root", str(Path(work_dir).resolve())]
+        report = index.run(argv, save_main_session=False)
         log.info("bench: %s", report.summary_line())
     return out
 

@@ -8,9 +8,19 @@ Tags are normalised (model.tags), unusable tags and malformed rows go to failure
   index/images/images-SSSSS-of-NNNNN.parquet      schema.IMAGES_SCHEMA
   index/tag2picid/tag2picid-SSSSS-of-NNNNN.parquet  schema.INVERTED_INDEX_SCHEMA
   index/tag2picid.json                            {tag: [image_id, ...]} in index order
+  index/tag_folds.json                            tags that several raw spellings folded into
   failures/index-SSSSS-of-NNNNN.parquet           schema.FAILURES_SCHEMA
 
-Usage: python -m pipelines.index --input MANIFEST --out OUT [--images-dir DIR] [beam options]
+Local and relative uris must stay under an allowed root (the manifest's folder, --images-dir
+and every --allow-root): `../../etc/passwd` or `/etc/hostname` in a crawled manifest fail with
+OutsideAllowedRoot instead of being read. Remote uris (gs://, http(s)://) are not confined.
+Tag folds that merge different raw spellings ("Ｃａｔ", "CAT", "cat") are counted in the report
+(folded_tags, folded_spellings) with a few examples; invisible format characters are removed
+before folding (model.tags). Too many failed rows (--max-failure-rate) raise
+common.FailureRateExceeded after the report is saved.
+
+Usage: python -m pipelines.index --input MANIFEST --out OUT [--images-dir DIR] [--allow-root DIR ...]
+       [--max-failure-rate F] [beam options]
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import json
 import logging
 import os
 import posixpath
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -55,8 +65,17 @@ REJECT_NOT_AN_OBJECT = "NotAnObject"
 REJECT_MISSING_FIELD = "MissingField"
 REJECT_WRONG_TYPE = "WrongType"
 REJECT_UNRESOLVED_PIC_ID = "UnresolvedPicId"
+REJECT_OUTSIDE_ROOT = "OutsideAllowedRoot"
 
 SKIPPED_DUPLICATE = "skipped_duplicate"
+# report details: folds that merged raw spellings, and tags that lost invisible characters
+FOLDED_TAGS = "folded_tags"  # tags that more than one distinct raw spelling folded into
+FOLDED_SPELLINGS = "folded_spellings"  # the distinct raw spellings of those tags, all together
+FOLD_EXAMPLES = "tag_fold_examples"
+STRIPPED_INVISIBLE = "stripped_invisible"  # rows whose raw tag held Cf characters (removed)
+MAX_FOLD_EXAMPLES = 5
+MAX_SPELLINGS_SHOWN = 5
+_FOLD_TAG, _FOLD_SPELLINGS, _FOLD_COUNT = "tag", "spellings", "count"
 
 # Intermediate row keys: a parsed manifest row is either {ordinal, uri, tag_raw} or
 # {ordinal, uri (may be None), error, message}.
@@ -168,6 +187,39 @@ def resolve_uri(uri: str, base_dir: str) -> str:
     if _has_scheme(uri) or uri.startswith("/"):
         return uri
     return _normalise_path(join_path(base_dir, uri))
+
+
+def _local_path(uri: str) -> str | None:
+    """The local file-system path a uri names, or None for remote schemes (gs://, http://)."""
+    scheme = FileSystems.get_scheme(uri)
+    if scheme is None:
+        return uri
+    if scheme == "file":
+        return uri[len("file://") :]
+    return None
+
+
+def confinement_root(path: str) -> str:
+    """A local path made absolute and lexically normalised (`..` resolved, no symlinks followed:
+    a link the owner of the folder made is theirs to make; `..` in a crawled manifest is not)."""
+    return os.path.normpath(os.path.abspath(path))
+
+
+def default_allowed_roots(manifest: str, fmt: str, images_dir: str | None, allow_roots: Iterable[str]) -> list[str]:
+    """The manifest's folder (a folder manifest: the folder), --images-dir and every --allow-root."""
+    base = manifest.rstrip("/") if fmt == FORMAT_FOLDER else FileSystems.split(manifest.rstrip("/"))[0]
+    roots = [base] + ([images_dir] if images_dir else []) + list(allow_roots)
+    local = [confinement_root(p) for p in (_local_path(r) for r in roots) if p is not None]
+    return list(dict.fromkeys(local))
+
+
+def outside_allowed_roots(uri: str, roots: Sequence[str]) -> bool:
+    """Whether a local uri escapes every allowed root; remote uris are never confined."""
+    path = _local_path(uri)
+    if path is None:
+        return False
+    resolved = confinement_root(path)
+    return not any(resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
 def _row(ordinal: int, uri: str, tag_raw: str, source_uri: str | None = None) -> dict[str, Any]:
@@ -352,6 +404,27 @@ class ReadManifestFn(beam.DoFn):
                     ordinal += 1
 
 
+class ConfineUriFn(beam.DoFn):
+    """Intermediate row -> itself, or a bad row (OutsideAllowedRoot) when its local uri escapes
+    the allowed roots."""
+
+    def __init__(self, allowed_roots: Sequence[str]):
+        self.allowed_roots = list(allowed_roots)
+
+    def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        uri = row.get(schema.URI)
+        if _ERROR_KEY in row or not uri or not outside_allowed_roots(uri, self.allowed_roots):
+            yield row
+            return
+        yield _bad_row(
+            row[schema.ORDINAL],
+            REJECT_OUTSIDE_ROOT,
+            f"manifest row {row[schema.ORDINAL]}: {excerpt(row.get(_SOURCE_KEY) or uri)} is outside the allowed "
+            f"roots ({', '.join(self.allowed_roots)}); add --allow-root to read it",
+            uri,
+        )
+
+
 class NormalizeTagFn(beam.DoFn):
     """Intermediate row -> an images record, or a failure (malformed row or unusable tag)."""
 
@@ -371,6 +444,8 @@ class NormalizeTagFn(beam.DoFn):
             yield self._fail(uri, row[_ERROR_KEY], row[_MESSAGE_KEY])
             return
         tag_raw = row[schema.TAG_RAW]
+        if tags.has_invisible(tag_raw):
+            common.counter(STAGE, STRIPPED_INVISIBLE).inc()
         tag = tags.normalize_tag(tag_raw)
         problem = tags.tag_problem(tag)
         if problem:
@@ -428,6 +503,38 @@ class EmitKeptRowFn(beam.DoFn):
         yield row
 
 
+class FoldCounterFn(beam.DoFn):
+    """(tag, raw spellings) -> a fold example when several distinct raw spellings made the tag."""
+
+    def __init__(self):
+        self.folded_tags = common.counter(STAGE, FOLDED_TAGS)
+        self.folded_spellings = common.counter(STAGE, FOLDED_SPELLINGS)
+
+    def process(self, grouped: tuple[str, Iterable[str]]) -> Iterator[dict[str, Any]]:
+        tag, spellings = grouped
+        distinct = sorted(set(spellings))
+        if len(distinct) < 2:
+            return
+        self.folded_tags.inc()
+        self.folded_spellings.inc(len(distinct))
+        yield {
+            _FOLD_TAG: tag,
+            _FOLD_SPELLINGS: [s if len(s) <= _EXCERPT_CHARS else s[: _EXCERPT_CHARS - 1] + "…" for s in distinct[:MAX_SPELLINGS_SHOWN]],
+            _FOLD_COUNT: len(distinct),
+        }
+
+
+class WriteJsonFn(beam.DoFn):
+    """Writes one small JSON value (a list of examples) to a path under OUT."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def process(self, value: Any) -> Iterator[str]:
+        common.write_text(self.path, json.dumps(value, ensure_ascii=False))
+        yield self.path
+
+
 class WriteTag2PicIdJsonFn(beam.DoFn):
     """Writes the whole inverted index as the prototype's one JSON object, tags in index order."""
 
@@ -465,6 +572,15 @@ def _inverted_row(grouped: tuple[str, Iterable[tuple[int, str]]]) -> dict[str, A
     }
 
 
+def _tag_and_raw(row: dict[str, Any]) -> tuple[str, str]:
+    return row[schema.TAG], row[schema.TAG_RAW]
+
+
+def _fold_rank(example: dict[str, Any]) -> tuple[int, str]:
+    # the examples worth showing first: the most spellings, then a stable order
+    return example[_FOLD_COUNT], example[_FOLD_TAG]
+
+
 def _without_ordinal(row: dict[str, Any]) -> dict[str, Any]:
     return {name: row[name] for name in schema.INVERTED_INDEX_SCHEMA.names}
 
@@ -489,11 +605,25 @@ class ReadManifest(beam.PTransform):
 
 
 class IndexRows(beam.PTransform):
-    """Intermediate rows -> {"images": images records, "failures": failure records}."""
+    """Intermediate rows -> {"images": images records, "failures": failure records, "folds": fold
+    examples}. With allowed_roots, local uris outside them fail (OutsideAllowedRoot)."""
+
+    def __init__(self, allowed_roots: Sequence[str] | None = None):
+        super().__init__()
+        self.allowed_roots = allowed_roots
 
     def expand(self, rows: beam.PCollection) -> dict[str, beam.PCollection]:
+        if self.allowed_roots is not None:
+            rows = rows | "ConfineUris" >> beam.ParDo(ConfineUriFn(self.allowed_roots))
         parsed = rows | "NormalizeTags" >> beam.ParDo(NormalizeTagFn()).with_outputs(
             NormalizeTagFn.FAILURES, main="images"
+        )
+        folds = (
+            parsed.images
+            | "TagAndRaw" >> beam.Map(_tag_and_raw)
+            | "DistinctSpellings" >> beam.Distinct()
+            | "SpellingsByTag" >> beam.GroupByKey()
+            | "FoldedTags" >> beam.ParDo(FoldCounterFn())
         )
         images = (
             parsed.images
@@ -501,7 +631,7 @@ class IndexRows(beam.PTransform):
             | "FirstOfDuplicates" >> beam.CombinePerKey(FirstByOrdinalFn())
             | "KeepFirst" >> beam.ParDo(EmitKeptRowFn())
         )
-        return {"images": images, "failures": parsed[NormalizeTagFn.FAILURES]}
+        return {"images": images, "failures": parsed[NormalizeTagFn.FAILURES], "folds": folds}
 
 
 class InvertIndex(beam.PTransform):
@@ -543,6 +673,9 @@ class WriteIndex(beam.PTransform):
             "tag2picid_json": inverted
             | "AllTags" >> beam.combiners.ToList()
             | "WriteTag2PicIdJson" >> beam.ParDo(WriteTag2PicIdJsonFn(schema.out_path(out, schema.TAG2PICID_JSON))),
+            "tag_folds": outputs["folds"]
+            | "FoldExamples" >> beam.combiners.Top.Of(MAX_FOLD_EXAMPLES, key=_fold_rank)
+            | "WriteTagFolds" >> beam.ParDo(WriteJsonFn(schema.out_path(out, schema.TAG_FOLDS_JSON))),
             "failures": outputs["failures"]
             | "WriteFailures" >> beam.io.WriteToParquet(
                 schema.out_path(out, schema.FAILURES_DIR, STAGE),
@@ -564,6 +697,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder holding the prototype format's pic_id files (default: the manifest's folder)",
     )
+    parser.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder local and relative uris may name (repeatable); the manifest's folder and "
+        "--images-dir are always allowed, remote uris (gs://, http://) are not confined",
+    )
+    common.add_max_failure_rate(parser)
     return parser
 
 
@@ -573,6 +715,7 @@ def remove_stale_outputs(out: str) -> list[str]:
         common.glob(schema.out_path(out, schema.IMAGES_DIR, "*"))
         + common.glob(schema.out_path(out, schema.TAG2PICID_DIR, "*"))
         + common.glob(schema.out_path(out, schema.TAG2PICID_JSON))
+        + common.glob(schema.out_path(out, schema.TAG_FOLDS_JSON))
         + common.glob(schema.out_path(out, schema.FAILURES_DIR, f"{STAGE}-*"))
     )
     common.delete(stale)
@@ -586,18 +729,29 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     manifest = absolute_input(args.input)
     images_dir = absolute_input(args.images_dir) if args.images_dir else None
     fmt = detect_format(manifest)
-    log.info("index: %s manifest %s -> %s", fmt, manifest, args.out)
+    roots = default_allowed_roots(manifest, fmt, images_dir, [absolute_input(r) for r in args.allow_root])
+    log.info("index: %s manifest %s -> %s (local uris confined to %s)", fmt, manifest, args.out, ", ".join(roots))
     remove_stale_outputs(args.out)
 
     pipeline = test_pipeline or beam.Pipeline(
         options=common.make_options(beam_options, save_main_session)
     )
-    outputs = pipeline | "ReadManifest" >> ReadManifest(manifest, fmt, images_dir) | "IndexRows" >> IndexRows()
+    outputs = pipeline | "ReadManifest" >> ReadManifest(manifest, fmt, images_dir) | "IndexRows" >> IndexRows(roots)
     _ = outputs | "WriteIndex" >> WriteIndex(args.out)
 
     _, counters, seconds = common.run_pipeline(pipeline, STAGE)
-    report = common.report_from_counters(STAGE, counters, seconds, format=fmt)
+    folds_path = schema.out_path(args.out, schema.TAG_FOLDS_JSON)
+    examples = json.loads(common.read_bytes(folds_path)) if common.exists(folds_path) else []
+    report = common.report_from_counters(STAGE, counters, seconds, format=fmt, **{FOLD_EXAMPLES: examples})
     report.save(args.out)
+    if report.details.get(FOLDED_TAGS):
+        log.info(
+            "index: %d tags merged %d different raw spellings, e.g. %s",
+            report.details[FOLDED_TAGS],
+            report.details[FOLDED_SPELLINGS],
+            "; ".join(f"{e[_FOLD_TAG]!r} <- {e[_FOLD_SPELLINGS]}" for e in examples[:2]),
+        )
+    common.check_failure_rate(report, args.max_failure_rate)
     return report
 
 

@@ -312,7 +312,8 @@ def test_run_jsonl_end_to_end(tmp_path: Path, image_collection) -> None:
             f.write(json.dumps(r) + "\n")
         f.write("{oops\n")
     out = tmp_path / "out"
-    report = run_index("--input", manifest, "--out", out)
+    # 4 of 33 rows fail on purpose: over the default --max-failure-rate
+    report = run_index("--input", manifest, "--out", out, "--max-failure-rate", "1")
 
     n_manifest = len(rows) + len(extra) + 1
     assert report.stage == index.STAGE
@@ -390,7 +391,7 @@ def test_run_prototype_format_with_images_dir(tmp_path: Path) -> None:
         ],
     )
     out = tmp_path / "out"
-    report = run_index("--input", manifest, "--out", out, "--images-dir", pics)
+    report = run_index("--input", manifest, "--out", out, "--images-dir", pics, "--max-failure-rate", "1")
     assert report.details["format"] == index.FORMAT_PROTOTYPE
     assert (report.rows_in, report.rows_out, report.rows_failed) == (4, 3, 1)
     assert_accounted(report)
@@ -468,7 +469,8 @@ def test_relative_manifests_keep_their_ids_wherever_the_collection_lives(tmp_pat
         folder.mkdir(parents=True)
         manifest = write_jsonl(folder / "m.jsonl", [{"uri": "imgs/a.jpg", "tag": "cat"}, {"uri": "/abs/b.jpg", "tag": "dog"}])
         out = tmp_path / place / "out"
-        index.run(["--input", str(manifest), "--out", str(out)], save_main_session=False)
+        # /abs is outside the manifest's folder: allowed explicitly
+        index.run(["--input", str(manifest), "--out", str(out), "--allow-root", "/abs"], save_main_session=False)
         table = pq.read_table(next((out / schema.IMAGES_DIR).glob("*.parquet"))).sort_by(schema.ORDINAL)
         ids.append(table.column(schema.IMAGE_ID).to_pylist())
         # the uri column is resolved for reading; the id is the manifest's own uri
