@@ -139,6 +139,39 @@ def run_pipeline(pipeline: beam.Pipeline, stage: str) -> tuple[beam.runners.runn
 
 
 # ---------------------------------------------------------------------------
+# Reading committed feature chunks: a retried bundle may have committed the same rows twice
+# ---------------------------------------------------------------------------
+def _keyed_by(row: dict[str, Any], column: str) -> tuple[Any, dict[str, Any]]:
+    return row[column], row
+
+
+def _any_one(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    # the copies are the same image's features from the same run: any one will do
+    return next(iter(rows))
+
+
+class OnePerKey(beam.PTransform):
+    """Rows -> one row per value of `column` (image_id by default).
+
+    extract-images commits its features in chunks as it goes, so a bundle that Beam retries
+    (a lost worker on Dataflow) can commit some images twice; every reader of image features
+    keeps one row per image_id.
+    """
+
+    def __init__(self, column: str = schema.IMAGE_ID):
+        super().__init__()
+        self._column = column
+
+    def expand(self, rows):
+        return (
+            rows
+            | "KeyByColumn" >> beam.Map(_keyed_by, self._column)
+            | "AnyOnePerKey" >> beam.CombinePerKey(_any_one)
+            | "Rows" >> beam.Values()
+        )
+
+
+# ---------------------------------------------------------------------------
 # Small file I/O through Beam's FileSystems (local paths and gs:// alike)
 # ---------------------------------------------------------------------------
 def read_bytes(path: str) -> bytes:

@@ -185,3 +185,28 @@ def test_disk_full_fails_clearly_and_leaves_no_half_written_shard(tmp_path: Path
     files = fc.feature_files(out)
     assert len(files) == 1 and len(fc.feature_ids(out)) == 4
     assert not list((out / schema.IMAGE_FEATURES_DIR).glob(f"{ei.INPROGRESS_PREFIX}*"))
+
+
+def test_a_chunk_committed_twice_is_read_once(tmp_path: Path, counted_forward: list[int]):
+    """After a retried bundle the same rows may sit in two chunks: the rerun's anti-join and
+    common.OnePerKey (what readers use) count each image once."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    uris = _good_images(tmp_path / "images", 4)
+    out = tmp_path / "out"
+    fc.write_images_table(out, [(u, "cat") for u in uris])
+    fc.run_extract(out)
+    [chunk] = fc.feature_files(out)
+    chunk.with_name(chunk.name.replace(".parquet", "-retried.parquet")).write_bytes(chunk.read_bytes())
+    assert len(fc.feature_ids(out)) == 8
+
+    counted_forward.clear()
+    report = fc.run_extract(out)
+    assert sum(counted_forward) == 0 and (report.rows_in, report.rows_skipped) == (4, 4)
+
+    rows = fc.read_parquet_files(fc.feature_files(out)).to_pylist()
+    with TestPipeline(runner=ei.common.LOCAL_RUNNER) as p:
+        ids = p | beam.Create(rows) | ei.common.OnePerKey() | beam.Map(lambda r: r[schema.IMAGE_ID])
+        assert_that(ids, equal_to([tags.image_id_for(u) for u in uris]))
