@@ -1,8 +1,8 @@
 """Stage `extract-images`: one pooled feature vector per distinct image, with Beam's RunInference.
 
     imgsearch extract-images --out OUT [--image-model resnet50|efficientnet_lite0]
-        [--weights imagenet|random|PATH] [--device CPU|GPU] [--batch-size N] [--num-shards N]
-        [Beam flags]
+        [--weights imagenet|random|PATH] [--device CPU|GPU] [--batch-size N] [--commit-every N]
+        [--image-timeout S] [--max-failure-rate F] [--full] [Beam flags]
 
 Reads OUT/index/images (written by `index`), keeps each image_id once (the same picture may be
 listed under several tags: it is read and encoded once, and rows_in counts distinct images; the
@@ -27,7 +27,8 @@ common.FailureRateExceeded after its report and failures are saved.
 The driver builds the encoder once, saves its state dict under OUT/model/encoders/ (named by a
 hash of its bytes) and hands that path to the model handler, which rebuilds the architecture on
 each worker and loads it; so `imagenet`, `random` and PATH weights all reach workers the same way.
-Outputs of a previous run are removed first.
+A rerun adds to the features already there (only images without features are extracted); the
+previous run's failure rows are replaced, and --full replaces the features too.
 """
 
 from __future__ import annotations
@@ -803,6 +804,8 @@ def run(
     batch_size = _batch_size(args)
     if args.commit_every < 1:
         raise ValueError(f"--commit-every must be at least 1, got {args.commit_every}")
+    if args.num_shards:
+        log.warning("%s: --num-shards is ignored: each worker commits a file every --commit-every images", STAGE)
     if args.device == "GPU" and not torch.cuda.is_available():
         # workers decide for themselves (Beam's handler falls back to CPU); say so early when local
         log.warning("%s: --device GPU but CUDA is not available here; a worker without one uses CPU", STAGE)
