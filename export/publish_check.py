@@ -149,7 +149,6 @@ def _check_tag_pages(
     key = tag_key(tag)
     pages = site_data.page_count(len(rows), page_size)
     by_index = all(r[3] is None for r in rows)
-    ranked_by = site_data.RANKED_BY_INDEX if by_index else site_data.RANKED_BY_MATCHER
     if [r[0] for r in rows] != list(range(1, len(rows) + 1)):
         problems.add(f"tag {tag!r}: rankings ranks are not 1..{len(rows)}")
     expected = {site_data.ranking_page_path(key, p) for p in range(pages)}
@@ -167,7 +166,10 @@ def _check_tag_pages(
             "pages": pages,
             "total": len(rows),
             "page_size": page_size,
-            "ranked_by": ranked_by,
+            # index order exactly when nothing scored the tag; otherwise the ranker's name
+            "ranked_by": site_data.RANKED_BY_INDEX if by_index else (
+                header["ranked_by"] if header["ranked_by"] in site_data.RANKED_BY_SCORES else "a ranker's name"
+            ),
         }
         if header != want:
             problems.add(f"tag {tag!r} page {page}: header {header} but expected {want}")

@@ -33,7 +33,9 @@ TAGS_PER_SHARD = 512
 CONTENT_HASH_CHARS = 12
 
 RANKED_BY_MATCHER = "matcher"
-RANKED_BY_INDEX = "index"  # oov tag: no text vector, images keep index order, scores are null
+RANKED_BY_INDEX = "index"  # nothing scored the tag: its images keep index order, scores are null
+# every `ranked_by` of a scored tag: rank's rankers (model/scoring.py) and the mean-feature fallback
+RANKED_BY_SCORES = ("combined", RANKED_BY_MATCHER, "neighbours", "mean_feature", "mean_feature_neighbours")
 
 # keys of one ranking item
 ITEM_RANK = "rank"
@@ -127,10 +129,12 @@ def build_manifest(
     page_size: int = PAGE_SIZE,
     generated_at: str,
     extra_counts: dict[str, int] | None = None,
+    report: str | None = None,
 ) -> dict[str, Any]:
     """The manifest object; `build` changes whenever any published content does (cache key).
 
-    `extra_counts` (e.g. {"failures": n}) are added to "counts" after the four standard ones.
+    `extra_counts` (e.g. {"failures": n}) are added to "counts" after the four standard ones;
+    `report`, the evaluation page's path relative to the site root, is linked from the header.
     """
     body = {
         "v": SITE_SCHEMA_VERSION,
@@ -147,6 +151,8 @@ def build_manifest(
         "thumbnails": thumbnails,
         "tag_shards": shard_index,
     }
+    if report:
+        body["report"] = report  # the evaluation page, relative to the site root
     body["build"] = hashlib.sha256(encode_json(body)).hexdigest()[:CONTENT_HASH_CHARS]
     return body
 

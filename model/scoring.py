@@ -9,8 +9,8 @@ trained on i with its own tag):
 
 - matcher: cosine of the two towers of the matcher member that held i's fold out (or the mean of
   the members' cosines where no member trained on i);
-- agreement: the share of i's nearest neighbours (by image features) that carry t. A wrongly
-  tagged image sits among images of its true tag, so its share is low;
+- agreement: the share of i's nearest neighbours (by image features) that carry t, each weighted
+  by its similarity. A wrongly tagged image sits among images of its true tag, so its share is low;
 - mean feature: cosine of i's feature to the mean feature of t's other images.
 
 Raw values are not comparable across signals, and the matcher's are not even comparable across
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from model import schema
+
 COMBINED = "combined"
 MATCHER = "matcher"
 NEIGHBOURS = "neighbours"
@@ -35,6 +37,11 @@ DEFAULT_RANKER = COMBINED
 # matcher ranker meets a tag without a word vector, or index order without any signal.
 BY_INDEX = "index"
 BY_MEAN_FEATURE = "mean_feature"
+BY_MEAN_FEATURE_AND_NEIGHBOURS = "mean_feature_neighbours"  # combined, for a tag without a word vector
+
+# Which neighbour agreement ranks: each neighbour weighted by its similarity. Measured against the
+# plain share on the demo (AUC 0.9958 vs 0.9952) and on the tuxpaint set (0.8888 vs 0.8811).
+AGREEMENT_COLUMN = schema.AGREEMENT_WEIGHTED
 
 # Pseudo-count of the shrinkage of a member group's mean and variance toward the tag's.
 GROUP_PRIOR = 5.0
@@ -100,5 +107,8 @@ def tag_scores(
         parts = [z_agreement]
     else:
         parts = [z_matcher if has_matcher else standardise(mean_feature), z_agreement]
+        if not has_matcher:
+            scores = _sum_available(parts)
+            return (None, BY_INDEX) if scores is None else (scores, BY_MEAN_FEATURE_AND_NEIGHBOURS)
     scores = _sum_available(parts)
     return (None, BY_INDEX) if scores is None else (scores, ranker)

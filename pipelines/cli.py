@@ -17,14 +17,20 @@ from typing import Callable
 # health check); argparse's usage errors use 2
 EXIT_REFUSED = 3
 
+# commands that print their stages' reports as they go
+PRINT_THEIR_OWN_REPORT = ("demo", "build")
+
 # command -> (module, function taking argv and returning an object with summary_line())
 STAGES: dict[str, tuple[str, str, str]] = {
     "index": ("pipelines.index", "run", "build the images table and the inverted index from a manifest"),
     "extract-images": ("pipelines.extract_images", "run", "image features with RunInference"),
     "extract-text": ("pipelines.extract_text", "run", "tag vectors from gensim KeyedVectors"),
-    "train": ("model.train", "main_cli", "train the two-tower matcher and evaluate it"),
+    "neighbours": ("model.neighbours", "run", "k nearest images and neighbour agreement"),
+    "train": ("model.train", "main_cli", "train the cross-fitted two-tower matcher"),
     "export": ("export.onnx_export", "run", "export both towers to ONNX and check parity"),
-    "rank": ("pipelines.rank", "run", "score, rank and publish rankings and the site"),
+    "rank": ("pipelines.rank", "run", "score, rank, evaluate and publish rankings and the site"),
+    "evaluate": ("export.evaluate", "run", "evaluate the published rankings and write the report"),
+    "build": ("pipelines.build", "run", "run every stage in order on a manifest and word vectors"),
     "demo": ("pipelines.demo", "run", "generate the demo corpus and run every stage on it"),
     "bench": ("pipelines.bench", "run", "measure image feature extraction"),
 }
@@ -46,7 +52,7 @@ def configure_logging(verbose: bool) -> None:
         handler.addFilter(_drop_known_noise)
     if not verbose:
         # Beam and friends log every bundle at INFO; a user wants our progress lines.
-        for noisy in ("apache_beam", "gensim", "urllib3", "fsspec", "onnxruntime", "smart_open"):
+        for noisy in ("apache_beam", "gensim", "urllib3", "fsspec", "onnxruntime", "smart_open", "faiss", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -101,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.report.summary_line(), flush=True)
         print(f"imgsearch {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_REFUSED
+    report = getattr(result, "report", None)
+    if callable(report) and args.command not in PRINT_THEIR_OWN_REPORT:
+        text = report()
+        if text:
+            print(text, flush=True)
     line = getattr(result, "summary_line", None)
     if callable(line):
         print(line(), flush=True)

@@ -22,6 +22,7 @@ worker without torch runs the stage unchanged (tests/test_rank.py runs it with t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import io
 import json
@@ -38,8 +39,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
 from PIL import Image, ImageOps
 
-from export import site_data
-from model import schema
+from export import evaluate, site_data
+from model import schema, scoring
 from model.tags import tag_key
 from pipelines import common
 
@@ -49,9 +50,8 @@ STAGE = "rank"
 DEFAULT_THUMBNAIL_SIZE = 256
 DEFAULT_BATCH_SIZE = 256
 JPEG_QUALITY = 82
-# ONNX tower contract (export writes it): one float32 input, one L2-normalised float32 output.
-TOWER_INPUT = "features"
-TOWER_OUTPUT = "embedding"
+TOWER_INPUT = schema.TOWER_INPUT
+TOWER_OUTPUT = schema.TOWER_OUTPUT
 PROVIDERS = ["CPUExecutionProvider"]
 
 # Counters beyond the standard four (all in the "rank" namespace).
@@ -59,6 +59,8 @@ SKIPPED_NO_FEATURES = "skipped_no_features"
 SKIPPED_DUPLICATE = "skipped_duplicate"
 IMAGES_INDEXED = "images_indexed"
 IMAGES_RANKED = "images_ranked"
+IMAGES_HELD_OUT = "images_scored_by_all_members"  # no member trained on them: the members' mean
+IMAGES_WITHOUT_SIGNALS = "images_without_neighbour_signals"
 FEATURES_WITHOUT_ROWS = "features_without_rows"
 TAGS_OOV = "tags_oov"
 TAGS_RANKED = "tags_ranked"
@@ -73,6 +75,10 @@ NON_FINITE_EMBEDDING = "NonFiniteEmbedding"
 _FAILURES = "failures"
 _THUMBS = "thumbs"
 _SCORED = "scored"
+# positions in a scored item (ScoreImageFn's output)
+_ITEM_AGREEMENT, _ITEM_AGREEMENT_WEIGHTED, _ITEM_MEAN_FEATURE, _ITEM_FOLD = 2, 3, 4, 5
+_ITEM_ORDINAL, _ITEM_IMAGE_ID, _ITEM_URI, _ITEM_SPLIT = 6, 7, 8, 9
+_ITEM_POSITION = {schema.AGREEMENT: _ITEM_AGREEMENT, schema.AGREEMENT_WEIGHTED: _ITEM_AGREEMENT_WEIGHTED}
 
 
 # ---------------------------------------------------------------------------
@@ -194,12 +200,29 @@ class ProjectTagsFn(beam.DoFn):
             yield tag, np.asarray(vector, dtype=np.float32)
 
 
+def matcher_scores(embedding: np.ndarray, tag_vector: np.ndarray, fold: int, folds: int) -> tuple[float, float]:
+    """(out-of-sample score, in-sample score) of an image under a tag, from every member's cosine.
+
+    embedding and tag_vector are [members, out_dim]: members 0..folds-1 are the cross-fitted ones,
+    the last trained on every fold. The published score comes from the member that held the
+    image's fold out, or the mean of the cross-fitted members where none trained on it (fold -1).
+    """
+    cosines = np.einsum("md,md->m", embedding, tag_vector)
+    held_out = float(cosines[:folds].mean()) if fold == schema.NO_FOLD else float(cosines[fold])
+    return held_out, float(cosines[folds])
+
+
 class ScoreImageFn(beam.DoFn):
-    """One image id's index rows, projected embedding and failures -> scored (tag, item) pairs.
+    """One image id's index rows, projected embedding, fold, signals and failures -> scored
+    (tag, item) pairs, item = (matcher, matcher_in_sample, agreement, agreement_weighted,
+    mean_feature, fold, ordinal, image_id, uri, split).
 
     Every index row is accounted for here: scored, failed (its features or tower failed) or
     skipped (no features: extraction failed earlier).
     """
+
+    def __init__(self, folds: int):
+        self._folds = folds
 
     def process(self, element: tuple[str, dict[str, Iterable]], text_vectors: dict[str, np.ndarray]) -> Iterator[Any]:
         image_id, grouped = element
@@ -215,11 +238,19 @@ class ScoreImageFn(beam.DoFn):
         if embeddings:
             common.counter(STAGE, IMAGES_RANKED).inc()
             embedding = embeddings[0]
+            folds = list(grouped["fold"])
+            fold = int(folds[0]) if folds else schema.NO_FOLD
+            if fold == schema.NO_FOLD:
+                common.counter(STAGE, IMAGES_HELD_OUT).inc()
+            signals = {s[0]: s[1:] for s in grouped["signals"]}
+            if not signals:
+                common.counter(STAGE, IMAGES_WITHOUT_SIGNALS).inc()
             yield beam.pvalue.TaggedOutput(_THUMBS, (image_id, uri))
-            for row_uri, tag, ordinal in rows:
+            for row_uri, tag, ordinal, split in rows:
                 vector = text_vectors.get(tag)
-                score = None if vector is None else float(np.float32(np.dot(embedding, vector)))
-                yield tag, (score, ordinal, image_id, row_uri)
+                matcher, in_sample = (None, None) if vector is None else matcher_scores(embedding, vector, fold, self._folds)
+                agreement, agreement_weighted, mean_feature = signals.get(tag, (None, None, None))
+                yield tag, (matcher, in_sample, agreement, agreement_weighted, mean_feature, fold, ordinal, image_id, row_uri, split)
             return
         failures = list(grouped["failed"])
         if failures:
@@ -232,51 +263,85 @@ class ScoreImageFn(beam.DoFn):
         common.counter(STAGE, SKIPPED_NO_FEATURES).inc(len(rows))
 
 
-class RankTagFn(beam.DoFn):
-    """One tag's scored items -> its rankings rows, and its ranking pages written to the site."""
+def _column(items: Sequence[tuple], position: int) -> np.ndarray:
+    return np.asarray([np.nan if it[position] is None else it[position] for it in items], dtype=np.float64)
 
-    def __init__(self, site_root: str, page_size: int, thumbnails: bool):
+
+def _maybe(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+class RankTagFn(beam.DoFn):
+    """One tag's scored items -> its final scores (model/scoring.py), its rankings rows, and its
+    ranking pages written to the site."""
+
+    def __init__(self, site_root: str, page_size: int, thumbnails: bool, ranker: str):
         self._site_root = site_root
         self._page_size = page_size
         self._thumbnails = thumbnails
+        self._ranker = ranker
 
     def process(self, element: tuple[str, Iterable[tuple]], failed_thumbs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         tag, scored = element
         # an image listed twice under one tag is ranked once, at its first index position
         first: dict[str, tuple] = {}
         for item in scored:
-            image_id, ordinal = item[2], item[1]
+            image_id, ordinal = item[_ITEM_IMAGE_ID], item[_ITEM_ORDINAL]
             if image_id in first:
                 common.counter(STAGE, common.ROWS_SKIPPED).inc()
                 common.counter(STAGE, SKIPPED_DUPLICATE).inc()
-                if ordinal >= first[image_id][1]:
+                if ordinal >= first[image_id][_ITEM_ORDINAL]:
                     continue
             first[image_id] = item
-        ordered = sorted(first.values(), key=lambda it: sort_key(it[0], it[1], it[2]))
-        by_matcher = ordered[0][0] is not None
+        items = list(first.values())
+        scores, ranked_by = scoring.tag_scores(
+            self._ranker,
+            matcher=_column(items, 0),
+            fold=np.asarray([it[_ITEM_FOLD] for it in items]),
+            agreement=_column(items, _ITEM_POSITION[scoring.AGREEMENT_COLUMN]),
+            mean_feature=_column(items, _ITEM_MEAN_FEATURE),
+        )
+        final = [None] * len(items) if scores is None else [float(np.float32(v)) for v in scores]
+        order = sorted(range(len(items)), key=lambda i: sort_key(final[i], items[i][_ITEM_ORDINAL], items[i][_ITEM_IMAGE_ID]))
         common.counter(STAGE, TAGS_RANKED).inc()
-        if not by_matcher:
+        common.counter(STAGE, f"tags_ranked_by_{ranked_by}").inc()
+        if scores is None:
             common.counter(STAGE, TAGS_BY_INDEX).inc()
 
-        items = []
-        for rank, (score, _ordinal, image_id, uri) in enumerate(ordered, start=1):
-            items.append(
+        page_items = []
+        for rank, i in enumerate(order, start=1):
+            image_id, uri = items[i][_ITEM_IMAGE_ID], items[i][_ITEM_URI]
+            page_items.append(
                 {
                     site_data.ITEM_RANK: rank,
                     site_data.ITEM_IMAGE_ID: image_id,
-                    site_data.ITEM_SCORE: page_score(score),
+                    site_data.ITEM_SCORE: page_score(final[i]),
                     site_data.ITEM_THUMB: thumb_for(image_id, uri, self._thumbnails, failed_thumbs),
                     site_data.ITEM_URI: uri,
                 }
             )
-        ranked_by = site_data.RANKED_BY_MATCHER if by_matcher else site_data.RANKED_BY_INDEX
-        for relpath, page in site_data.ranking_pages(tag, items, ranked_by=ranked_by, page_size=self._page_size):
+        for relpath, page in site_data.ranking_pages(tag, page_items, ranked_by=ranked_by, page_size=self._page_size):
             common.write_bytes(schema.out_path(self._site_root, relpath), site_data.encode_json(page), "application/json")
             common.counter(STAGE, PAGES_WRITTEN).inc()
 
-        common.counter(STAGE, common.ROWS_OUT).inc(len(ordered))
-        for rank, (score, _ordinal, image_id, uri) in enumerate(ordered, start=1):
-            yield {schema.TAG: tag, schema.RANK: rank, schema.IMAGE_ID: image_id, schema.URI: uri, schema.SCORE: score}
+        common.counter(STAGE, common.ROWS_OUT).inc(len(order))
+        for rank, i in enumerate(order, start=1):
+            it = items[i]
+            yield {
+                schema.TAG: tag,
+                schema.RANK: rank,
+                schema.IMAGE_ID: it[_ITEM_IMAGE_ID],
+                schema.URI: it[_ITEM_URI],
+                schema.SCORE: final[i],
+                schema.MATCHER: _maybe(it[0]),
+                schema.MATCHER_IN_SAMPLE: _maybe(it[1]),
+                schema.AGREEMENT: _maybe(it[_ITEM_AGREEMENT]),
+                schema.AGREEMENT_WEIGHTED: _maybe(it[_ITEM_AGREEMENT_WEIGHTED]),
+                schema.MEAN_FEATURE: _maybe(it[_ITEM_MEAN_FEATURE]),
+                schema.FOLD: int(it[_ITEM_FOLD]),
+                schema.ORDINAL: int(it[_ITEM_ORDINAL]),
+                schema.SPLIT: it[_ITEM_SPLIT],
+            }
 
 
 class MakeThumbnailFn(beam.DoFn):
@@ -312,8 +377,21 @@ def _take_embedding(image_id: str, result: Any) -> tuple[str, np.ndarray]:
     return image_id, np.asarray(result.inference, dtype=np.float32)
 
 
-def _key_row_by_image(row: dict[str, Any]) -> tuple[str, tuple[str, str, int]]:
-    return row[schema.IMAGE_ID], (row[schema.URI], row[schema.TAG], int(row[schema.ORDINAL]))
+def _key_row_by_image(row: dict[str, Any]) -> tuple[str, tuple[str, str, int, str]]:
+    return row[schema.IMAGE_ID], (row[schema.URI], row[schema.TAG], int(row[schema.ORDINAL]), row[schema.SPLIT])
+
+
+def _key_fold_by_image(row: dict[str, Any]) -> tuple[str, int]:
+    return row[schema.IMAGE_ID], int(row[schema.FOLD])
+
+
+def _key_signals_by_image(row: dict[str, Any]) -> tuple[str, tuple]:
+    return row[schema.IMAGE_ID], (
+        row[schema.TAG],
+        row[schema.AGREEMENT],
+        row[schema.AGREEMENT_WEIGHTED],
+        row[schema.MEAN_FEATURE],
+    )
 
 
 def _batch_failures(dead_letter: tuple[Sequence[tuple[str, Any]], tuple]) -> Iterator[tuple[str, tuple[str, str]]]:
@@ -380,8 +458,8 @@ class ProjectTags(beam.PTransform):
 
 
 class RankImages(beam.PTransform):
-    """The whole ranking: {"images", "image_features", "text_features"} row PCollections in,
-    {"rankings": RANKINGS_SCHEMA rows, "failures": FAILURES_SCHEMA rows} out.
+    """The whole ranking: {"images", "image_features", "text_features", "folds", "signals"} row
+    PCollections in, {"rankings": RANKINGS_SCHEMA rows, "failures": FAILURES_SCHEMA rows} out.
 
     Side effects: ranking pages (and thumbnails unless thumbnail_size is None) under site_root.
     """
@@ -395,8 +473,12 @@ class RankImages(beam.PTransform):
         page_size: int = site_data.PAGE_SIZE,
         batch_size: int = DEFAULT_BATCH_SIZE,
         thumbnail_size: int | None = DEFAULT_THUMBNAIL_SIZE,
+        folds: int,
+        ranker: str = scoring.DEFAULT_RANKER,
     ):
         super().__init__()
+        self._folds = folds
+        self._ranker = ranker
         self._image_tower_uri = image_tower_uri
         self._text_tower_uri = text_tower_uri
         self._site_root = site_root
@@ -408,11 +490,13 @@ class RankImages(beam.PTransform):
         pipeline = inputs["images"].pipeline
         images = self._project(inputs["image_features"], inputs["text_features"])
         rows = inputs["images"] | "KeyRowsByImage" >> beam.Map(_key_row_by_image)
+        folds = inputs["folds"] | "KeyFoldsByImage" >> beam.Map(_key_fold_by_image)
+        signals = inputs["signals"] | "KeySignalsByImage" >> beam.Map(_key_signals_by_image)
         scored = (
-            {"rows": rows, "embeddings": images["embeddings"], "failed": images["failed"]}
+            {"rows": rows, "embeddings": images["embeddings"], "failed": images["failed"], "fold": folds, "signals": signals}
             | "JoinByImage" >> beam.CoGroupByKey()
             | "Score"
-            >> beam.ParDo(ScoreImageFn(), beam.pvalue.AsDict(images["text_vectors"])).with_outputs(
+            >> beam.ParDo(ScoreImageFn(self._folds), beam.pvalue.AsDict(images["text_vectors"])).with_outputs(
                 _THUMBS, _FAILURES, main=_SCORED
             )
         )
@@ -433,7 +517,7 @@ class RankImages(beam.PTransform):
             | "GroupByTag" >> beam.GroupByKey()
             | "RankTags"
             >> beam.ParDo(
-                RankTagFn(self._site_root, self._page_size, thumbnails), beam.pvalue.AsDict(failed_thumbs)
+                RankTagFn(self._site_root, self._page_size, thumbnails, self._ranker), beam.pvalue.AsDict(failed_thumbs)
             )
         )
         return {"rankings": rankings, "failures": failures | "MergeFailures" >> beam.Flatten()}
@@ -532,8 +616,13 @@ def model_info(out: str, image_feature_files: Sequence[str], text_feature_files:
             }
         )
     metrics = _json_if_present(schema.out_path(out, schema.METRICS_JSON))
-    if metrics is not None and isinstance(metrics.get("rankers"), dict):
-        info["metrics"] = {"split": metrics.get("split"), "rankers": _summary_only(metrics["rankers"])}
+    if metrics is not None and isinstance(metrics.get("subsets"), dict):
+        rankers = (metrics["subsets"].get(evaluate.SUBSET_ALL) or {}).get("rankers") or {}
+        info["metrics"] = {
+            "published_ranker": metrics.get("published_ranker"),
+            "images": evaluate.SUBSET_ALL,
+            "rankers": _summary_only(rankers),
+        }
     return info
 
 
@@ -599,6 +688,7 @@ def publish_site(
         page_size=page_size,
         generated_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         extra_counts={"failures": sum(failures.values())},
+        report=f"{schema.REPORT_DIR}/index.html" if common.exists(schema.out_path(site_root, schema.REPORT_DIR, "index.html")) else None,
     )
     common.write_bytes(
         schema.out_path(site_root, site_data.MANIFEST_PATH), site_data.encode_json(manifest), "application/json"
@@ -624,6 +714,21 @@ def _unpublish(out: str) -> None:
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class RankResult(common.StageReport):
+    """rank's accounting plus the evaluation of what it published."""
+
+    evaluation: evaluate.EvaluateResult | None = None
+
+    def report(self) -> str:
+        """The evaluation table, published ranking first, for a terminal."""
+        return "" if self.evaluation is None else self.evaluation.report()
+
+    def to_json(self) -> dict[str, Any]:
+        d = common.StageReport.to_json(self)
+        d.pop("evaluation", None)
+        return d
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch rank", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output root (local path or gs://...)")
@@ -633,7 +738,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thumbnail-size", type=int, default=DEFAULT_THUMBNAIL_SIZE, help="long side in pixels")
     parser.add_argument("--page-size", type=int, default=site_data.PAGE_SIZE, help="ranking items per site page")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="onnxruntime batch size")
+    parser.add_argument(
+        "--ranker",
+        default=scoring.DEFAULT_RANKER,
+        choices=scoring.RANKERS,
+        help="what orders a tag: combined (matcher + neighbour agreement, the default), matcher, or neighbours",
+    )
+    parser.add_argument(
+        "--ground-truth",
+        default=None,
+        help="JSON lines {uri, tag, true_tag}: the evaluation of the published rankings then has AUC and P@10",
+    )
     return parser
+
+
+def read_folds_count(out: str) -> int:
+    """How many cross-fitted members the exported towers hold (export.json, written by export)."""
+    path = schema.out_path(out, schema.EXPORT_JSON)
+    if not common.exists(path):
+        raise FileNotFoundError(f"rank needs {path} (run export)")
+    folds = json.loads(common.read_bytes(path).decode("utf-8")).get("folds")
+    if not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"{path} names no cross-fitted towers (folds={folds!r}): rerun train and export")
+    return folds
 
 
 def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipeline=None) -> common.StageReport:
@@ -653,6 +780,16 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     for tower in (image_tower, text_tower):
         if not common.exists(tower):
             raise FileNotFoundError(f"rank needs {tower} (run export)")
+    folds = read_folds_count(out)
+    folds_pattern = schema.shard_pattern(out, schema.FOLDS_DIR, schema.FOLDS_PREFIX)
+    _require(folds_pattern, "the training folds (run train)")
+    signals_pattern = schema.shard_pattern(out, schema.SIGNALS_DIR, schema.SIGNALS_PREFIX)
+    has_signals = bool(common.glob(signals_pattern))
+    if not has_signals and args.ranker != scoring.MATCHER:
+        raise FileNotFoundError(
+            f"--ranker {args.ranker} needs neighbour agreement: nothing matches {signals_pattern} "
+            "(run `imgsearch neighbours`, or rank with --ranker matcher)"
+        )
 
     _unpublish(out)
     site_root = schema.out_path(out, schema.SITE_DIR)
@@ -661,7 +798,14 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     pipeline = test_pipeline or beam.Pipeline(options=common.make_options(beam_options, save_main_session))
     inputs = {
         "images": pipeline
-        | "ReadImages" >> ReadFromParquet(images_pattern, columns=[schema.IMAGE_ID, schema.URI, schema.TAG, schema.ORDINAL]),
+        | "ReadImages"
+        >> ReadFromParquet(images_pattern, columns=[schema.IMAGE_ID, schema.URI, schema.TAG, schema.ORDINAL, schema.SPLIT]),
+        "folds": pipeline | "ReadFolds" >> ReadFromParquet(folds_pattern),
+        "signals": (
+            pipeline | "ReadSignals" >> ReadFromParquet(signals_pattern)
+            if has_signals
+            else pipeline | "NoSignals" >> beam.Create([])
+        ),
         "image_features": pipeline
         | "ReadImageFeatures" >> ReadFromParquet(image_features_pattern, columns=[schema.IMAGE_ID, schema.EMBEDDING]),
         "text_features": pipeline
@@ -675,6 +819,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         page_size=args.page_size,
         batch_size=args.batch_size,
         thumbnail_size=args.thumbnail_size if thumbnails else None,
+        folds=folds,
+        ranker=args.ranker,
     )
     _ = ranked["rankings"] | "WriteRankings" >> WriteToParquet(
         schema.out_path(out, schema.RANKINGS_DIR, schema.RANKINGS_PREFIX),
@@ -692,6 +838,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     rankings_files = common.glob(schema.shard_pattern(out, schema.RANKINGS_DIR, schema.RANKINGS_PREFIX))
     entries, oov_tags, ranked_images = tag_entries_from_rankings(rankings_files, args.page_size)
     failures = count_failures(out)
+    # what the site is about to show, measured before the manifest makes it live
+    evaluation = evaluate.evaluate(out, args.ground_truth, args.ranker)
     manifest = publish_site(
         out,
         entries=entries,
@@ -711,10 +859,11 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         oov_tags=oov_tags,
         ranked_images=ranked_images,
         build=manifest["build"],
+        ranker=args.ranker,
     )
     report.save(out)
     log.info("published %d tags (%d by index order) to %s", len(entries), oov_tags, site_root)
-    return report
+    return RankResult(**dataclasses.asdict(report), evaluation=evaluation)
 
 
 if __name__ == "__main__":

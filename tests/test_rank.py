@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from export import publish_check, site_data
-from model import schema, storage
+from model import schema, scoring, storage
 from model.tags import image_id_for, normalize_tag, tag_key
 from pipelines import common, rank
 from tests.conftest import draw_image, write_broken_images
@@ -42,19 +42,26 @@ HALF = float(np.float32(1 / math.sqrt(2)))
 # ---------------------------------------------------------------------------
 # Generated inputs
 # ---------------------------------------------------------------------------
+FOLDS = 2  # the towers hold FOLDS cross-fitted members and one in-sample member, all identical here
+MEMBERS = FOLDS + 1
+
+
 def tower_onnx(in_dim: int) -> bytes:
-    """features [n, in_dim] -> MatMul (identity into the first in_dim of 128) -> L2 norm."""
+    """features [n, in_dim] -> MatMul (identity into the first in_dim of 128) -> L2 norm, the same
+    for every member: [n, MEMBERS, 128]."""
     weight = np.zeros((in_dim, OUT_DIM), dtype=np.float32)
     weight[np.arange(in_dim), np.arange(in_dim)] = 1.0
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["features", "w"], ["projected"]),
-            helper.make_node("LpNormalization", ["projected"], [rank.TOWER_OUTPUT], axis=1, p=2),
+            helper.make_node("LpNormalization", ["projected"], ["normalised"], axis=1, p=2),
+            helper.make_node("Unsqueeze", ["normalised", "axis1"], ["one_member"]),
+            helper.make_node("Concat", ["one_member"] * MEMBERS, [rank.TOWER_OUTPUT], axis=1),
         ],
         "tower",
         [helper.make_tensor_value_info(rank.TOWER_INPUT, TensorProto.FLOAT, ["batch", in_dim])],
-        [helper.make_tensor_value_info(rank.TOWER_OUTPUT, TensorProto.FLOAT, ["batch", OUT_DIM])],
-        initializer=[numpy_helper.from_array(weight, "w")],
+        [helper.make_tensor_value_info(rank.TOWER_OUTPUT, TensorProto.FLOAT, ["batch", MEMBERS, OUT_DIM])],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -178,9 +185,33 @@ def write_inputs(out: Path, uris: dict[str, str], rows=ROWS, vectors=VECTORS, te
     write(text_rows(text), schema.text_features_schema(TEXT_DIM, text_meta), f"{schema.TEXT_FEATURES_DIR}/text-00000-of-00001.parquet")
     earlier = [rank.failure_row("x", "/nowhere.jpg", "OSError", "gone")] * 2
     write([{**r, schema.STAGE: "extract-images"} for r in earlier], schema.FAILURES_SCHEMA, f"{schema.FAILURES_DIR}/extract-images-00000-of-00001.parquet")
+    write(fold_rows(), schema.FOLDS_SCHEMA, f"{schema.FOLDS_DIR}/folds-00000-of-00001.parquet")
+    write(signal_rows(rows, vectors), schema.SIGNALS_SCHEMA, f"{schema.SIGNALS_DIR}/signals-00000-of-00001.parquet")
     write_towers(out)
-    (out / schema.METRICS_JSON).write_text(json.dumps({"split": "test", "rankers": {"matcher": {"auc": 0.9, "tags": 2}}, "per_tag": [{"tag": "cat"}]}))
-    (out / schema.EXPORT_JSON).write_text(json.dumps({"opset": 17, "towers": {"image": {"output_dim": 128, "max_abs_diff": 2e-7}, "text": {"output_dim": 128, "max_abs_diff": 1e-6}}}))
+    (out / schema.EXPORT_JSON).write_text(json.dumps({"opset": 17, "folds": FOLDS, "towers": {"image": {"output_dim": 128, "max_abs_diff": 2e-7}, "text": {"output_dim": 128, "max_abs_diff": 1e-6}}}))
+
+
+def fold_rows() -> list[dict]:
+    """c1 and c2 were trained on (held out by members 0 and 1); every other image by no member."""
+    return [{schema.IMAGE_ID: image_id("c1"), schema.FOLD: 0}, {schema.IMAGE_ID: image_id("c2"), schema.FOLD: 1}]
+
+
+def signal_rows(rows=ROWS, vectors=VECTORS) -> list[dict]:
+    """Neighbour agreement that reverses the matcher's order among each tag's images."""
+    out = []
+    for name, tag, ordinal in rows:
+        if vectors.get(name) is None:
+            continue
+        out.append(
+            {
+                schema.IMAGE_ID: image_id(name),
+                schema.TAG: normalize_tag(tag),
+                schema.AGREEMENT: float(ordinal % 7) / 7,
+                schema.AGREEMENT_WEIGHTED: float(ordinal % 7) / 7,
+                schema.MEAN_FEATURE: 1.0 - (ordinal % 5) / 5,
+            }
+        )
+    return out
 
 
 def expected_rows(expected=EXPECTED) -> list[tuple]:
@@ -236,7 +267,7 @@ def test_project_tags_fn_skips_oov_and_records_bad_batches(tmp_path):
     out = list(fn.process(text_rows()))
     vectors = dict(o for o in out if not isinstance(o, beam.pvalue.TaggedOutput))
     assert sorted(vectors) == ["cat", "dog"]  # zzyzx is oov: no vector
-    assert vectors["cat"].shape == (OUT_DIM,) and vectors["cat"][0] == pytest.approx(1.0)
+    assert vectors["cat"].shape == (MEMBERS, OUT_DIM) and vectors["cat"][:, 0] == pytest.approx(1.0)
     # features of the wrong width: the whole batch fails, each tag is recorded, nothing raises
     wrong = [{**r, schema.EMBEDDING: [1.0, 0.0]} for r in text_rows() if r[schema.EMBEDDING]]
     failed = list(fn.process(wrong))
@@ -249,9 +280,11 @@ def test_project_tags_fn_skips_oov_and_records_bad_batches(tmp_path):
 # Composite under TestPipeline
 # ---------------------------------------------------------------------------
 def _rows_matcher(expected: list[tuple]):
+    """Rankings rows in the expected order, each with its matcher cosine (the raw component)."""
+
     def check(actual):
         got = sorted(
-            ((r[schema.TAG], r[schema.RANK], r[schema.IMAGE_ID], r[schema.SCORE]) for r in actual),
+            ((r[schema.TAG], r[schema.RANK], r[schema.IMAGE_ID], r[schema.MATCHER]) for r in actual),
             key=lambda r: (r[0], r[1]),
         )
         assert got == expected, got
@@ -268,9 +301,18 @@ def test_rank_images_composite_known_order_oov_skips_and_failures(tmp_path):
         "images": p | "Images" >> beam.Create(image_rows(uris)),
         "image_features": p | "Features" >> beam.Create(feature_rows()),
         "text_features": p | "Text" >> beam.Create(text_rows()),
+        # one member group, so the standardised matcher keeps the cosines' order and ties
+        "folds": p | "NoFolds" >> beam.Create([]),
+        "signals": p | "NoSignals" >> beam.Create([]),
     }
     ranked = inputs | rank.RankImages(
-        image_tower_uri=image_tower, text_tower_uri=text_tower, site_root=str(site), page_size=2, batch_size=3
+        image_tower_uri=image_tower,
+        text_tower_uri=text_tower,
+        site_root=str(site),
+        page_size=2,
+        batch_size=3,
+        folds=FOLDS,
+        ranker="matcher",
     )
     assert_that(ranked["rankings"], _rows_matcher(expected_rows()), label="Rankings")
     assert_that(
@@ -309,9 +351,11 @@ def test_image_tower_failure_goes_to_dead_letter_not_crash(tmp_path):
         "images": p | "Images" >> beam.Create(image_rows(uris, rows)),
         "image_features": p | "Features" >> beam.Create(feature_rows(five_wide)),
         "text_features": p | "Text" >> beam.Create(text_rows()),
+        "folds": p | "Folds" >> beam.Create([]),
+        "signals": p | "Signals" >> beam.Create(signal_rows(rows, five_wide)),
     }
     ranked = inputs | rank.RankImages(
-        image_tower_uri=image_tower, text_tower_uri=text_tower, site_root=str(tmp_path / "site"), thumbnail_size=None
+        image_tower_uri=image_tower, text_tower_uri=text_tower, site_root=str(tmp_path / "site"), thumbnail_size=None, folds=FOLDS
     )
     assert_that(ranked["rankings"], equal_to([]), label="NoRankings")
     assert_that(
@@ -369,17 +413,60 @@ def test_run_rankings_agree_with_site_pages(published):
     by_tag: dict[str, list[dict]] = {}
     for r in rows:
         by_tag.setdefault(r[schema.TAG], []).append(r)
-    assert [(r[schema.IMAGE_ID], r[schema.SCORE]) for r in by_tag["cat"]] == [
-        (image_id(n), pytest.approx(s, abs=1e-6)) for n, s in EXPECTED["cat"]
-    ]
+    # every component is published: the matcher's cosines are the known ones, the folds are the trained ones
+    cat = {r[schema.IMAGE_ID]: r for r in by_tag["cat"]}
+    assert {i: r[schema.MATCHER] for i, r in cat.items()} == {image_id(n): pytest.approx(v, abs=1e-6) for n, v in EXPECTED["cat"]}
+    assert cat[image_id("c1")][schema.FOLD] == 0 and cat[image_id("c2")][schema.FOLD] == 1
+    assert cat[image_id("c3")][schema.FOLD] == schema.NO_FOLD
+    # the published order is the combined score's, replayed from those components
     for tag, tag_rows in by_tag.items():
+        scores, ranked_by = scoring.tag_scores(
+            "combined",
+            matcher=np.array([np.nan if r[schema.MATCHER] is None else r[schema.MATCHER] for r in tag_rows]),
+            fold=np.array([r[schema.FOLD] for r in tag_rows]),
+            agreement=np.array([r[scoring.AGREEMENT_COLUMN] for r in tag_rows], dtype=float),
+            mean_feature=np.array([np.nan if r[schema.MEAN_FEATURE] is None else r[schema.MEAN_FEATURE] for r in tag_rows]),
+        )
+        assert ranked_by == ("mean_feature_neighbours" if tag_rows[0][schema.MATCHER] is None else "combined")
+        assert _page_items(site, tag) and read_json(site / site_data.ranking_page_path(tag_key(tag), 0))["ranked_by"] == ranked_by
+        np.testing.assert_allclose([r[schema.SCORE] for r in tag_rows], scores, atol=1e-5)
+        assert [r[schema.SCORE] for r in tag_rows] == sorted((r[schema.SCORE] for r in tag_rows), reverse=True)
         items = _page_items(site, tag)
         assert [(i["rank"], i["image_id"], i["uri"]) for i in items] == [
             (r[schema.RANK], r[schema.IMAGE_ID], r[schema.URI]) for r in tag_rows
         ]
         for item, row in zip(items, tag_rows):
-            assert item["score"] == (None if row[schema.SCORE] is None else round(row[schema.SCORE], 4))
+            assert item["score"] == round(row[schema.SCORE], 4)
+    # an oov tag (no matcher) is ranked by its mean feature and neighbours, not left in crawl order
+    zzyzx = by_tag["zzyzx"]
+    assert all(r[schema.MATCHER] is None and r[schema.SCORE] is not None for r in zzyzx)
     assert publish_check.check_site(str(site), str(out / schema.RANKINGS_DIR)) == []
+
+
+def test_matcher_scores_come_from_the_member_that_held_the_image_out():
+    embedding = np.eye(4, dtype=np.float32)[:3]  # members 0, 1 and the in-sample member 2
+    tag = np.ones((3, 4), dtype=np.float32)
+    tag[1] *= 2
+    assert rank.matcher_scores(embedding, tag, 0, 2) == (1.0, 1.0)
+    assert rank.matcher_scores(embedding, tag, 1, 2) == (2.0, 1.0)
+    assert rank.matcher_scores(embedding, tag, schema.NO_FOLD, 2) == (1.5, 1.0)  # no member trained on it: the mean
+
+
+def test_rank_tag_fn_orders_by_the_chosen_ranker(tmp_path):
+    # items: (matcher, in_sample, agreement, agreement_weighted, mean_feature, fold, ordinal, id, uri, split)
+    items = [
+        (0.9, 0.9, 0.1, 0.1, 0.5, -1, 0, "a", "a.jpg", "test"),
+        (0.5, 0.9, 0.9, 0.9, 0.5, -1, 1, "b", "b.jpg", "test"),
+        (0.1, 0.9, 0.5, 0.5, 0.5, -1, 2, "c", "c.jpg", "test"),
+    ]
+    orders = {}
+    for ranker in ("matcher", "neighbours", "combined"):
+        fn = rank.RankTagFn(str(tmp_path / ranker), 60, False, ranker)
+        rows = list(fn.process(("t", items), {}))
+        orders[ranker] = [r[schema.IMAGE_ID] for r in rows]
+        page = read_json(tmp_path / ranker / site_data.ranking_page_path(tag_key("t"), 0))
+        assert page["ranked_by"] == ranker
+    assert orders == {"matcher": ["a", "b", "c"], "neighbours": ["b", "c", "a"], "combined": ["b", "a", "c"]}
 
 
 def test_run_tag_shards_manifest_and_report(published):
@@ -394,7 +481,7 @@ def test_run_tag_shards_manifest_and_report(published):
     assert set(listed) == tags
     assert listed["cat"] == (4, tag_key("cat"), 2) and listed["dog"] == (3, tag_key("dog"), 2)
     assert listed["con"] == (3, tag_key("con"), 2)
-    oov = 1 + sum(1 for i in range(len(HOSTILE_TAGS)) if i % 2 == 0)
+    oov = 0  # oov tags are ranked by their mean feature and neighbours: none is left in index order
     assert manifest["counts"] == {
         "images": 10 + 3 * len(HOSTILE_TAGS),
         "tags": len(tags),
@@ -403,8 +490,10 @@ def test_run_tag_shards_manifest_and_report(published):
         "failures": 2 + 2,  # extract-images' two, and rank's own: the NaN features and the broken thumbnail
     }
     assert manifest["model"]["encoder"] == "tiny" and manifest["model"]["dim"] == 4
-    # the evaluation's means reach the header; per-tag detail and local paths do not
-    assert manifest["model"]["metrics"] == {"split": "test", "rankers": {"matcher": {"auc": 0.9, "tags": 2}}}
+    # the evaluation of what was published (no ground truth here: no figures) and its page
+    assert manifest["model"]["metrics"] == {"published_ranker": "combined", "images": "all", "rankers": {}}
+    assert manifest["report"] == "report/index.html" and (site / "report" / "index.html").is_file()
+    assert (out / schema.REPORT_DIR / "index.html").is_file() and (out / schema.METRICS_JSON).is_file()
     assert "/" not in (manifest["model"]["word_vectors"] or "")
     assert manifest["model"]["matcher"] == {"runtime": "onnxruntime", "out_dim": 128, "onnx_max_abs_diff": 1e-6}
     assert manifest["thumbnails"] is True and manifest["page_size"] == 2
@@ -473,9 +562,13 @@ def test_rerun_without_torch_no_thumbnails_removes_stale_pages(published, tmp_pa
     pq.write_table(pa.Table.from_pylist(image_rows(published["uris"], rows), schema=schema.IMAGES_SCHEMA), images)
     script = (
         "import sys\n"
-        "sys.modules['torch'] = None  # any 'import torch' now raises ImportError\n"
+        "class NoTorch:  # any 'import torch' raises ImportError, as on a worker without torch\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
         "import pipelines.rank as rank\n"
-        "assert 'torch' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"
+        "assert 'torch' not in [m.split('.')[0] for m in sys.modules]\n"
         f"report = rank.run(['--out', {str(out)!r}, '--no-thumbnails'], save_main_session=False)\n"
         "print(report.rows_out)\n"
     )

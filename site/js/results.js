@@ -2,6 +2,16 @@
 // order that asks for the next page when its sentinel scrolls into view.
 import { formatCount, formatScore, safeUrl } from './text.js';
 
+// What ordered a tag (the ranking page's ranked_by), in words; scores are standard deviations above
+// the tag's typical image.
+const RANKED_BY = {
+  combined: 'score: the matcher and the image\'s neighbours agree it shows the tag',
+  matcher: 'score from the matcher',
+  neighbours: 'score: how many of the image\'s nearest neighbours carry the tag',
+  mean_feature: 'score: likeness to the tag\'s other images',
+  mean_feature_neighbours: 'score: likeness to the tag\'s other images, and how many of the image\'s nearest neighbours carry the tag',
+};
+
 export function tileContent(item, tag, thumbUrl) {
   const frag = document.createDocumentFragment();
   if (thumbUrl) {
@@ -94,10 +104,11 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
     tag = t;
     reset(`“${t}”`);
     section.hidden = false;
+    const how = Object.hasOwn(RANKED_BY, rankedBy) ? RANKED_BY[rankedBy] : '';
     note.textContent = rankedBy === 'index'
-      ? `${formatCount(total)} images, in the index's order: the model does not know this tag, so there are no scores.`
-      : `${formatCount(total)} images, best match first (score from the matcher).`;
-    note.dataset.rankedBy = rankedBy === 'index' ? 'index' : 'matcher';
+      ? `${formatCount(total)} images, in the index's order: nothing could score this tag.`
+      : `${formatCount(total)} images, best match first (${how || 'scored by the matcher'}).`;
+    note.dataset.rankedBy = how || rankedBy === 'index' ? rankedBy : 'matcher';
   });
 
   hub.on('results:page', ({ items, more: hasMore }) => {
