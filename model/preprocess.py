@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
+
+from model.image_formats import ALLOWED_IMAGE_FORMATS, open_image  # noqa: F401 - the one allowlist, re-exported
 
 # EXIF orientations that turn the picture a quarter (the stored width is the displayed height)
 _QUARTER_TURNS = (5, 6, 7, 8)
@@ -21,10 +22,6 @@ EXIF_ORIENTATION = 0x0112
 _BACKGROUND = (255, 255, 255)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
-# The raster formats crawled bytes may be decoded as (Pillow format ids). Pillow would otherwise
-# try every plugin it has, and some hand the bytes to an external program: EPS runs Ghostscript
-# (`gs`) on a file whose name says .jpg. Every Image.open of crawled bytes passes formats=this.
-ALLOWED_IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
 
 @dataclasses.dataclass
@@ -38,18 +35,6 @@ class DecodedImage:
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def open_image(data: bytes) -> Image.Image:
-    """Pillow's lazy open of crawled bytes, restricted to ALLOWED_IMAGE_FORMATS.
-
-    Anything else (EPS, PDF, SVG, ICO, PSD, ...) raises UnidentifiedImageError naming the formats
-    that are allowed: the failure row says why, and no external interpreter is ever started.
-    """
-    try:
-        return Image.open(io.BytesIO(data), formats=ALLOWED_IMAGE_FORMATS)
-    except UnidentifiedImageError as exc:
-        raise UnidentifiedImageError(f"{exc} (allowed formats: {', '.join(ALLOWED_IMAGE_FORMATS)})") from None
 
 
 def frame_count(img: Image.Image) -> int:
