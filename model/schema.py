@@ -29,6 +29,7 @@ ERROR = "error"
 MESSAGE = "message"
 RANK = "rank"
 SCORE = "score"
+PUBLIC_URI = "public_uri"  # what the site shows for an image: a public link, or a path relative to its root
 IMAGE_IDS = "image_ids"
 COUNT = "count"
 # neighbour lists (k nearest images by cosine over image features, self excluded)
@@ -100,6 +101,7 @@ RANKINGS_SCHEMA = pa.schema(
         pa.field(RANK, pa.int32(), nullable=False),
         pa.field(IMAGE_ID, pa.string(), nullable=False),
         pa.field(URI, pa.string(), nullable=False),
+        pa.field(PUBLIC_URI, pa.string(), nullable=False),
         # the published score (what ranked the tag); null where no signal exists and index order ranks
         pa.field(SCORE, pa.float32()),
         # its components, kept so every ranker can be evaluated on exactly what was published
@@ -172,7 +174,8 @@ def text_features_schema(dim: int, metadata: dict[bytes, bytes] | None = None) -
 # ---------------------------------------------------------------------------
 IMAGES_DIR = "index/images"  # images-SSSSS-of-NNNNN.parquet
 TAG2PICID_JSON = "index/tag2picid.json"  # the prototype's inverted index
-TAG2PICID_DIR = "index/tag2picid"  # the same, as Parquet shards
+TAG2PICID_DIR = "index/tag2picid"
+INDEX_SOURCE_JSON = "index/source.json"  # the local roots the manifest's uris were confined to  # the same, as Parquet shards
 # tags that several different raw spellings folded into: [{"tag", "spellings": [...], "count"}]
 TAG_FOLDS_JSON = "index/tag_folds.json"
 IMAGE_FEATURES_DIR = "features/image"
@@ -223,3 +226,34 @@ def out_path(out: str, *parts: str) -> str:
     """Join parts under OUT with '/', which is right for local paths and gs:// alike."""
     base = out.rstrip("/")
     return "/".join([base, *(p.strip("/") for p in parts)])
+
+
+# ---------------------------------------------------------------------------
+# The image store (stage `fetch`): OUT/images/store-<run>-SSSSS-of-NNNNN.parquet, one row per
+# image. A row with null bytes is a reference: the image is read from its uri (local, gs://).
+# ---------------------------------------------------------------------------
+IMAGE_BYTES = "bytes"
+SHA256 = "sha256"  # of the stored bytes: the same image id means the same bytes everywhere
+CONTENT_TYPE = "content_type"  # sniffed from the bytes (magic numbers), never the server's header
+HTTP_STATUS = "http_status"  # of the final response; null for local files
+FETCHED_AT = "fetched_at"
+ORIGINAL_WIDTH = "original_width"  # before --resize-to (null when the stored image is the original)
+ORIGINAL_HEIGHT = "original_height"
+STORE_DIR = "images"
+STORE_PREFIX = "store"
+
+IMAGE_STORE_SCHEMA = pa.schema(
+    [
+        pa.field(IMAGE_ID, pa.string(), nullable=False),
+        pa.field(URI, pa.string(), nullable=False),
+        pa.field(IMAGE_BYTES, pa.binary()),
+        pa.field(SHA256, pa.string()),
+        pa.field(CONTENT_TYPE, pa.string()),
+        pa.field(HTTP_STATUS, pa.int32()),
+        pa.field(WIDTH, pa.int32()),
+        pa.field(HEIGHT, pa.int32()),
+        pa.field(FETCHED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(ORIGINAL_WIDTH, pa.int32()),
+        pa.field(ORIGINAL_HEIGHT, pa.int32()),
+    ]
+)

@@ -23,6 +23,7 @@ PRINT_THEIR_OWN_REPORT = ("demo", "build")
 # command -> (module, function taking argv and returning an object with summary_line())
 STAGES: dict[str, tuple[str, str, str]] = {
     "index": ("pipelines.index", "run", "build the images table and the inverted index from a manifest"),
+    "fetch": ("pipelines.fetch", "run", "download http(s) images into sharded Parquet image stores"),
     "extract-images": ("pipelines.extract_images", "run", "image features with RunInference"),
     "extract-text": ("pipelines.extract_text", "run", "tag vectors from gensim KeyedVectors"),
     "neighbours": ("model.neighbours", "run", "k nearest images and neighbour agreement"),
