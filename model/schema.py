@@ -29,7 +29,6 @@ ERROR = "error"
 MESSAGE = "message"
 RANK = "rank"
 SCORE = "score"
-PUBLIC_URI = "public_uri"  # what the site shows for an image: a public link, or a path relative to its root
 IMAGE_IDS = "image_ids"
 COUNT = "count"
 # neighbour lists (k nearest images by cosine over image features, self excluded)
@@ -101,7 +100,6 @@ RANKINGS_SCHEMA = pa.schema(
         pa.field(RANK, pa.int32(), nullable=False),
         pa.field(IMAGE_ID, pa.string(), nullable=False),
         pa.field(URI, pa.string(), nullable=False),
-        pa.field(PUBLIC_URI, pa.string(), nullable=False),
         # the published score (what ranked the tag); null where no signal exists and index order ranks
         pa.field(SCORE, pa.float32()),
         # its components, kept so every ranker can be evaluated on exactly what was published
@@ -174,8 +172,7 @@ def text_features_schema(dim: int, metadata: dict[bytes, bytes] | None = None) -
 # ---------------------------------------------------------------------------
 IMAGES_DIR = "index/images"  # images-SSSSS-of-NNNNN.parquet
 TAG2PICID_JSON = "index/tag2picid.json"  # the prototype's inverted index
-TAG2PICID_DIR = "index/tag2picid"
-INDEX_SOURCE_JSON = "index/source.json"  # the local roots the manifest's uris were confined to  # the same, as Parquet shards
+TAG2PICID_DIR = "index/tag2picid"  # the same, as Parquet shards
 # tags that several different raw spellings folded into: [{"tag", "spellings": [...], "count"}]
 TAG_FOLDS_JSON = "index/tag_folds.json"
 IMAGE_FEATURES_DIR = "features/image"
