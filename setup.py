@@ -29,6 +29,7 @@ setup(
         "fsspec>=2023.1",
         "psutil>=5.9",
         "urllib3>=2",  # fetch: pooled, streamed http(s) downloads
+        "faiss-cpu>=1.8,<2",
         "matplotlib>=3.8",
     ],
     extras_require={
