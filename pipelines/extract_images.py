@@ -61,7 +61,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model import encoders, inference, preprocess, schema
-from pipelines import common
+from pipelines import common, image_store
 
 log = logging.getLogger(__name__)
 
@@ -437,10 +437,13 @@ class ReadImageFn(beam.DoFn):
     def __init__(self, timeout_s: float | None = DEFAULT_IMAGE_TIMEOUT_S):
         self._timeout_s = timeout_s
 
-    def process(self, ref: tuple[str, str]) -> Iterator[Any]:
-        image_id, uri = ref
+    def _read(self, uri: str) -> bytes:
+        return call_with_timeout(functools.partial(read_uri, uri), self._timeout_s, f"reading {uri}")
+
+    def process(self, ref: tuple) -> Iterator[Any]:
+        image_id, uri, *stored = ref  # (image_id, uri[, the image store's bytes or None]): issue 11
         try:
-            data = call_with_timeout(functools.partial(read_uri, uri), self._timeout_s, f"reading {uri}")
+            data = image_store.image_bytes(uri, stored[0], self._read) if stored else self._read(uri)
         except Exception as exc:  # one unreadable file must not fail the job
             yield beam.pvalue.TaggedOutput(FAILED, record_failure(image_id, uri, exc, str(exc)))
             return
@@ -682,8 +685,10 @@ class ExtractImageFeatures(beam.PTransform):
         precision: str = inference.FP32,
         decode_on_device: bool = False,
         image_timeout_s: float | None = DEFAULT_IMAGE_TIMEOUT_S,
+        store_shards: Sequence[str] = (),
     ):
         super().__init__()
+        self._store_shards = list(store_shards)  # OUT/images/store-* written by fetch (issue 11)
         self._encoder_name = encoder_name
         self._weights = weights
         self._decode_on_device = decode_on_device
@@ -692,6 +697,8 @@ class ExtractImageFeatures(beam.PTransform):
         self._handler = make_model_handler(encoder_name, crop, precision, state_dict_path, device, batch_size)
 
     def expand(self, refs):
+        if self._store_shards:  # bytes from the image store, joined by image_id; the rest from their uris
+            refs = refs | "JoinImageStore" >> image_store.JoinImageStore(self._store_shards, STAGE)
         read = refs | "ReadImage" >> beam.ParDo(ReadImageFn(self._timeout_s)).with_outputs(FAILED, main="images")
         decoded = read.images | "DecodeImage" >> beam.ParDo(
             DecodeImageFn(self._encoder_name, self._weights, self._decode_on_device, self._timeout_s)
@@ -837,6 +844,7 @@ def run(
             precision,
             decode_on_device,
             args.image_timeout,
+            store_shards=image_store.store_shards(args.out),
         )
     )
     _ = extracted["features"] | "WriteImageFeatures" >> WriteImageFeatures(prefix, spec, precision, args.commit_every)

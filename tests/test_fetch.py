@@ -267,3 +267,35 @@ def test_image_store_bytes_come_from_the_store_or_the_uri():
     assert image_store.image_bytes("/data/x.jpg", None, read=lambda uri: b"read " + uri.encode()) == b"read /data/x.jpg"
     with pytest.raises(image_store.NotFetched):
         image_store.image_bytes("https://h/x.jpg", None)
+
+
+# ---------------------------------------------------------------------------
+# Downstream: extract-images reads the store instead of fetching again
+# ---------------------------------------------------------------------------
+def test_extract_images_reads_bytes_from_the_store(server: FaultServer, tmp_path: Path):
+    from pipelines import extract_images as ei
+
+    local = tmp_path / "local.jpg"
+    local.write_bytes(draw_image(41))
+    uris = [server.url("/img/photo.jpg"), server.url("/img/graphic.png"), server.url("/missing"), str(local)]
+    out = tmp_path / "out"
+    write_images_table(out, _index_rows([(u, "cat") for u in uris]))
+    fetch.run(["--out", str(out), *FAST], save_main_session=False)
+    stored = _store(out)
+
+    before = server.count()
+    report = ei.run(
+        ["--out", str(out), "--image-model", "efficientnet_lite0", "--weights", "random", "--batch-size", "4",
+         "--precision", "fp32", "--max-failure-rate", "1"],
+        save_main_session=False,
+    )  # fmt: skip
+    assert server.count() == before  # not one request: the bytes came from the store
+    assert report.rows_out == 3 and report.rows_failed == 1
+    assert report.details["failed_NotFetched"] == 1
+    assert report.details[image_store.STORE_HITS] == 2 and report.details[image_store.STORE_MISSES] == 2
+    features = pa.concat_tables([pq.read_table(p) for p in (out / schema.IMAGE_FEATURES_DIR).glob("features-*.parquet")])
+    hashes = dict(zip(features[schema.IMAGE_ID].to_pylist(), features[schema.CONTENT_HASH].to_pylist()))
+    # the same image id, the same bytes: extraction hashed exactly what the store holds
+    for uri in uris[:2]:
+        assert hashes[stored[uri][schema.IMAGE_ID]] == stored[uri][schema.SHA256]
+    assert tags.image_id_for(str(local)) in hashes  # the reference row: read from its path
