@@ -3,7 +3,7 @@
     imgsearch build --input MANIFEST --word-vectors PATH --out OUT [--image-model resnet50]
                     [--ground-truth GT.jsonl] [Beam flags: --runner, --project, ...]
 
-index -> extract-images -> extract-text -> neighbours -> train -> export -> rank (which
+index -> fetch -> extract-images -> extract-text -> neighbours -> train -> export -> rank (which
 evaluates what it publishes). Each stage is called through its own entry point with the flags a
 user would type, so a build is exactly a sequence of stage runs: any stage can be rerun alone
 afterwards. Beam's flags go to the Beam stages (index, extract-images, extract-text, rank)
@@ -71,6 +71,8 @@ def stage_plan(args: argparse.Namespace, beam_args: list[str]) -> list[tuple[str
     rank_argv += ["--no-thumbnails"] if args.no_thumbnails else []
     return [
         ("index", "pipelines.index", "run", index_argv + beam_args),
+        # downloads http(s) images into the store; other uris pass by reference (cheap)
+        ("fetch", "pipelines.fetch", "run", ["--out", out] + beam_args),
         ("extract-images", "pipelines.extract_images", "run", extract_argv + beam_args),
         ("extract-text", "pipelines.extract_text", "run", ["--out", out, "--word-vectors", args.word_vectors] + beam_args),
         ("neighbours", "model.neighbours", "run", ["--out", out] + _optional("--k", args.neighbours)),

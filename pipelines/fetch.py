@@ -52,7 +52,9 @@ from concurrent import futures
 from typing import Any, Callable, Iterator, Sequence
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 import urllib3
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
@@ -147,6 +149,16 @@ def failures_prefix(out: str) -> str:
 
 def failure_shards(out: str) -> list[str]:
     return common.glob(failures_prefix(out) + "-*" + schema.PARQUET_SUFFIX)
+
+
+def remove_empty_shards(paths: Sequence[str]) -> None:
+    """Delete the shards among paths that hold no rows (Beam writes one even for no elements)."""
+    empty = []
+    for path in paths:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            if pq.ParquetFile(f).metadata.num_rows == 0:
+                empty.append(path)
+    common.delete(empty)
 
 
 def is_http(uri: str) -> bool:
@@ -854,6 +866,9 @@ def run(
     _ = fetched["failures"] | "WriteFailures" >> WriteFailures(f"{failures_prefix(args.out)}-{run_id}")
 
     _, counters, seconds = common.run_pipeline(pipeline, STAGE)
+    # a rerun that found nothing new leaves no empty shards behind
+    remove_empty_shards(common.glob(f"{store_prefix}-*{schema.PARQUET_SUFFIX}"))
+    remove_empty_shards(common.glob(f"{failures_prefix(args.out)}-{run_id}-*{schema.PARQUET_SUFFIX}"))
     if args.retry_failed and failed_before:
         # their uris were all tried again: this run's failure rows say how they ended now
         common.delete(failed_before)

@@ -299,3 +299,30 @@ def test_extract_images_reads_bytes_from_the_store(server: FaultServer, tmp_path
     for uri in uris[:2]:
         assert hashes[stored[uri][schema.IMAGE_ID]] == stored[uri][schema.SHA256]
     assert tags.image_id_for(str(local)) in hashes  # the reference row: read from its path
+
+
+def test_demo_corpus_served_over_http_goes_through_fetch(tmp_path: Path):
+    """What `imgsearch demo --via-http` does before extract-images: serve, index http uris, fetch."""
+    from pipelines import demo, demo_corpus
+    from pipelines import index as index_stage
+
+    corpus = demo_corpus.generate_demo_corpus(tmp_path / "corpus", n_images=30, seed=0)
+    server = demo.start_corpus_server(corpus.manifest.parent, 0)  # port 0 here; the demo's is fixed
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        manifest = demo.rewrite_to_http(corpus.manifest, tmp_path / "manifest_http.jsonl", base)
+        truth = demo.rewrite_to_http(corpus.ground_truth, tmp_path / "truth_http.jsonl", base)
+        out = tmp_path / "out"
+        index_stage.run(["--input", str(manifest), "--out", str(out)], save_main_session=False)
+        report = fetch.run(["--out", str(out), *FAST], save_main_session=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert all(r["uri"].startswith(base + "/") for r in rows)
+    assert {json.loads(line)["uri"] for line in truth.read_text().splitlines()} <= {r["uri"] for r in rows}
+    # every picture is stored; of the corpus's 3 broken files the empty one and the text fail
+    # not_an_image, and the truncated JPEG (a sound header) is stored: extract-images fails its decode
+    assert report.rows_out == 30 + 1 and report.rows_failed == 2 and report.rows_in == report.rows_out + report.rows_failed + report.rows_skipped
+    reasons = {r[schema.ERROR] for r in _failures(out).values()}
+    assert reasons <= {fetch.NOT_AN_IMAGE}, reasons
