@@ -538,6 +538,7 @@ class BenchResult:
     # memory: one row per (kind, size) {"kind", "images", "c"}
     rows: list[dict[str, Any]]
     seconds: float
+    fetch: dict[str, Any] | None = None  # the fetch phase (pipelines/bench_fetch.py), when run
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -563,6 +564,10 @@ class BenchResult:
     def summary_line(self) -> str:
         """The whole printed result (the CLI prints a stage's summary_line())."""
         body = self._throughput_table() if self.mode == "throughput" else self._memory_table()
+        if self.fetch is not None:  # the fetch phase: alone (--fetch-only) or after the rest
+            from pipelines import bench_fetch
+
+            body = bench_fetch.format_result(self.fetch) if self.mode == "fetch" else body + "\n\n" + bench_fetch.format_result(self.fetch)
         return "\n".join([*self._header(), "", body, "", f"bench took {self.seconds:.0f} s"])
 
     def _throughput_table(self) -> str:
@@ -683,6 +688,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-seconds", type=float, default=DEFAULT_MODEL_SECONDS, help="how long (b) times the model")
     parser.add_argument("--memory-sizes", type=_sizes, default=None, help="e.g. 1000,8000: run only (c) at each size and compare peak RSS")
     parser.add_argument("--json", default=None, help="also save the result as JSON here")
+    parser.add_argument("--fetch", default="on", choices=("on", "off", "only"), help="the fetch phase (a local HTTP server): after the rest, not at all, or alone")
+    parser.add_argument("--fetch-threads", type=_positive_int, default=16, help="fetch --threads in the fetch phase")
     parser.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)
     return parser
 
@@ -765,12 +772,20 @@ def run(argv: list[str] | None = None, phase_runner: PhaseRunner = run_phase_sub
     args.batch_size = args.batch_size or _default_batch_size(args.device)
     started = time.monotonic()
     machine: dict[str, Any] = {"cpu": cpu_model(), "cores": usable_cores()}
-    if args.memory_sizes:
+    if args.fetch == "only":
+        mode, rows = "fetch", []
+    elif args.memory_sizes:
         mode, rows = "memory", _memory_rows(args, phase_runner, machine)
     else:
         mode, rows = "throughput", _throughput_rows(args, phase_runner, machine)
     config = {k: getattr(args, k) for k in ("image_model", "weights", "device", "batch_size", "precision", "images", "kinds", "memory_sizes", "model_seconds", "work_dir")}
-    result = BenchResult(mode=mode, config=config, machine=machine, rows=rows, seconds=time.monotonic() - started)
+    fetch = None
+    if args.fetch != "off" and not args.memory_sizes:
+        from pipelines import bench_fetch
+
+        log.info("bench: fetch from a local HTTP server, %d JPEG photos", args.images)
+        fetch = bench_fetch.measure(args.work_dir, ensure_images(args.work_dir, KIND_JPEG, args.images, args.seed), args.fetch_threads, cores=machine["cores"])
+    result = BenchResult(mode=mode, config=config, machine=machine, rows=rows, seconds=time.monotonic() - started, fetch=fetch)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")

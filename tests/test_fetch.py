@@ -326,3 +326,15 @@ def test_demo_corpus_served_over_http_goes_through_fetch(tmp_path: Path):
     assert report.rows_out == 30 + 1 and report.rows_failed == 2 and report.rows_in == report.rows_out + report.rows_failed + report.rows_skipped
     reasons = {r[schema.ERROR] for r in _failures(out).values()}
     assert reasons <= {fetch.NOT_AN_IMAGE}, reasons
+
+
+def test_bench_fetch_phase_measures_the_stage_against_a_local_server(tmp_path: Path):
+    from pipelines import bench
+
+    result = bench.run(["--fetch", "only", "--images", "6", "--work-dir", str(tmp_path), "--fetch-threads", "4"])
+    assert result.mode == "fetch" and result.rows == []
+    fetched = result.fetch
+    assert fetched["images"] == 6 and fetched["raw"]["ok"] == 6 and fetched["stage"]["ok"] == 6
+    assert fetched["stage"]["requests"] == 6 and fetched["server_cpu_seconds"] >= 0
+    text = result.summary_line()
+    assert "img/s/core" in text and "what bounds it:" in text and "not the internet" in text
