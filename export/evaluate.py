@@ -16,7 +16,7 @@ measures within-tag ROC-AUC and P@10 of:
 Each figure is reported over all images, over the images some member trained on (each scored
 by the member that held it out) and over the held-out ones (no member trained on them: the test
 split, and images added since training). Writes OUT/report/metrics.json and the report page
-(export/report.py) into OUT/report/ and OUT/site/report/. Without ground truth the page still
+(export/report.py) into OUT/report/ and, from rank, into the version of the site it publishes. Without ground truth the page still
 shows score distributions and each large tag's bottom images: what a curator needs to find bad tags.
 
 No torch and no Beam here: rank's workers and driver need neither.
@@ -239,8 +239,9 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def read_rankings(out: str) -> pa.Table:
-    directory = schema.out_path(out, schema.RANKINGS_DIR)
+def read_rankings(out: str, directory: str | None = None) -> pa.Table:
+    """The published rankings (or, from rank, the ones it is about to publish, in `directory`)."""
+    directory = directory or schema.out_path(out, schema.RANKINGS_DIR)
     files = [f for f in storage.list_files(directory, schema.PARQUET_SUFFIX) if f.rsplit("/", 1)[-1].startswith(schema.RANKINGS_PREFIX + "-")]
     if not files:
         raise FileNotFoundError(f"no rankings under {directory} (run rank)")
@@ -248,12 +249,22 @@ def read_rankings(out: str) -> pa.Table:
     return pa.concat_tables([t.select(schema.RANKINGS_SCHEMA.names) for t in tables]).cast(schema.RANKINGS_SCHEMA)
 
 
-def evaluate(out: str, ground_truth: str | None, published_ranker: str | None = None) -> EvaluateResult:
-    """Evaluate OUT/rankings and write OUT/report/ (metrics.json, the page) and OUT/site/report/."""
+def evaluate(
+    out: str,
+    ground_truth: str | None,
+    published_ranker: str | None = None,
+    *,
+    site_report_dir: str | None = None,
+    site_thumb_prefix: str = "../",
+    rankings_dir: str | None = None,
+) -> EvaluateResult:
+    """Evaluate OUT/rankings and write OUT/report/ (metrics.json, the page); with site_report_dir,
+    the page again there (rank puts it in the version it publishes; site_thumb_prefix leads from
+    there to the site's root)."""
     from export import report  # matplotlib: imported only when a report is written
 
     started = time.monotonic()
-    rankings = read_rankings(out)
+    rankings = read_rankings(out, rankings_dir)
     if published_ranker is None:
         published_ranker = _published_ranker(out)
     truth = metrics.load_ground_truth(ground_truth) if ground_truth else None
@@ -264,10 +275,10 @@ def evaluate(out: str, ground_truth: str | None, published_ranker: str | None = 
         members = storage.read_json(training).get("members", [])
         result["training"] = {"members": members}
     storage.write_json(schema.out_path(out, schema.METRICS_JSON), result)
-    for report_dir, thumb_prefix in (
-        (schema.out_path(out, schema.REPORT_DIR), "../site/"),
-        (schema.out_path(out, schema.SITE_DIR, schema.REPORT_DIR), "../"),
-    ):
+    pages = [(schema.out_path(out, schema.REPORT_DIR), "../site/")]
+    if site_report_dir:
+        pages.append((site_report_dir, site_thumb_prefix))
+    for report_dir, thumb_prefix in pages:
         report.write_report(
             report_dir,
             rankings=rankings,

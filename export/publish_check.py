@@ -1,7 +1,7 @@
 """Read a published site back and say what is wrong with it (an empty list when nothing is).
 
 `check_site(OUT/site, OUT/rankings)` checks what the site's reader relies on: the manifest is
-there and well formed, every tag shard it names exists, is content-named, sorted like the
+there and well formed and points at a published version, every tag shard it names exists, is content-named, sorted like the
 site's binary search expects and agrees with its manifest entry; every ranked tag is listed with
 the right image and page counts; every ranking page exists and its items are exactly the
 rankings rows of that tag in rank order; no stale data files linger. Uses fsspec (no Beam, no
@@ -74,12 +74,12 @@ def _read_json(site: _Site, relpath: str, problems: _Problems) -> tuple[bytes, A
 
 def _rankings_by_tag(rankings_dir: str) -> dict[str, list[tuple[int, str, str, float | None]]]:
     table: pa.Table = storage.read_parquet_dir(
-        rankings_dir, columns=[schema.TAG, schema.RANK, schema.IMAGE_ID, schema.URI, schema.SCORE]
+        rankings_dir, columns=[schema.TAG, schema.RANK, schema.IMAGE_ID, schema.PUBLIC_URI, schema.SCORE]
     )
     table = table.sort_by([(schema.TAG, "ascending"), (schema.RANK, "ascending")])
     by_tag: dict[str, list[tuple[int, str, str, float | None]]] = {}
     for tag, rank, image_id, uri, score in zip(
-        *(table[c].to_pylist() for c in (schema.TAG, schema.RANK, schema.IMAGE_ID, schema.URI, schema.SCORE))
+        *(table[c].to_pylist() for c in (schema.TAG, schema.RANK, schema.IMAGE_ID, schema.PUBLIC_URI, schema.SCORE))
     ):
         by_tag.setdefault(tag, []).append((rank, image_id, uri, score))
     return by_tag
@@ -96,7 +96,7 @@ def _check_shards(site: _Site, manifest: dict[str, Any], problems: _Problems) ->
             continue
         body, shard = found
         digest = hashlib.sha256(body).hexdigest()[: site_data.CONTENT_HASH_CHARS]
-        if relpath != f"{site_data.DATA_DIR}/tags/{digest}.json":
+        if relpath != f"{manifest.get('data', site_data.DATA_DIR)}/tags/{digest}.json":
             problems.add(f"tag shard {relpath} is not named by its content hash {digest}")
         tags = shard.get("tags", [])
         if not tags:
@@ -134,8 +134,11 @@ def _check_item(site: _Site, tag: str, item: dict[str, Any], row: tuple, thumbna
     ):
         problems.add(f"tag {tag!r} rank {rank}: page score {page_score} but rankings say {score}")
     thumb = item.get(site_data.ITEM_THUMB)
-    if thumb == uri:
-        return  # no thumbnails, or this one failed and the page falls back to the source
+    if thumb is None or (thumb == uri and "://" in uri):
+        return  # no thumbnails, or this one failed: the page falls back to the public link, or to none
+    if "://" not in thumb and (thumb.startswith("/") or thumb.startswith("..")):
+        problems.add(f"tag {tag!r} rank {rank}: thumb {thumb!r} is a local path")
+        return
     if not thumbnails or thumb != site_data.thumbnail_path(image_id):
         problems.add(f"tag {tag!r} rank {rank}: unexpected thumb {thumb!r}")
     elif not site.exists(thumb):
@@ -143,7 +146,7 @@ def _check_item(site: _Site, tag: str, item: dict[str, Any], row: tuple, thumbna
 
 
 def _check_tag_pages(
-    site: _Site, tag: str, rows: list[tuple], page_size: int, thumbnails: bool, problems: _Problems
+    site: _Site, tag: str, rows: list[tuple], page_size: int, thumbnails: bool, problems: _Problems, data_root: str
 ) -> set[str]:
     """Check one tag's pages against its rankings rows; returns the page paths it expects."""
     key = tag_key(tag)
@@ -151,9 +154,9 @@ def _check_tag_pages(
     by_index = all(r[3] is None for r in rows)
     if [r[0] for r in rows] != list(range(1, len(rows) + 1)):
         problems.add(f"tag {tag!r}: rankings ranks are not 1..{len(rows)}")
-    expected = {site_data.ranking_page_path(key, p) for p in range(pages)}
+    expected = {site_data.ranking_page_path(key, p, data_root) for p in range(pages)}
     for page in range(pages):
-        relpath = site_data.ranking_page_path(key, page)
+        relpath = site_data.ranking_page_path(key, page, data_root)
         found = _read_json(site, relpath, problems)
         if found is None:
             continue
@@ -197,6 +200,10 @@ def check_site(site_dir: str, rankings_dir: str, *, check_thumbnails: bool = Tru
         problems.add(f"manifest page_size {page_size!r} is not a positive integer")
         return list(problems)
     thumbnails = bool(manifest.get("thumbnails"))
+    data_root = manifest.get("data", site_data.DATA_DIR)
+    if not isinstance(data_root, str) or not re.fullmatch(r"data(/v/[0-9A-Za-z._-]+)?", data_root):
+        problems.add(f"manifest data root {data_root!r} is not data or data/v/<version>")
+        return list(problems)
 
     try:
         rankings = _rankings_by_tag(rankings_dir)
@@ -224,12 +231,12 @@ def check_site(site_dir: str, rankings_dir: str, *, check_thumbnails: bool = Tru
             count, _key, pages = listed[tag]
             if (count, pages) != (len(rows), site_data.page_count(len(rows), page_size)):
                 problems.add(f"tag {tag!r}: listed with {count} images, {pages} pages; rankings have {len(rows)}")
-        expected_pages |= _check_tag_pages(site_check, tag, rows, page_size, thumbnails, problems)
+        expected_pages |= _check_tag_pages(site_check, tag, rows, page_size, thumbnails, problems, data_root)
 
     shard_files = {e.get("file") for e in manifest.get("tag_shards", [])}
-    for relpath in sorted(site.files_under(f"{site_data.DATA_DIR}/rank") - expected_pages):
+    for relpath in sorted(site.files_under(f"{data_root}/rank") - expected_pages):
         problems.add(f"stale ranking page: {relpath}")
-    for relpath in sorted(site.files_under(f"{site_data.DATA_DIR}/tags") - shard_files):
+    for relpath in sorted(site.files_under(f"{data_root}/tags") - shard_files):
         problems.add(f"stale tag shard: {relpath}")
 
     result = list(problems)

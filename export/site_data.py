@@ -37,6 +37,31 @@ RANKED_BY_INDEX = "index"  # nothing scored the tag: its images keep index order
 # every `ranked_by` of a scored tag: rank's rankers (model/scoring.py) and the mean-feature fallback
 RANKED_BY_SCORES = ("combined", RANKED_BY_MATCHER, "neighbours", "mean_feature", "mean_feature_neighbours")
 
+# The manifest is the pointer to the live version: caches must check it every time. Everything
+# else is named by content or by version, so it may be cached for long.
+MANIFEST_CACHE_CONTROL = "no-cache, max-age=0"
+IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+# Browsers refuse ES modules served with another type, and a bucket guesses application/octet-stream.
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+def content_type(path: str) -> str:
+    suffix = path[path.rfind(".") :].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    return CONTENT_TYPES.get(suffix, "application/octet-stream")
+
+
 # keys of one ranking item
 ITEM_RANK = "rank"
 ITEM_IMAGE_ID = "image_id"
@@ -50,8 +75,16 @@ def js_sort_key(text: str) -> bytes:
     return text.encode("utf-16-be")
 
 
-def ranking_page_path(key: str, page: int) -> str:
-    return f"{DATA_DIR}/rank/{key[:2]}/{key}-{page:04d}.json"
+VERSIONS_DIR = f"{DATA_DIR}/v"  # data/v/<version>/: one publish's tag shards, ranking pages and report
+
+
+def version_root(version: str) -> str:
+    """Where one publish's data lives; the manifest (the pointer) names it as `data`."""
+    return f"{VERSIONS_DIR}/{version}"
+
+
+def ranking_page_path(key: str, page: int, data_root: str = DATA_DIR) -> str:
+    return f"{data_root}/rank/{key[:2]}/{key}-{page:04d}.json"
 
 
 def thumbnail_path(image_id: str) -> str:
@@ -73,6 +106,7 @@ def ranking_pages(
     *,
     ranked_by: str,
     page_size: int = PAGE_SIZE,
+    data_root: str = DATA_DIR,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(relative path, page object) for each page of one tag's ranking.
 
@@ -82,7 +116,7 @@ def ranking_pages(
     pages = page_count(len(items), page_size)
     for page in range(pages):
         chunk = list(items[page * page_size : (page + 1) * page_size])
-        yield ranking_page_path(key, page), {
+        yield ranking_page_path(key, page, data_root), {
             "v": SITE_SCHEMA_VERSION,
             "tag": tag,
             "page": page,
@@ -98,6 +132,7 @@ def tag_shards(
     tag_entries: Iterable[tuple[str, int, int]],
     *,
     per_shard: int = TAGS_PER_SHARD,
+    data_root: str = DATA_DIR,
 ) -> tuple[list[dict[str, Any]], list[tuple[str, bytes]]]:
     """Split (tag, image count, page count) entries into sorted, content-named shards.
 
@@ -111,7 +146,7 @@ def tag_shards(
     for start in range(0, len(entries), per_shard):
         chunk = entries[start : start + per_shard]
         body = encode_json({"v": SITE_SCHEMA_VERSION, "tags": [[t, c, tag_key(t), p] for t, c, p in chunk]})
-        path = f"{DATA_DIR}/tags/{hashlib.sha256(body).hexdigest()[:CONTENT_HASH_CHARS]}.json"
+        path = f"{data_root}/tags/{hashlib.sha256(body).hexdigest()[:CONTENT_HASH_CHARS]}.json"
         files.append((path, body))
         index.append({"first": chunk[0][0], "last": chunk[-1][0], "file": path, "count": len(chunk)})
     return index, files
@@ -130,6 +165,7 @@ def build_manifest(
     generated_at: str,
     extra_counts: dict[str, int] | None = None,
     report: str | None = None,
+    data_root: str = DATA_DIR,
 ) -> dict[str, Any]:
     """The manifest object; `build` changes whenever any published content does (cache key).
 
@@ -150,6 +186,7 @@ def build_manifest(
         "page_size": page_size,
         "thumbnails": thumbnails,
         "tag_shards": shard_index,
+        "data": data_root,  # where this publish's ranking pages are: data/v/<version>
     }
     if report:
         body["report"] = report  # the evaluation page, relative to the site root

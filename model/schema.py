@@ -29,6 +29,7 @@ ERROR = "error"
 MESSAGE = "message"
 RANK = "rank"
 SCORE = "score"
+PUBLIC_URI = "public_uri"  # what the site shows for an image: a public link, or a path relative to its root
 IMAGE_IDS = "image_ids"
 COUNT = "count"
 # neighbour lists (k nearest images by cosine over image features, self excluded)
@@ -59,6 +60,7 @@ META_ENCODER = b"imgsearch.encoder"
 META_WEIGHTS = b"imgsearch.weights"
 META_DIM = b"imgsearch.dim"
 META_PRECISION = b"imgsearch.precision"
+META_INT8_MODEL = b"imgsearch.int8_model"  # the quantised encoder int8 features came from (its file name)
 META_WORD_VECTORS = b"imgsearch.word_vectors"
 META_NEIGHBOURS = b"imgsearch.neighbours"  # JSON: k, method, searched dim, images
 
@@ -100,6 +102,7 @@ RANKINGS_SCHEMA = pa.schema(
         pa.field(RANK, pa.int32(), nullable=False),
         pa.field(IMAGE_ID, pa.string(), nullable=False),
         pa.field(URI, pa.string(), nullable=False),
+        pa.field(PUBLIC_URI, pa.string(), nullable=False),
         # the published score (what ranked the tag); null where no signal exists and index order ranks
         pa.field(SCORE, pa.float32()),
         # its components, kept so every ranker can be evaluated on exactly what was published
@@ -173,6 +176,7 @@ def text_features_schema(dim: int, metadata: dict[bytes, bytes] | None = None) -
 IMAGES_DIR = "index/images"  # images-SSSSS-of-NNNNN.parquet
 TAG2PICID_JSON = "index/tag2picid.json"  # the prototype's inverted index
 TAG2PICID_DIR = "index/tag2picid"  # the same, as Parquet shards
+INDEX_SOURCE_JSON = "index/source.json"  # the local roots the manifest's uris were confined to
 # tags that several different raw spellings folded into: [{"tag", "spellings": [...], "count"}]
 TAG_FOLDS_JSON = "index/tag_folds.json"
 IMAGE_FEATURES_DIR = "features/image"

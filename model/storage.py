@@ -14,9 +14,17 @@ import pyarrow.parquet as pq
 import pyarrow as pa
 
 
-def _fs_and_path(path: str):
+def fs_and_path(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, _, paths = fsspec.get_fs_token_paths(path)
     return fs, paths[0]
+
+
+_fs_and_path = fs_and_path
+
+
+def _is_gcs(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"gs", "gcs"} & set(protocols))
 
 
 def exists(path: str) -> bool:
@@ -29,13 +37,28 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def write_bytes(path: str, data: bytes) -> None:
+def write_bytes(path: str, data: bytes, *, content_type: str | None = None, cache_control: str | None = None) -> None:
+    """Write a whole file. On Cloud Storage the object gets the Content-Type and Cache-Control
+    given (a bucket serving a site needs both); elsewhere they have no meaning and are ignored."""
     fs, p = _fs_and_path(path)
     parent = p.rsplit("/", 1)[0]
     if parent and parent != p:
         fs.makedirs(parent, exist_ok=True)
-    with fs.open(p, "wb") as f:
+    options: dict[str, Any] = {}
+    if _is_gcs(fs):
+        if content_type:
+            options["content_type"] = content_type
+        if cache_control:
+            options["fixed_key_metadata"] = {"cache_control": cache_control}
+    with fs.open(p, "wb", **options) as f:
         f.write(data)
+
+
+def delete_tree(path: str) -> None:
+    """Remove a folder (or object prefix) and everything under it; nothing when absent."""
+    fs, p = _fs_and_path(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
 
 
 def read_json(path: str) -> Any:

@@ -744,6 +744,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     examples = json.loads(common.read_bytes(folds_path)) if common.exists(folds_path) else []
     report = common.report_from_counters(STAGE, counters, seconds, format=fmt, **{FOLD_EXAMPLES: examples})
     report.save(args.out)
+    # rank shows local images by their path under these roots, never by an absolute path
+    common.write_text(schema.out_path(args.out, schema.INDEX_SOURCE_JSON), json.dumps({"roots": roots}))
     if report.details.get(FOLDED_TAGS):
         log.info(
             "index: %d tags merged %d different raw spellings, e.g. %s",

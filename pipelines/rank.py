@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import io
 import json
 import logging
@@ -32,16 +31,14 @@ from typing import Any, Iterable, Iterator, Sequence
 import apache_beam as beam
 import numpy as np
 import onnxruntime as ort
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
 from PIL import Image, ImageOps
 
-from export import evaluate, site_data
-from model import schema, scoring
-from model.tags import tag_key
+from export import evaluate, publish, site_data
+from model import schema, scoring, storage
+from model.image_formats import open_image
 from pipelines import common
 
 log = logging.getLogger(__name__)
@@ -115,16 +112,17 @@ def page_score(score: float | None) -> float | None:
     return None if score is None else round(float(score), 4)
 
 
-def thumb_for(image_id: str, uri: str, thumbnails: bool, failed_thumbs: dict[str, Any]) -> str:
-    """The site's `thumb`: our thumbnail, or the source uri without one (flag off or it failed)."""
+def thumb_for(image_id: str, uri: str, thumbnails: bool, failed_thumbs: dict[str, Any], links: publish.PublicLinks) -> str | None:
+    """The site's `thumb`: our thumbnail, or without one (flag off or it failed) the image's
+    public link, or nothing: a local path is never published."""
     if thumbnails and image_id not in failed_thumbs:
         return site_data.thumbnail_path(image_id)
-    return uri
+    return links.link(uri)
 
 
 def make_thumbnail(data: bytes, size: int = DEFAULT_THUMBNAIL_SIZE, quality: int = JPEG_QUALITY) -> bytes:
     """JPEG bytes of an image shrunk to `size` on its long side (never enlarged), upright, RGB."""
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data) as img:
         # JPEG decoders can skip most of the work when asked for a reduced size up front.
         img.draft("RGB", (size, size))
         upright = ImageOps.exif_transpose(img)
@@ -275,11 +273,21 @@ class RankTagFn(beam.DoFn):
     """One tag's scored items -> its final scores (model/scoring.py), its rankings rows, and its
     ranking pages written to the site."""
 
-    def __init__(self, site_root: str, page_size: int, thumbnails: bool, ranker: str):
+    def __init__(
+        self,
+        site_root: str,
+        page_size: int,
+        thumbnails: bool,
+        ranker: str,
+        data_root: str = site_data.DATA_DIR,
+        links: publish.PublicLinks = publish.PublicLinks(),
+    ):
         self._site_root = site_root
         self._page_size = page_size
         self._thumbnails = thumbnails
         self._ranker = ranker
+        self._data_root = data_root
+        self._links = links
 
     def process(self, element: tuple[str, Iterable[tuple]], failed_thumbs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         tag, scored = element
@@ -316,11 +324,12 @@ class RankTagFn(beam.DoFn):
                     site_data.ITEM_RANK: rank,
                     site_data.ITEM_IMAGE_ID: image_id,
                     site_data.ITEM_SCORE: page_score(final[i]),
-                    site_data.ITEM_THUMB: thumb_for(image_id, uri, self._thumbnails, failed_thumbs),
-                    site_data.ITEM_URI: uri,
+                    site_data.ITEM_THUMB: thumb_for(image_id, uri, self._thumbnails, failed_thumbs, self._links),
+                    site_data.ITEM_URI: self._links.display(uri),
                 }
             )
-        for relpath, page in site_data.ranking_pages(tag, page_items, ranked_by=ranked_by, page_size=self._page_size):
+        pages = site_data.ranking_pages(tag, page_items, ranked_by=ranked_by, page_size=self._page_size, data_root=self._data_root)
+        for relpath, page in pages:
             common.write_bytes(schema.out_path(self._site_root, relpath), site_data.encode_json(page), "application/json")
             common.counter(STAGE, PAGES_WRITTEN).inc()
 
@@ -332,6 +341,7 @@ class RankTagFn(beam.DoFn):
                 schema.RANK: rank,
                 schema.IMAGE_ID: it[_ITEM_IMAGE_ID],
                 schema.URI: it[_ITEM_URI],
+                schema.PUBLIC_URI: self._links.display(it[_ITEM_URI]),
                 schema.SCORE: final[i],
                 schema.MATCHER: _maybe(it[0]),
                 schema.MATCHER_IN_SAMPLE: _maybe(it[1]),
@@ -475,10 +485,14 @@ class RankImages(beam.PTransform):
         thumbnail_size: int | None = DEFAULT_THUMBNAIL_SIZE,
         folds: int,
         ranker: str = scoring.DEFAULT_RANKER,
+        data_root: str = site_data.DATA_DIR,
+        links: publish.PublicLinks = publish.PublicLinks(),
     ):
         super().__init__()
         self._folds = folds
         self._ranker = ranker
+        self._data_root = data_root
+        self._links = links
         self._image_tower_uri = image_tower_uri
         self._text_tower_uri = text_tower_uri
         self._site_root = site_root
@@ -517,7 +531,8 @@ class RankImages(beam.PTransform):
             | "GroupByTag" >> beam.GroupByKey()
             | "RankTags"
             >> beam.ParDo(
-                RankTagFn(self._site_root, self._page_size, thumbnails, self._ranker), beam.pvalue.AsDict(failed_thumbs)
+                RankTagFn(self._site_root, self._page_size, thumbnails, self._ranker, self._data_root, self._links),
+                beam.pvalue.AsDict(failed_thumbs),
             )
         )
         return {"rankings": rankings, "failures": failures | "MergeFailures" >> beam.Flatten()}
@@ -529,173 +544,8 @@ class RankImages(beam.PTransform):
 
 
 # ---------------------------------------------------------------------------
-# Driver-side publishing (after the pipeline)
+# Driver-side checks (publishing itself lives in export/publish.py)
 # ---------------------------------------------------------------------------
-def _read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
-    with FileSystems.open(path) as f:
-        return pq.read_table(pa.BufferReader(f.read()), columns=columns)
-
-
-def tag_entries_from_rankings(rankings_files: Sequence[str], page_size: int) -> tuple[list[tuple[str, int, int]], int, int]:
-    """(tag, image count, page count) of every ranked tag, the oov (index-ordered) tag count
-    and the number of distinct ranked images, read back from the rankings just written."""
-    tables = [_read_parquet(f, [schema.TAG, schema.IMAGE_ID, schema.SCORE]) for f in rankings_files]
-    tables = [t for t in tables if t.num_rows]
-    if not tables:
-        return [], 0, 0
-    table = pa.concat_tables(tables)
-    grouped = table.group_by(schema.TAG).aggregate([(schema.IMAGE_ID, "count"), (schema.SCORE, "count")])
-    entries, oov = [], 0
-    for tag, count, scored in zip(
-        grouped[schema.TAG].to_pylist(),
-        grouped[f"{schema.IMAGE_ID}_count"].to_pylist(),
-        grouped[f"{schema.SCORE}_count"].to_pylist(),
-    ):
-        entries.append((tag, count, site_data.page_count(count, page_size)))
-        oov += scored == 0
-    return entries, oov, pc.count_distinct(table[schema.IMAGE_ID]).as_py()
-
-
-def _json_if_present(path: str) -> Any:
-    if not common.exists(path):
-        return None
-    try:
-        return json.loads(common.read_bytes(path).decode("utf-8"))
-    except ValueError:
-        log.warning("ignoring unreadable %s", path)
-        return None
-
-
-def _summary_only(obj: Any) -> Any:
-    """Scalars and nested objects of scalars: means, not per-tag lists, go in the manifest."""
-    if isinstance(obj, dict):
-        kept = {str(k): _summary_only(v) for k, v in obj.items() if not isinstance(v, list)}
-        return {k: v for k, v in kept.items() if v is not None}
-    if isinstance(obj, (int, float, str, bool)):
-        return obj
-    return None
-
-
-def _file_metadata(files: Sequence[str]) -> dict[bytes, bytes]:
-    if not files:
-        return {}
-    with FileSystems.open(files[0]) as f:
-        return pq.read_schema(pa.BufferReader(f.read())).metadata or {}
-
-
-def _public_name(value: str | None) -> str | None:
-    """A file's name without its folder: the published site must not reveal local paths."""
-    return value.rstrip("/").rsplit("/", 1)[-1] if value else value
-
-
-def model_info(out: str, image_feature_files: Sequence[str], text_feature_files: Sequence[str]) -> dict[str, Any]:
-    """What ranked: the image encoder (from the feature metadata), the matcher's ONNX towers,
-    the word vectors and the evaluation's mean figures. Names only, never local paths."""
-    image_meta = _file_metadata(image_feature_files)
-    text_meta = _file_metadata(text_feature_files)
-
-    def text(meta: dict[bytes, bytes], key: bytes) -> str | None:
-        return meta[key].decode("utf-8") if key in meta else None
-
-    dim = text(image_meta, schema.META_DIM)
-    info: dict[str, Any] = {
-        "encoder": text(image_meta, schema.META_ENCODER),
-        "weights": _public_name(text(image_meta, schema.META_WEIGHTS)),
-        "precision": text(image_meta, schema.META_PRECISION),
-        "dim": int(dim) if dim and dim.isdigit() else dim,
-        "word_vectors": _public_name(text(text_meta, schema.META_WORD_VECTORS)),
-        "matcher": {"runtime": "onnxruntime"},
-    }
-    export = _json_if_present(schema.out_path(out, schema.EXPORT_JSON))
-    if export is not None:
-        towers = export.get("towers", {})
-        info["matcher"].update(
-            {
-                "out_dim": towers.get("image", {}).get("output_dim"),
-                "onnx_max_abs_diff": max((t.get("max_abs_diff", 0.0) for t in towers.values()), default=None),
-            }
-        )
-    metrics = _json_if_present(schema.out_path(out, schema.METRICS_JSON))
-    if metrics is not None and isinstance(metrics.get("subsets"), dict):
-        rankers = (metrics["subsets"].get(evaluate.SUBSET_ALL) or {}).get("rankers") or {}
-        info["metrics"] = {
-            "published_ranker": metrics.get("published_ranker"),
-            "images": evaluate.SUBSET_ALL,
-            "rankers": _summary_only(rankers),
-        }
-    return info
-
-
-def count_failures(out: str) -> dict[str, int]:
-    """Failure rows per stage, from the failures/<stage>-SSSSS-of-NNNNN.parquet shards."""
-    counts: dict[str, int] = {}
-    for path in common.glob(schema.out_path(out, schema.FAILURES_DIR, "*" + schema.PARQUET_SUFFIX)):
-        stage = path.rsplit("/", 1)[-1].rsplit("-", 3)[0]
-        with FileSystems.open(path) as f:
-            rows = pq.ParquetFile(pa.BufferReader(f.read())).metadata.num_rows
-        counts[stage] = counts.get(stage, 0) + rows
-    return counts
-
-
-def _delete_unlisted(pattern: str, keep: set[str]) -> int:
-    stale = [p for p in common.glob(pattern) if p not in keep]
-    common.delete(stale)
-    return len(stale)
-
-
-def publish_site(
-    out: str,
-    *,
-    entries: list[tuple[str, int, int]],
-    images: int,
-    ranked_images: int,
-    oov_tags: int,
-    model: dict[str, Any],
-    thumbnails: bool,
-    page_size: int,
-    failures: dict[str, int],
-) -> dict[str, Any]:
-    """Tag shards, stale-file sweep, front end, then the manifest (last). Returns the manifest."""
-    site_root = schema.out_path(out, schema.SITE_DIR)
-    shard_index, shard_files = site_data.tag_shards(entries)
-    for relpath, body in shard_files:
-        common.write_bytes(schema.out_path(site_root, relpath), body, "application/json")
-
-    pages = {
-        schema.out_path(site_root, site_data.ranking_page_path(tag_key(tag), page))
-        for tag, _count, n_pages in entries
-        for page in range(n_pages)
-    }
-    stale = _delete_unlisted(schema.out_path(site_root, site_data.DATA_DIR, "rank", "*", "*.json"), pages)
-    stale += _delete_unlisted(
-        schema.out_path(site_root, site_data.DATA_DIR, "tags", "*.json"),
-        {schema.out_path(site_root, relpath) for relpath, _ in shard_files},
-    )
-    if stale:
-        log.info("removed %d stale site data files of a previous run", stale)
-
-    for relpath, body in site_data.static_site_files():
-        common.write_bytes(schema.out_path(site_root, relpath), body)
-
-    manifest = site_data.build_manifest(
-        shard_index=shard_index,
-        images=images,
-        tags=len(entries),
-        ranked_images=ranked_images,
-        oov_tags=oov_tags,
-        model=model,
-        thumbnails=thumbnails,
-        page_size=page_size,
-        generated_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        extra_counts={"failures": sum(failures.values())},
-        report=f"{schema.REPORT_DIR}/index.html" if common.exists(schema.out_path(site_root, schema.REPORT_DIR, "index.html")) else None,
-    )
-    common.write_bytes(
-        schema.out_path(site_root, site_data.MANIFEST_PATH), site_data.encode_json(manifest), "application/json"
-    )
-    return manifest
-
-
 def _require(pattern: str, what: str) -> list[str]:
     found = common.glob(pattern)
     if not found:
@@ -703,12 +553,38 @@ def _require(pattern: str, what: str) -> list[str]:
     return found
 
 
-def _unpublish(out: str) -> None:
-    """Before writing anything: no manifest (so no half-finished site is served) and no
-    rankings or rank failures of a previous run that this run's shards might not overwrite."""
-    common.delete([p for p in [schema.out_path(out, schema.SITE_DIR, site_data.MANIFEST_PATH)] if common.exists(p)])
-    common.delete(common.glob(schema.out_path(out, schema.RANKINGS_DIR, "*" + schema.PARQUET_SUFFIX)))
-    common.delete(common.glob(schema.out_path(out, schema.FAILURES_DIR, f"{STAGE}-*" + schema.PARQUET_SUFFIX)))
+def _feature_dim(files: Sequence[str]) -> int | None:
+    """The image features' dimension, from the first shard's footer."""
+    with FileSystems.open(files[0]) as f:
+        field = pq.read_schema(f).field(schema.EMBEDDING)
+    return getattr(field.type, "list_size", None)
+
+
+def check_inputs_fit_the_towers(image_tower: str, image_feature_files: Sequence[str]) -> list[str]:
+    """Problems that would make every image fail in the towers (features of another encoder)."""
+    expected = load_onnx_session(image_tower).get_inputs()[0].shape[-1]
+    dim = _feature_dim(image_feature_files)
+    if isinstance(expected, int) and dim is not None and dim != expected:
+        return [
+            f"the image features are {dim}-d but the matcher's image tower takes {expected}-d "
+            "(features of another encoder: rerun train and export on them, or extract-images with the trained encoder)"
+        ]
+    return []
+
+
+def _staging(out: str, directory: str, version: str) -> str:
+    """Where this run writes rankings/ and failures/rank-* until it is allowed to publish: a
+    folder readers never match (they match <dir>/<prefix>-*.parquet only)."""
+    return schema.out_path(out, directory, f".staging-{version}")
+
+
+def _swap_in(staged_dir: str, final_dir: str, prefix: str) -> None:
+    """Replace final_dir's <prefix>-* shards with the staged ones."""
+    common.delete(common.glob(schema.out_path(final_dir, f"{prefix}-*{schema.PARQUET_SUFFIX}")))
+    staged = common.glob(schema.out_path(staged_dir, f"{prefix}-*{schema.PARQUET_SUFFIX}"))
+    if staged:
+        FileSystems.rename(staged, [schema.out_path(final_dir, p.rsplit("/", 1)[-1]) for p in staged])
+    common.delete(common.glob(schema.out_path(staged_dir, "*")))
 
 
 # ---------------------------------------------------------------------------
@@ -749,6 +625,25 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSON lines {uri, tag, true_tag}: the evaluation of the published rankings then has AUC and P@10",
     )
+    parser.add_argument(
+        "--public-base-url",
+        default=None,
+        help="URL under which the collection's local images are served: an image's link is this plus its path "
+        "under the manifest's folder. Without it the site links thumbnails only and shows that relative path",
+    )
+    parser.add_argument(
+        "--public-gcs", action="store_true", help="link gs:// images as https://storage.googleapis.com/... (public buckets)"
+    )
+    common.add_max_failure_rate(parser)
+    parser.add_argument(
+        "--min-tag-share",
+        type=float,
+        default=publish.DEFAULT_MIN_TAG_SHARE,
+        help="refuse to publish unless at least this share of the index's tags got a ranking",
+    )
+    parser.add_argument(
+        "--keep-versions", type=int, default=publish.DEFAULT_KEEP_VERSIONS, help="published versions kept (the live one included)"
+    )
     return parser
 
 
@@ -763,11 +658,11 @@ def read_folds_count(out: str) -> int:
     return folds
 
 
-def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipeline=None) -> common.StageReport:
+def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipeline=None) -> RankResult:
     args, beam_options = common.split_args(get_args_parser(), argv)
     out = args.out
-    if args.page_size < 1 or args.batch_size < 1 or args.thumbnail_size < 1:
-        raise ValueError("--page-size, --batch-size and --thumbnail-size must be positive")
+    if args.page_size < 1 or args.batch_size < 1 or args.thumbnail_size < 1 or args.keep_versions < 1:
+        raise ValueError("--page-size, --batch-size, --thumbnail-size and --keep-versions must be positive")
 
     images_pattern = schema.shard_pattern(out, schema.IMAGES_DIR, schema.IMAGES_PREFIX)
     image_features_pattern = schema.shard_pattern(out, schema.IMAGE_FEATURES_DIR, schema.IMAGE_FEATURES_PREFIX)
@@ -790,27 +685,39 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
             f"--ranker {args.ranker} needs neighbour agreement: nothing matches {signals_pattern} "
             "(run `imgsearch neighbours`, or rank with --ranker matcher)"
         )
+    misfit = check_inputs_fit_the_towers(image_tower, image_feature_files)
+    if misfit:
+        refused = common.StageReport(stage=STAGE, details={"refused": "; ".join(misfit)})
+        refused.save(out)
+        raise publish.PublishRefused(refused, "not ranked, the live site is unchanged: " + "; ".join(misfit))
 
-    _unpublish(out)
     site_root = schema.out_path(out, schema.SITE_DIR)
+    version = publish.new_version()
+    data_root = site_data.version_root(version)
+    links = publish.PublicLinks(
+        roots=publish.read_allowed_roots(out), base_url=args.public_base_url, public_gcs=args.public_gcs
+    )
     thumbnails = not args.no_thumbnails
+    staged_rankings = _staging(out, schema.RANKINGS_DIR, version)
+    staged_failures = _staging(out, schema.FAILURES_DIR, version)
 
     pipeline = test_pipeline or beam.Pipeline(options=common.make_options(beam_options, save_main_session))
     inputs = {
         "images": pipeline
         | "ReadImages"
         >> ReadFromParquet(images_pattern, columns=[schema.IMAGE_ID, schema.URI, schema.TAG, schema.ORDINAL, schema.SPLIT]),
+        "image_features": pipeline
+        | "ReadImageFeatures" >> ReadFromParquet(image_features_pattern, columns=[schema.IMAGE_ID, schema.EMBEDDING])
+        | "OneRowPerImage" >> common.OnePerKey(),
+        "text_features": pipeline
+        | "ReadTextFeatures"
+        >> ReadFromParquet(text_features_pattern, columns=[schema.TAG, schema.EMBEDDING, schema.STATUS]),
         "folds": pipeline | "ReadFolds" >> ReadFromParquet(folds_pattern),
         "signals": (
             pipeline | "ReadSignals" >> ReadFromParquet(signals_pattern)
             if has_signals
             else pipeline | "NoSignals" >> beam.Create([])
         ),
-        "image_features": pipeline
-        | "ReadImageFeatures" >> ReadFromParquet(image_features_pattern, columns=[schema.IMAGE_ID, schema.EMBEDDING]),
-        "text_features": pipeline
-        | "ReadTextFeatures"
-        >> ReadFromParquet(text_features_pattern, columns=[schema.TAG, schema.EMBEDDING, schema.STATUS]),
     }
     ranked = inputs | "RankImages" >> RankImages(
         image_tower_uri=image_tower,
@@ -821,49 +728,86 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         thumbnail_size=args.thumbnail_size if thumbnails else None,
         folds=folds,
         ranker=args.ranker,
+        data_root=data_root,
+        links=links,
     )
     _ = ranked["rankings"] | "WriteRankings" >> WriteToParquet(
-        schema.out_path(out, schema.RANKINGS_DIR, schema.RANKINGS_PREFIX),
+        schema.out_path(staged_rankings, schema.RANKINGS_PREFIX),
         schema.RANKINGS_SCHEMA,
         codec="snappy",
         file_name_suffix=schema.PARQUET_SUFFIX,
     )
     _ = ranked["failures"] | "WriteFailures" >> WriteToParquet(
-        schema.out_path(out, schema.FAILURES_DIR, STAGE),
+        schema.out_path(staged_failures, STAGE),
         schema.FAILURES_SCHEMA,
         file_name_suffix=schema.PARQUET_SUFFIX,
     )
     _result, counters, seconds = common.run_pipeline(pipeline, STAGE)
 
-    rankings_files = common.glob(schema.shard_pattern(out, schema.RANKINGS_DIR, schema.RANKINGS_PREFIX))
-    entries, oov_tags, ranked_images = tag_entries_from_rankings(rankings_files, args.page_size)
-    failures = count_failures(out)
+    rankings = publish.read_rankings(common.glob(schema.out_path(staged_rankings, f"{schema.RANKINGS_PREFIX}-*")))
+    entries, by_index_tags, ranked_images = publish.tag_entries_from_rankings(rankings, args.page_size)
+    details = dict(tags=len(entries), oov_tags=by_index_tags, ranked_images=ranked_images, ranker=args.ranker, version=version)
+    report = common.report_from_counters(STAGE, counters, seconds, **details)
+    health = publish.check_health(
+        report,
+        rankings=rankings,
+        index_tags=_indexed_tags(images_pattern),
+        max_failure_rate=args.max_failure_rate,
+        min_tag_share=args.min_tag_share,
+    )
+    report.details.update(health.facts)
+    if not health.healthy:
+        # nothing of this run goes live: its pages, rankings and failures are dropped
+        report.details["refused"] = "; ".join(health.problems)
+        report.save(out)
+        publish.discard_version(site_root, version)
+        common.delete(common.glob(schema.out_path(staged_rankings, "*")) + common.glob(schema.out_path(staged_failures, "*")))
+        publish.refuse(report, health)
+
     # what the site is about to show, measured before the manifest makes it live
-    evaluation = evaluate.evaluate(out, args.ground_truth, args.ranker)
-    manifest = publish_site(
+    site_report = schema.out_path(site_root, data_root, schema.REPORT_DIR)
+    evaluation = evaluate.evaluate(
         out,
+        args.ground_truth,
+        args.ranker,
+        site_report_dir=site_report,
+        site_thumb_prefix="../../../../",
+        rankings_dir=staged_rankings,
+    )
+    failures = publish.count_failures(out)
+    failures[STAGE] = sum(
+        storage.open_parquet(p).metadata.num_rows for p in common.glob(schema.out_path(staged_failures, f"{STAGE}-*"))
+    )
+    manifest = publish.publish_site(
+        site_root,
+        version=version,
         entries=entries,
         images=counters.get(IMAGES_INDEXED, 0),
         ranked_images=ranked_images,
-        oov_tags=oov_tags,
-        model=model_info(out, image_feature_files, text_feature_files),
+        by_index_tags=by_index_tags,
+        model=publish.model_info(out, image_feature_files, text_feature_files),
         thumbnails=thumbnails,
         page_size=args.page_size,
         failures=failures,
+        report=f"{data_root}/{schema.REPORT_DIR}/index.html",
     )
-    report = common.report_from_counters(
-        STAGE,
-        counters,
-        seconds,
-        tags=len(entries),
-        oov_tags=oov_tags,
-        ranked_images=ranked_images,
-        build=manifest["build"],
-        ranker=args.ranker,
-    )
+    # the site is live; the rankings and failures that describe it follow
+    _swap_in(staged_rankings, schema.out_path(out, schema.RANKINGS_DIR), schema.RANKINGS_PREFIX)
+    _swap_in(staged_failures, schema.out_path(out, schema.FAILURES_DIR), STAGE)
+    removed = publish.prune_versions(site_root, args.keep_versions)
+    report.details.update(build=manifest["build"], versions_removed=len(removed))
     report.save(out)
-    log.info("published %d tags (%d by index order) to %s", len(entries), oov_tags, site_root)
+    log.info("published %d tags (%d by index order) to %s, version %s", len(entries), by_index_tags, site_root, version)
     return RankResult(**dataclasses.asdict(report), evaluation=evaluation)
+
+
+def _indexed_tags(images_pattern: str) -> int:
+    """Distinct tags of the images table (one small column, read on the driver)."""
+    tags: set[str] = set()
+    for path in common.glob(images_pattern):
+        with FileSystems.open(path) as f:
+            tags.update(pq.read_table(f, columns=[schema.TAG]).column(schema.TAG).to_pylist())
+    return len(tags)
 
 
 if __name__ == "__main__":

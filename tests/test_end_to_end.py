@@ -115,4 +115,6 @@ def test_the_published_rankings_beat_every_baseline_over_all_images(demo_out: Pa
     for tower in export["towers"].values():
         assert tower["max_abs_diff"] <= export["tolerance"]
         assert tower["checked_batches"] == [1, 2, 7]
-    assert (demo_out / schema.SITE_DIR / "report" / "index.html").is_file()
+    manifest = json.loads((demo_out / schema.SITE_DIR / site_data.MANIFEST_PATH).read_text())
+    assert (demo_out / schema.SITE_DIR / manifest["report"]).is_file()
+    assert manifest["model"]["metrics"]["rankers"]["published"]["auc"] == pytest.approx(published["auc"])

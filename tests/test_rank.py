@@ -334,7 +334,9 @@ def test_rank_images_composite_known_order_oov_skips_and_failures(tmp_path):
     # the pages side effect: the broken image's thumb falls back to its source uri
     dog = read_json(site / site_data.ranking_page_path(tag_key("dog"), 1))
     assert [i["image_id"] for i in dog["items"]] == [image_id("broken")]
-    assert dog["items"][0]["thumb"] == uris["broken"] and dog["ranked_by"] == site_data.RANKED_BY_MATCHER
+    # no thumbnail and no public link for a local file: no thumb, and never the local path
+    assert dog["items"][0]["thumb"] is None and dog["ranked_by"] == site_data.RANKED_BY_MATCHER
+    assert dog["items"][0]["uri"] == Path(uris["broken"]).name
     zzyzx = read_json(site / site_data.ranking_page_path(tag_key("zzyzx"), 0))
     assert zzyzx["ranked_by"] == site_data.RANKED_BY_INDEX and [i["score"] for i in zzyzx["items"]] == [None, None]
     assert (site / site_data.thumbnail_path(image_id("c1"))).is_file()
@@ -396,11 +398,16 @@ def published(tmp_path_factory) -> dict:
     return {"out": out, "report": report, "rows": rows, "uris": uris}
 
 
+def _data_root(site: Path) -> str:
+    return read_json(site / site_data.MANIFEST_PATH)["data"]
+
+
 def _page_items(site: Path, tag: str) -> list[dict]:
-    first = read_json(site / site_data.ranking_page_path(tag_key(tag), 0))
+    root = _data_root(site)
+    first = read_json(site / site_data.ranking_page_path(tag_key(tag), 0, root))
     items = []
     for page in range(first["pages"]):
-        items += read_json(site / site_data.ranking_page_path(tag_key(tag), page))["items"]
+        items += read_json(site / site_data.ranking_page_path(tag_key(tag), page, root))["items"]
     return items
 
 
@@ -428,15 +435,16 @@ def test_run_rankings_agree_with_site_pages(published):
             mean_feature=np.array([np.nan if r[schema.MEAN_FEATURE] is None else r[schema.MEAN_FEATURE] for r in tag_rows]),
         )
         assert ranked_by == ("mean_feature_neighbours" if tag_rows[0][schema.MATCHER] is None else "combined")
-        assert _page_items(site, tag) and read_json(site / site_data.ranking_page_path(tag_key(tag), 0))["ranked_by"] == ranked_by
+        assert read_json(site / site_data.ranking_page_path(tag_key(tag), 0, _data_root(site)))["ranked_by"] == ranked_by
         np.testing.assert_allclose([r[schema.SCORE] for r in tag_rows], scores, atol=1e-5)
         assert [r[schema.SCORE] for r in tag_rows] == sorted((r[schema.SCORE] for r in tag_rows), reverse=True)
         items = _page_items(site, tag)
         assert [(i["rank"], i["image_id"], i["uri"]) for i in items] == [
-            (r[schema.RANK], r[schema.IMAGE_ID], r[schema.URI]) for r in tag_rows
+            (r[schema.RANK], r[schema.IMAGE_ID], r[schema.PUBLIC_URI]) for r in tag_rows
         ]
         for item, row in zip(items, tag_rows):
             assert item["score"] == round(row[schema.SCORE], 4)
+            assert not item["uri"].startswith("/")  # no local path is published
     # an oov tag (no matcher) is ranked by its mean feature and neighbours, not left in crawl order
     zzyzx = by_tag["zzyzx"]
     assert all(r[schema.MATCHER] is None and r[schema.SCORE] is not None for r in zzyzx)
@@ -492,10 +500,11 @@ def test_run_tag_shards_manifest_and_report(published):
     assert manifest["model"]["encoder"] == "tiny" and manifest["model"]["dim"] == 4
     # the evaluation of what was published (no ground truth here: no figures) and its page
     assert manifest["model"]["metrics"] == {"published_ranker": "combined", "images": "all", "rankers": {}}
-    assert manifest["report"] == "report/index.html" and (site / "report" / "index.html").is_file()
+    assert manifest["data"].startswith("data/v/")
+    assert manifest["report"] == f"{manifest['data']}/report/index.html" and (site / manifest["report"]).is_file()
     assert (out / schema.REPORT_DIR / "index.html").is_file() and (out / schema.METRICS_JSON).is_file()
     assert "/" not in (manifest["model"]["word_vectors"] or "")
-    assert manifest["model"]["matcher"] == {"runtime": "onnxruntime", "out_dim": 128, "onnx_max_abs_diff": 1e-6}
+    assert manifest["model"]["matcher"] == {"runtime": "onnxruntime", "out_dim": 128, "folds": FOLDS, "onnx_max_abs_diff": 1e-6}
     assert manifest["thumbnails"] is True and manifest["page_size"] == 2
 
     assert report.rows_in == len(published["rows"])
@@ -512,7 +521,9 @@ def test_run_file_names_are_hex_even_for_hostile_tags(published):
     for path in data.rglob("*"):
         if path.is_file():
             rel = path.relative_to(data).as_posix()
-            assert re.fullmatch(r"(rank/[0-9a-f]{2}/[0-9a-f]{20}-\d{4}|tags/[0-9a-f]{12}|manifest)\.json", rel), rel
+            assert re.fullmatch(
+                r"(v/[0-9T]+-[0-9a-f]{6}/((rank/[0-9a-f]{2}/[0-9a-f]{20}-\d{4}|tags/[0-9a-f]{12})\.json|report/[a-z_]+\.(html|png))|manifest\.json)", rel
+            ), rel
     for tag in HOSTILE_TAGS:
         items = _page_items(site, normalize_tag(tag))
         assert len(items) == 3
@@ -533,18 +544,18 @@ def test_check_site_reports_a_corrupted_copy(published, tmp_path):
         return publish_check.check_site(str(site), rankings)
 
     def swap_items(site: Path) -> None:
-        page = site / site_data.ranking_page_path(tag_key("cat"), 0)
+        page = site / site_data.ranking_page_path(tag_key("cat"), 0, _data_root(site))
         body = read_json(page)
         body["items"].reverse()
         page.write_bytes(site_data.encode_json(body))
 
     def drop_page(site: Path) -> None:
-        (site / site_data.ranking_page_path(tag_key("dog"), 1)).unlink()
+        (site / site_data.ranking_page_path(tag_key("dog"), 1, _data_root(site))).unlink()
 
     def stale_page(site: Path) -> None:
-        stale = site / site_data.ranking_page_path(tag_key("gone"), 0)
+        stale = site / site_data.ranking_page_path(tag_key("gone"), 0, _data_root(site))
         stale.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(site / site_data.ranking_page_path(tag_key("cat"), 0), stale)
+        shutil.copy(site / site_data.ranking_page_path(tag_key("cat"), 0, _data_root(site)), stale)
 
     assert any("rank 1" in p for p in corrupted(swap_items))
     assert any("missing file" in p for p in corrupted(drop_page))
@@ -569,7 +580,7 @@ def test_rerun_without_torch_no_thumbnails_removes_stale_pages(published, tmp_pa
         "sys.meta_path.insert(0, NoTorch())\n"
         "import pipelines.rank as rank\n"
         "assert 'torch' not in [m.split('.')[0] for m in sys.modules]\n"
-        f"report = rank.run(['--out', {str(out)!r}, '--no-thumbnails'], save_main_session=False)\n"
+        f"report = rank.run(['--out', {str(out)!r}, '--no-thumbnails', '--max-failure-rate', '1'], save_main_session=False)\n"
         "print(report.rows_out)\n"
     )
     done = subprocess.run(
@@ -580,12 +591,15 @@ def test_rerun_without_torch_no_thumbnails_removes_stale_pages(published, tmp_pa
 
     site = out / schema.SITE_DIR
     assert publish_check.check_site(str(site), str(out / schema.RANKINGS_DIR)) == []
-    assert not (site / site_data.ranking_page_path(tag_key("dog"), 0)).exists()
-    assert not (site / site_data.ranking_page_path(tag_key("con"), 0)).exists()
+    root = _data_root(site)
+    assert not (site / site_data.ranking_page_path(tag_key("dog"), 0, root)).exists()
+    assert not (site / site_data.ranking_page_path(tag_key("con"), 0, root)).exists()
     manifest = read_json(site / site_data.MANIFEST_PATH)
     assert manifest["thumbnails"] is False and manifest["counts"]["tags"] == 2
     for item in _page_items(site, "cat"):
-        assert item["thumb"] == item["uri"] == published["uris"][next(n for n in VECTORS if image_id(n) == item["image_id"])]
+        # no thumbnails and no public link: no thumb, and the file's name rather than its local path
+        name = next(n for n in VECTORS if image_id(n) == item["image_id"])
+        assert item["thumb"] is None and item["uri"] == Path(published["uris"][name]).name
 
 
 def test_module_never_imports_torch():

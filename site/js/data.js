@@ -3,7 +3,10 @@ import { editDistance } from './text.js';
 
 const MANIFEST = 'data/manifest.json';
 const KEY = /^[0-9a-f]{4,64}$/; // tag keys are hex; anything else could walk the path
-const SHARD = /^data\/tags\/[0-9A-Za-z._-]+\.json$/;
+const SHARD = /^data\/(v\/[0-9A-Za-z._-]+\/)?tags\/[0-9A-Za-z._-]+\.json$/;
+// the folder of the published version the manifest points at (data/v/<version>), or plain data/
+const DATA_ROOT = /^data(\/v\/[0-9A-Za-z._-]+)?$/;
+export const dataRoot = (m) => (typeof m?.data === 'string' && DATA_ROOT.test(m.data) ? m.data : 'data');
 
 export class HttpError extends Error {
   constructor(status, path) {
@@ -130,7 +133,7 @@ export function createData(siteRoot) {
   async function rankingPage(entry, page, signal) {
     if (!KEY.test(entry.key)) throw new Error('The tag list is malformed.');
     const m = await manifest();
-    const path = `data/rank/${entry.key.slice(0, 2)}/${entry.key}-${String(page).padStart(4, '0')}.json`;
+    const path = `${dataRoot(m)}/rank/${entry.key.slice(0, 2)}/${entry.key}-${String(page).padStart(4, '0')}.json`;
     return getJSON(path, { signal, version: m.build });
   }
 
