@@ -160,16 +160,20 @@ def iter_feature_rows(
     """(features float32 [n, dim], wanted[image_id] int64 [n]) for the wanted rows, batch by batch.
 
     Reads one (file, row group) unit at a time in the order given, so memory holds one read batch.
+    An image id met twice in a pass (a chunk that extract-images committed twice after a retried
+    bundle) yields its first row only.
     """
     current, pf = None, None
+    seen: set[str] = set()
     for path, row_group in units:
         if path != current:
             current, pf = path, storage.open_parquet(path)
         for batch in pf.iter_batches(batch_size=read_rows, row_groups=[row_group], columns=[schema.IMAGE_ID, schema.EMBEDDING]):
             ids = batch.column(0).to_pylist()
-            keep = [i for i, image_id in enumerate(ids) if image_id in wanted]
+            keep = [i for i, image_id in enumerate(ids) if image_id in wanted and image_id not in seen]
             if not keep:
                 continue
+            seen.update(ids[i] for i in keep)
             # flatten() honours the batch's offset, unlike .values
             features = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
             finite = np.isfinite(features).all(axis=1)

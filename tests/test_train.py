@@ -283,3 +283,15 @@ def test_text_vectors_of_the_wrong_length_are_refused(tmp_path: Path):
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
     with pytest.raises(ValueError, match="not all 12 long"):
         train.main_cli(_args(out, **{"--epochs": 1}))
+
+
+def test_an_image_committed_twice_is_read_once(tmp_path: Path):
+    out = tmp_path / "out"
+    write_corpus(out, n=60, files=1)
+    path = out / schema.IMAGE_FEATURES_DIR / "features-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    # a retried bundle committed the same chunk again, under another name
+    pq.write_table(table, out / schema.IMAGE_FEATURES_DIR / "features-00000-of-00001-again.parquet")
+    data = train.prepare_data(str(out), folds=2)
+    positions = np.concatenate([p for _, p in train.iter_feature_rows(data.features.units, data.train_ids, data.features.dim)])
+    assert len(positions) == len(set(positions.tolist()))
