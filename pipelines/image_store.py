@@ -18,9 +18,12 @@ raises NotFetched (its failure row names the fetch failure to look at). Beam onl
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from model import schema
 from pipelines import common
@@ -49,6 +52,28 @@ def image_bytes(uri: str, stored: bytes | None, read: Callable[[str], bytes] = c
             f"OUT/{schema.FAILURES_DIR}/ (imgsearch fetch downloads http(s) images; --retry-failed retries them)"
         )
     return read(uri)
+
+
+def stored_bytes(out: str, image_ids: Iterable[str]) -> dict[str, bytes]:
+    """image_id -> stored bytes for a few ids, read in the driver (a calibration sample, a test):
+    each shard's id column first, its bytes only for the row groups holding wanted ids.
+    Ids the store has no bytes for are absent. Pipelines join with JoinImageStore instead."""
+    wanted = set(image_ids)
+    found: dict[str, bytes] = {}
+    for path in store_shards(out):
+        if not wanted - found.keys():
+            break
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            shard = pq.ParquetFile(f)
+            for group in range(shard.num_row_groups):
+                ids = shard.read_row_group(group, columns=[schema.IMAGE_ID]).column(0).to_pylist()
+                if not wanted.intersection(ids):
+                    continue
+                table = shard.read_row_group(group, columns=[schema.IMAGE_ID, schema.IMAGE_BYTES])
+                for image_id, data in zip(ids, table.column(schema.IMAGE_BYTES).to_pylist()):
+                    if image_id in wanted and data is not None:
+                        found[image_id] = data
+    return found
 
 
 def _key_ref(ref: Sequence[Any]) -> tuple[str, tuple]:

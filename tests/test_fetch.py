@@ -299,6 +299,9 @@ def test_extract_images_reads_bytes_from_the_store(server: FaultServer, tmp_path
     for uri in uris[:2]:
         assert hashes[stored[uri][schema.IMAGE_ID]] == stored[uri][schema.SHA256]
     assert tags.image_id_for(str(local)) in hashes  # the reference row: read from its path
+    # a driver's few ids (a calibration sample): the bytes of those the store holds
+    wanted = [stored[uris[0]][schema.IMAGE_ID], tags.image_id_for(str(local)), "no-such-id"]
+    assert image_store.stored_bytes(str(out), wanted) == {wanted[0]: stored[uris[0]][schema.IMAGE_BYTES]}
 
 
 def test_demo_corpus_served_over_http_goes_through_fetch(tmp_path: Path):
