@@ -33,6 +33,7 @@ def make_rankings(sizes: dict[str, int], seed: int = 0) -> tuple[pa.Table, np.nd
             cols[schema.RANK].append(r + 1)
             cols[schema.IMAGE_ID].append(f"{t:02d}{r:04d}abcdef")
             cols[schema.URI].append(f"images/{t}-{r}.png")
+            cols[schema.PUBLIC_URI].append(f"images/{t}-{r}.png")
             cols[schema.SCORE].append(float(scores[r]))
             for name in (schema.MATCHER, schema.MATCHER_IN_SAMPLE, schema.AGREEMENT, schema.AGREEMENT_WEIGHTED, schema.MEAN_FEATURE):
                 cols[name].append(float(rng.random()))
