@@ -7,6 +7,7 @@ import { mountHeader } from './header.js';
 import { mountSearchBox } from './searchbox.js';
 import { mountResults } from './results.js';
 import { mountViewer } from './viewer.js';
+import { EVENTS } from './events.js';
 
 const SUGGESTIONS = 8;
 const SHARD_DELAY_MS = 150; // wait for a pause in typing before fetching a new tag shard
@@ -39,11 +40,11 @@ function cancelSuggest() {
   suggestSeq += 1;
   clearTimeout(suggestTimer);
 }
-hub.on('suggest', ({ text }) => {
+hub.on(EVENTS.SUGGEST, ({ text }) => {
   cancelSuggest();
   const mine = suggestSeq;
   const query = normalizeTag(text);
-  const answer = () => hub.emit('suggestions', { text, items: data.matches(query, SUGGESTIONS) });
+  const answer = () => hub.emit(EVENTS.SUGGESTIONS, { text, items: data.matches(query, SUGGESTIONS) });
   data.prefixShard(query).then((i) => {
     if (mine !== suggestSeq) return;
     if (data.hasShard(i)) { answer(); return; }
@@ -75,25 +76,25 @@ async function search(text, push) {
     if (url.href !== location.href) history.pushState({ q: tag }, '', url);
   }
   document.title = tag ? `${tag} · imgsearch` : 'imgsearch';
-  hub.emit('query', { tag });
-  if (!tag) { hub.emit('results:clear'); return; }
-  hub.emit('results:loading', { tag });
+  hub.emit(EVENTS.QUERY, { tag });
+  if (!tag) { hub.emit(EVENTS.RESULTS_CLEAR); return; }
+  hub.emit(EVENTS.RESULTS_LOADING, { tag });
   try {
     const entry = await data.findTag(tag);
     if (mine !== seq) return;
     if (!entry) {
       const suggestions = await data.nearTags(tag);
-      if (mine === seq) hub.emit('results:unknown', { query: tag, suggestions });
+      if (mine === seq) hub.emit(EVENTS.RESULTS_UNKNOWN, { query: tag, suggestions });
       return;
     }
     const page = await data.rankingPage(entry, 0, signal);
     if (mine !== seq) return;
     const pages = Number(page.pages) || 1;
     current = { seq: mine, entry, next: 1, pages, loading: false, signal };
-    hub.emit('results:start', { tag: entry.tag, total: Number(page.total) || 0, rankedBy: page.ranked_by, pages });
-    hub.emit('results:page', { items: Array.isArray(page.items) ? page.items : [], more: pages > 1 });
+    hub.emit(EVENTS.RESULTS_START, { tag: entry.tag, total: Number(page.total) || 0, rankedBy: page.ranked_by, pages });
+    hub.emit(EVENTS.RESULTS_PAGE, { items: Array.isArray(page.items) ? page.items : [], more: pages > 1 });
   } catch (err) {
-    if (mine === seq && !aborted(err)) { console.warn(err); hub.emit('results:error', { message: message(err) }); }
+    if (mine === seq && !aborted(err)) { console.warn(err); hub.emit(EVENTS.RESULTS_ERROR, { message: message(err) }); }
   }
 }
 
@@ -101,27 +102,27 @@ async function loadMore() {
   const c = current;
   if (!c || c.loading || c.next >= c.pages) return;
   c.loading = true;
-  hub.emit('results:loading-more');
+  hub.emit(EVENTS.RESULTS_LOADING_MORE);
   try {
     const page = await data.rankingPage(c.entry, c.next, c.signal);
     if (c !== current) return;
     c.next += 1;
-    hub.emit('results:page', { items: Array.isArray(page.items) ? page.items : [], more: c.next < c.pages });
+    hub.emit(EVENTS.RESULTS_PAGE, { items: Array.isArray(page.items) ? page.items : [], more: c.next < c.pages });
   } catch (err) {
-    if (c === current && !aborted(err)) { console.warn(err); hub.emit('results:error', { message: message(err) }); }
+    if (c === current && !aborted(err)) { console.warn(err); hub.emit(EVENTS.RESULTS_ERROR, { message: message(err) }); }
   } finally {
     c.loading = false;
   }
 }
 
-hub.on('search', ({ text, push }) => search(text, push));
-hub.on('results:more', loadMore);
+hub.on(EVENTS.SEARCH, ({ text, push }) => search(text, push));
+hub.on(EVENTS.RESULTS_MORE, loadMore);
 
 const queryFromUrl = () => new URLSearchParams(location.search).get('q') || '';
 window.addEventListener('popstate', () => search(queryFromUrl(), false));
 
 data.manifest().then(
-  (m) => hub.emit('manifest', m),
-  (err) => hub.emit('manifest:error', { message: message(err) }),
+  (m) => hub.emit(EVENTS.MANIFEST, m),
+  (err) => hub.emit(EVENTS.MANIFEST_ERROR, { message: message(err) }),
 );
 search(queryFromUrl(), false);

@@ -1,6 +1,7 @@
 // The header line: collection size and the model that ranked it, from the manifest; and a link
 // to the evaluation report when the manifest names one.
 import { formatCount, modelLabel, safeUrl } from './text.js';
+import { EVENTS } from './events.js';
 
 export const REPORT_LINK_TEXT = 'How this ranking was made';
 
@@ -15,7 +16,7 @@ export function reportUrl(manifest, siteRoot) {
 
 export function mountHeader(hub, { line, header, siteRoot }) {
   let link = null;
-  hub.on('manifest', (m) => {
+  hub.on(EVENTS.MANIFEST, (m) => {
     const c = m.counts || {};
     line.textContent = `${formatCount(c.images)} images · ${formatCount(c.tags)} tags · ranked by ${modelLabel(m.model)}`;
     const href = header && siteRoot ? reportUrl(m, siteRoot) : null;
@@ -29,5 +30,5 @@ export function mountHeader(hub, { line, header, siteRoot }) {
     }
     link.setAttribute('href', href);
   });
-  hub.on('manifest:error', ({ message }) => { line.textContent = message; });
+  hub.on(EVENTS.MANIFEST_ERROR, ({ message }) => { line.textContent = message; });
 }

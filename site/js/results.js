@@ -1,6 +1,7 @@
 // The results: a heading, a note on how the tag is ranked, and a grid of thumbnails in rank
 // order that asks for the next page when its sentinel scrolls into view.
 import { formatCount, formatScore, safeUrl } from './text.js';
+import { EVENTS } from './events.js';
 
 // What ordered a tag (the ranking page's ranked_by), in words; scores are standard deviations above
 // the tag's typical image.
@@ -41,7 +42,7 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
   let more = false;
 
   const observer = new IntersectionObserver((entries) => {
-    if (more && entries.some((e) => e.isIntersecting)) hub.emit('results:more');
+    if (more && entries.some((e) => e.isIntersecting)) hub.emit(EVENTS.RESULTS_MORE);
   }, { rootMargin: '600px 0px' });
 
   // observing again makes the observer report at once, so a short page that leaves the
@@ -92,15 +93,15 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
   }
 
 
-  hub.on('results:clear', () => { reset(''); section.hidden = true; });
+  hub.on(EVENTS.RESULTS_CLEAR, () => { reset(''); section.hidden = true; });
 
-  hub.on('results:loading', ({ tag: t }) => {
+  hub.on(EVENTS.RESULTS_LOADING, ({ tag: t }) => {
     section.hidden = false;
     reset(`“${t}”`);
     status.textContent = 'Loading…';
   });
 
-  hub.on('results:start', ({ tag: t, total, rankedBy }) => {
+  hub.on(EVENTS.RESULTS_START, ({ tag: t, total, rankedBy }) => {
     tag = t;
     reset(`“${t}”`);
     section.hidden = false;
@@ -111,7 +112,7 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
     note.dataset.rankedBy = how || rankedBy === 'index' ? rankedBy : 'matcher';
   });
 
-  hub.on('results:page', ({ items, more: hasMore }) => {
+  hub.on(EVENTS.RESULTS_PAGE, ({ items, more: hasMore }) => {
     grid.append(...items.map((item, k) => tile(item, count + k)));
     count += items.length;
     more = hasMore;
@@ -119,9 +120,9 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
     rearm();
   });
 
-  hub.on('results:loading-more', () => { status.textContent = 'Loading more…'; });
+  hub.on(EVENTS.RESULTS_LOADING_MORE, () => { status.textContent = 'Loading more…'; });
 
-  hub.on('results:unknown', ({ query, suggestions }) => {
+  hub.on(EVENTS.RESULTS_UNKNOWN, ({ query, suggestions }) => {
     section.hidden = false;
     reset(`No tag “${query}”`);
     note.textContent = suggestions.length
@@ -142,7 +143,7 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
     near.hidden = !suggestions.length;
   });
 
-  hub.on('results:error', ({ message }) => {
+  hub.on(EVENTS.RESULTS_ERROR, ({ message }) => {
     section.hidden = false;
     status.textContent = message;
   });
@@ -151,15 +152,15 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
     const a = ev.target.closest('a[data-tag]');
     if (!a || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
     ev.preventDefault();
-    hub.emit('search', { text: a.dataset.tag, push: true });
+    hub.emit(EVENTS.SEARCH, { text: a.dataset.tag, push: true });
   });
 
   grid.addEventListener('click', (ev) => {
     const btn = ev.target.closest('button.tile');
-    if (btn) hub.emit('view', { index: Number(btn.dataset.index) });
+    if (btn) hub.emit(EVENTS.VIEW, { index: Number(btn.dataset.index) });
   });
 
-  hub.on('viewer:closed', ({ index }) => {
+  hub.on(EVENTS.VIEWER_CLOSED, ({ index }) => {
     const btn = grid.children[index]?.querySelector('button');
     if (btn) { btn.focus(); btn.scrollIntoView({ block: 'nearest' }); }
   });

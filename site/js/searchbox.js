@@ -1,5 +1,6 @@
 // The search box: an ARIA combobox whose listbox shows tag suggestions with image counts.
 import { formatCount, normalizeTag } from './text.js';
+import { EVENTS } from './events.js';
 
 export function mountSearchBox(hub, { form, input, list }) {
   let options = [];
@@ -50,13 +51,13 @@ export function mountSearchBox(hub, { form, input, list }) {
   function choose(text) {
     awaiting = null;
     close();
-    hub.emit('search', { text, push: true });
+    hub.emit(EVENTS.SEARCH, { text, push: true });
   }
 
   input.addEventListener('input', () => {
     awaiting = input.value;
     if (!normalizeTag(input.value)) { close(); return; }
-    hub.emit('suggest', { text: input.value });
+    hub.emit(EVENTS.SUGGEST, { text: input.value });
   });
 
   input.addEventListener('keydown', (ev) => {
@@ -98,10 +99,10 @@ export function mountSearchBox(hub, { form, input, list }) {
     if (!form.contains(ev.relatedTarget)) { awaiting = null; close(); }
   });
 
-  hub.on('suggestions', ({ text, items }) => {
+  hub.on(EVENTS.SUGGESTIONS, ({ text, items }) => {
     if (text === awaiting && text === input.value) render(items);
   });
-  hub.on('query', ({ tag }) => {
+  hub.on(EVENTS.QUERY, ({ tag }) => {
     if (normalizeTag(input.value) !== tag) input.value = tag;
     awaiting = null;
     close();

@@ -2,6 +2,7 @@
 // Esc closes it (native dialog), arrow keys step through the ranking, loading pages as needed.
 import { formatScore, safeUrl } from './text.js';
 import { tileContent } from './results.js';
+import { EVENTS } from './events.js';
 
 export function mountViewer(hub, { dialog, figure, title, meta, source, siteRoot }) {
   let tag = '';
@@ -48,11 +49,11 @@ export function mountViewer(hub, { dialog, figure, title, meta, source, siteRoot
     if (more && pending === null) {
       pending = next;
       meta.textContent = 'Loading more…';
-      hub.emit('results:more');
+      hub.emit(EVENTS.RESULTS_MORE);
     }
   }
 
-  hub.on('results:start', ({ tag: t, total: n }) => {
+  hub.on(EVENTS.RESULTS_START, ({ tag: t, total: n }) => {
     tag = t;
     total = n;
     items = [];
@@ -60,13 +61,13 @@ export function mountViewer(hub, { dialog, figure, title, meta, source, siteRoot
     pending = null;
     if (dialog.open) dialog.close();
   });
-  hub.on('results:page', ({ items: page, more: hasMore }) => {
+  hub.on(EVENTS.RESULTS_PAGE, ({ items: page, more: hasMore }) => {
     items = items.concat(page);
     more = hasMore;
     if (pending !== null && dialog.open) show(pending);
   });
-  hub.on('results:clear', () => { if (dialog.open) dialog.close(); });
-  hub.on('view', ({ index: i }) => show(i));
+  hub.on(EVENTS.RESULTS_CLEAR, () => { if (dialog.open) dialog.close(); });
+  hub.on(EVENTS.VIEW, ({ index: i }) => show(i));
 
   document.addEventListener('keydown', (ev) => {
     if (!dialog.open || ev.altKey || ev.ctrlKey || ev.metaKey) return;
@@ -80,6 +81,6 @@ export function mountViewer(hub, { dialog, figure, title, meta, source, siteRoot
   });
   dialog.addEventListener('close', () => {
     pending = null;
-    if (index >= 0) hub.emit('viewer:closed', { index });
+    if (index >= 0) hub.emit(EVENTS.VIEWER_CLOSED, { index });
   });
 }

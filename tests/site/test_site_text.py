@@ -65,3 +65,33 @@ def test_safe_url_lets_through_only_http_and_paths_under_the_root(call_all, smal
 def test_edit_distance_counts_transpositions_and_stops_early(call_all):
     cases = [("red cat", "red car", 2, 1), ("dgo", "dog", 1, 1), ("kitten", "sitting", 3, 3), ("abc", "xyz12", 2, 3)]
     assert call_all("editDistance", [list(c[:3]) for c in cases]) == [c[3] for c in cases]
+
+
+def test_the_hub_refuses_event_names_outside_the_closed_set(site_page, small_site):
+    site_page.goto(small_site.url)
+    got = site_page.evaluate(
+        """async () => {
+      const { createHub } = await import('./js/hub.js');
+      const { EVENTS } = await import('./js/events.js');
+      const hub = createHub();
+      const seen = [];
+      hub.on(EVENTS.SEARCH, (d) => seen.push(d.text));
+      hub.emit(EVENTS.SEARCH, { text: 'cat' });
+      const refused = [];
+      for (const call of [() => hub.on('serach', () => {}), () => hub.emit('results:pgae', {})]) {
+        try { call(); refused.push(false); } catch (err) { refused.push(String(err.message).includes('unknown event')); }
+      }
+      return { seen, refused };
+    }"""
+    )
+    assert got == {"seen": ["cat"], "refused": [True, True]}
+
+
+def test_every_event_the_front_end_uses_is_in_the_closed_set():
+    """No string-literal event names outside events.js (each component names events through it)."""
+    import re
+    from pathlib import Path
+
+    js = Path(__file__).resolve().parents[2] / "site" / "js"
+    for path in js.glob("*.js"):
+        assert not re.search(r"hub\.(on|emit)\(\s*['\"`]", path.read_text()), path.name
