@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 from export import evaluate, publish, site_data
 from model import schema, scoring, storage
 from model.image_formats import open_image
-from pipelines import common
+from pipelines import common, image_store
 
 log = logging.getLogger(__name__)
 
@@ -364,10 +364,12 @@ class MakeThumbnailFn(beam.DoFn):
         self._site_root = site_root
         self._size = size
 
-    def process(self, element: tuple[str, str]) -> Iterator[Any]:
-        image_id, uri = element
+    def process(self, element: tuple) -> Iterator[Any]:
+        # (image_id, uri, stored bytes or None): fetch's store has the bytes of http(s) images
+        image_id, uri, *stored = element
         try:
-            jpeg = make_thumbnail(common.read_bytes(uri), self._size)
+            data = image_store.image_bytes(uri, stored[0] if stored else None, common.read_bytes)
+            jpeg = make_thumbnail(data, self._size)
             common.write_bytes(schema.out_path(self._site_root, site_data.thumbnail_path(image_id)), jpeg, "image/jpeg")
         except Exception as exn:  # unreadable source, bad image, store error: the ranking survives
             name = type(exn).__name__
@@ -487,8 +489,10 @@ class RankImages(beam.PTransform):
         ranker: str = scoring.DEFAULT_RANKER,
         data_root: str = site_data.DATA_DIR,
         links: publish.PublicLinks = publish.PublicLinks(),
+        store_shards: Sequence[str] = (),
     ):
         super().__init__()
+        self._store_shards = list(store_shards)
         self._folds = folds
         self._ranker = ranker
         self._data_root = data_root
@@ -518,7 +522,10 @@ class RankImages(beam.PTransform):
 
         thumbnails = self._thumbnail_size is not None
         if thumbnails:
-            thumbs = scored[_THUMBS] | "Thumbnails" >> beam.ParDo(
+            thumbs = (
+                scored[_THUMBS]
+                | "JoinImageStore" >> image_store.JoinImageStore(self._store_shards, STAGE)
+            ) | "Thumbnails" >> beam.ParDo(
                 MakeThumbnailFn(self._site_root, self._thumbnail_size)
             ).with_outputs(_FAILURES, main="failed")
             failed_thumbs = thumbs.failed
@@ -730,6 +737,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         ranker=args.ranker,
         data_root=data_root,
         links=links,
+        store_shards=image_store.store_shards(out),
     )
     _ = ranked["rankings"] | "WriteRankings" >> WriteToParquet(
         schema.out_path(staged_rankings, schema.RANKINGS_PREFIX),

@@ -621,3 +621,28 @@ def test_the_front_end_is_found_and_a_missing_one_fails_loudly(monkeypatch, tmp_
     monkeypatch.setattr(site_data, "static_site_dir", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match="index.html"):
         list(site_data.static_site_files())
+
+
+def test_thumbnails_of_fetched_images_come_from_the_store(tmp_path):
+    """An http(s) image is read from fetch's store, never downloaded again by rank."""
+    import datetime
+
+    site = tmp_path / "site"
+    jpeg = draw_image(3, (300, 200))
+    uri = "https://images.example.invalid/a.jpg"  # unreachable: only the store can have it
+    store = tmp_path / schema.STORE_DIR / "store-00000-of-00001.parquet"
+    store.parent.mkdir(parents=True)
+    row = {
+        schema.IMAGE_ID: image_id("a"), schema.URI: uri, schema.IMAGE_BYTES: jpeg, schema.SHA256: "x",
+        schema.CONTENT_TYPE: "image/jpeg", schema.HTTP_STATUS: 200, schema.WIDTH: 300, schema.HEIGHT: 200,
+        schema.FETCHED_AT: datetime.datetime.now(datetime.timezone.utc), schema.ORIGINAL_WIDTH: None, schema.ORIGINAL_HEIGHT: None,
+    }
+    pq.write_table(pa.Table.from_pylist([row], schema=schema.IMAGE_STORE_SCHEMA), store)
+    fn_input = [(image_id("a"), uri), (image_id("b"), "https://images.example.invalid/b.jpg")]
+    p = test_pipeline.TestPipeline()
+    joined = p | beam.Create(fn_input) | rank.image_store.JoinImageStore([str(store)], rank.STAGE)
+    out = joined | beam.ParDo(rank.MakeThumbnailFn(str(site), 64)).with_outputs("failures", main="failed")
+    assert_that(out.failed, equal_to([(image_id("b"), "NotFetched")]), label="OnlyTheUnfetchedFails")
+    p.run().wait_until_finish()
+    with Image.open(site / site_data.thumbnail_path(image_id("a"))) as img:
+        assert max(img.size) == 64
