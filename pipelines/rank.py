@@ -1,55 +1,47 @@
-"""Stage `rank`: score every tag's images with the exported towers and publish the rankings.
+"""Stage `rank`: score every tag's images out of sample, rank them, evaluate and publish.
 
-Reads the images table, the image and text features and the two ONNX towers that `export`
-wrote; projects images with RunInference (onnxruntime) and tags in a small DoFn whose vectors
-travel as a side input; joins by image id, scores image x tag with a dot product, ranks each tag
-(score descending, ties and oov tags by index order) and writes
+    imgsearch rank --out OUT [--ranker combined|matcher|neighbours] [--ground-truth GT] ...
 
-    OUT/rankings/rankings-SSSSS-of-NNNNN.parquet    (schema.RANKINGS_SCHEMA)
-    OUT/site/data/rank/...                            one tag's ranking pages
-    OUT/site/thumbs/...                               thumbnails (unless --no-thumbnails)
-    OUT/failures/rank-SSSSS-of-NNNNN.parquet          images (or tags) that could not be used
+Reads the images table, the image and text features, the folds train wrote, the neighbour
+signals and the ONNX towers export wrote. Projects images and tags through every matcher member
+(pipelines/towers.py), joins each image with its fold and signals, scores it under each of its
+tags with the member that held it out, and ranks each tag by the per-tag combination of
+model/scoring.py (ties by index order). Writes, for a new site version V:
 
-then, on the driver, the tag shards, the front end files and the manifest, the manifest last so a
-half-finished publish is never served.
+    OUT/site/data/v/V/rank/...                        every tag's ranking pages
+    OUT/site/thumbs/...                               thumbnails (pipelines/thumbnails.py)
+    OUT/rankings/.staging-V/, OUT/failures/.staging-V/ the rankings and failures, until published
 
-No torch here: workers that rank need only onnxruntime, Pillow and Beam. Beam's RunInference
-module imports torch opportunistically (its model manager, inside `try/except ImportError`), so it
-is imported lazily where the image tower is wired; `import pipelines.rank` stays torch-free and a
-worker without torch runs the stage unchanged (tests/test_rank.py runs it with torch blocked).
+then, on the driver: the health gates, the evaluation of what is about to be published
+(export/evaluate.py), and the publish itself (export/publish.py): tag shards, front end, the
+manifest (the pointer to V) last, then the rankings and failures swapped into place and old
+versions pruned. A refused run changes nothing that is live.
+
+No torch here: workers that rank need only onnxruntime, Pillow and Beam (tests/test_rank.py
+runs the stage with torch blocked).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import logging
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
-import onnxruntime as ort
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
-from PIL import Image, ImageOps
 
 from export import evaluate, publish, site_data
 from model import schema, scoring, storage
-from model.image_formats import open_image
-from pipelines import common, image_store
+from pipelines import common, image_store, thumbnails, towers
 
 log = logging.getLogger(__name__)
 
 STAGE = "rank"
-DEFAULT_THUMBNAIL_SIZE = 256
-DEFAULT_BATCH_SIZE = 256
-JPEG_QUALITY = 82
-TOWER_INPUT = schema.TOWER_INPUT
-TOWER_OUTPUT = schema.TOWER_OUTPUT
-PROVIDERS = ["CPUExecutionProvider"]
 
 # Counters beyond the standard four (all in the "rank" namespace).
 SKIPPED_NO_FEATURES = "skipped_no_features"
@@ -59,19 +51,16 @@ IMAGES_RANKED = "images_ranked"
 IMAGES_HELD_OUT = "images_scored_by_all_members"  # no member trained on them: the members' mean
 IMAGES_WITHOUT_SIGNALS = "images_without_neighbour_signals"
 FEATURES_WITHOUT_ROWS = "features_without_rows"
-TAGS_OOV = "tags_oov"
 TAGS_RANKED = "tags_ranked"
 TAGS_BY_INDEX = "tags_by_index"
 PAGES_WRITTEN = "pages_written"
-THUMBNAILS_WRITTEN = "thumbnails_written"
-THUMBNAILS_FAILED = "thumbnails_failed"
 
 # Error names recorded in failures/ for problems that are not exceptions.
-NON_FINITE_EMBEDDING = "NonFiniteEmbedding"
 
 _FAILURES = "failures"
 _THUMBS = "thumbs"
 _SCORED = "scored"
+_PAGES = "pages"
 # positions in a scored item (ScoreImageFn's output)
 _ITEM_AGREEMENT, _ITEM_AGREEMENT_WEIGHTED, _ITEM_MEAN_FEATURE, _ITEM_FOLD = 2, 3, 4, 5
 _ITEM_ORDINAL, _ITEM_IMAGE_ID, _ITEM_URI, _ITEM_SPLIT = 6, 7, 8, 9
@@ -85,24 +74,6 @@ def failure_row(image_id: str | None, uri: str | None, error: str, message: str)
     return common.failure_row(STAGE, image_id, uri, error, message)
 
 
-def load_onnx_session(model_uri: str) -> ort.InferenceSession:
-    """An onnxruntime CPU session for a model at any FileSystems path (local or gs://)."""
-    with FileSystems.open(model_uri) as f:
-        model_bytes = f.read()
-    return ort.InferenceSession(model_bytes, providers=PROVIDERS)
-
-
-def tower_inference_fn(
-    session: ort.InferenceSession, batch: Sequence[np.ndarray], inference_args: dict[str, Any] | None = None
-) -> np.ndarray:
-    """RunInference's inference_fn: the batch stacked into one [n, D] array, named outputs.
-
-    Names the tower's input and output explicitly instead of trusting their positions.
-    """
-    stacked = np.stack([np.asarray(x, dtype=np.float32) for x in batch], axis=0)
-    return session.run([TOWER_OUTPUT], {TOWER_INPUT: stacked, **(inference_args or {})})[0]
-
-
 def sort_key(score: float | None, ordinal: int, image_id: str) -> tuple:
     """Score descending, ties (and every image of an oov tag) in index order."""
     return (0.0 if score is None else -score, ordinal, image_id)
@@ -112,92 +83,9 @@ def page_score(score: float | None) -> float | None:
     return None if score is None else round(float(score), 4)
 
 
-def thumb_for(image_id: str, uri: str, thumbnails: bool, failed_thumbs: dict[str, Any], links: publish.PublicLinks) -> str | None:
-    """The site's `thumb`: our thumbnail, or without one (flag off or it failed) the image's
-    public link, or nothing: a local path is never published."""
-    if thumbnails and image_id not in failed_thumbs:
-        return site_data.thumbnail_path(image_id)
-    return links.link(uri)
-
-
-def make_thumbnail(data: bytes, size: int = DEFAULT_THUMBNAIL_SIZE, quality: int = JPEG_QUALITY) -> bytes:
-    """JPEG bytes of an image shrunk to `size` on its long side (never enlarged), upright, RGB."""
-    with open_image(data) as img:
-        # JPEG decoders can skip most of the work when asked for a reduced size up front.
-        img.draft("RGB", (size, size))
-        upright = ImageOps.exif_transpose(img)
-        if upright.mode in ("RGBA", "LA") or (upright.mode == "P" and "transparency" in upright.info):
-            rgba = upright.convert("RGBA")
-            # transparent areas become white, not whatever colour hides behind alpha 0
-            rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-            rgb.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            rgb = upright.convert("RGB")
-        rgb.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        rgb.save(buf, "JPEG", quality=quality, optimize=True)
-        return buf.getvalue()
-
-
 # ---------------------------------------------------------------------------
 # DoFns
 # ---------------------------------------------------------------------------
-class ToTowerInputFn(beam.DoFn):
-    """Feature row -> (image_id, float32 vector); non-finite vectors go to failures."""
-
-    def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        vector = np.asarray(row[schema.EMBEDDING], dtype=np.float32)
-        if not np.all(np.isfinite(vector)):
-            yield beam.pvalue.TaggedOutput(
-                _FAILURES, (row[schema.IMAGE_ID], (NON_FINITE_EMBEDDING, "image features hold NaN or inf"))
-            )
-            return
-        yield row[schema.IMAGE_ID], vector
-
-
-class ProjectTagsFn(beam.DoFn):
-    """A batch of text feature rows -> (tag, 128-d vector) through the text tower.
-
-    Oov tags have no vector and produce nothing: they keep index order downstream.
-    """
-
-    def __init__(self, model_uri: str):
-        self._model_uri = model_uri
-        self._session: ort.InferenceSession | None = None
-
-    def setup(self) -> None:
-        self._session = load_onnx_session(self._model_uri)
-
-    def process(self, batch: Sequence[dict[str, Any]]) -> Iterator[Any]:
-        usable: list[tuple[str, np.ndarray]] = []
-        for row in batch:
-            tag, vector = row[schema.TAG], row[schema.EMBEDDING]
-            if row[schema.STATUS] == schema.TEXT_OOV or vector is None:
-                common.counter(STAGE, TAGS_OOV).inc()
-                continue
-            vector = np.asarray(vector, dtype=np.float32)
-            if not np.all(np.isfinite(vector)):
-                common.counter(STAGE, f"text_failed_{NON_FINITE_EMBEDDING}").inc()
-                yield beam.pvalue.TaggedOutput(
-                    _FAILURES, failure_row(None, None, NON_FINITE_EMBEDDING, f"tag {tag!r}: text features hold NaN or inf")
-                )
-                continue
-            usable.append((tag, vector))
-        if not usable:
-            return
-        tags = [t for t, _ in usable]
-        try:
-            projected = tower_inference_fn(self._session, [v for _, v in usable])
-        except Exception as exn:  # a bad batch must not crash the job; its tags fall back to index order
-            name = type(exn).__name__
-            common.counter(STAGE, f"text_failed_{name}").inc(len(tags))
-            for tag in tags:
-                yield beam.pvalue.TaggedOutput(_FAILURES, failure_row(None, None, name, f"tag {tag!r}: {exn}"))
-            return
-        for tag, vector in zip(tags, projected):
-            yield tag, np.asarray(vector, dtype=np.float32)
-
-
 def matcher_scores(embedding: np.ndarray, tag_vector: np.ndarray, fold: int, folds: int) -> tuple[float, float]:
     """(out-of-sample score, in-sample score) of an image under a tag, from every member's cosine.
 
@@ -270,19 +158,17 @@ def _maybe(value: float) -> float | None:
 
 
 class RankTagFn(beam.DoFn):
-    """One tag's scored items -> its final scores (model/scoring.py), its rankings rows, and its
-    ranking pages written to the site."""
+    """One tag's scored items -> its final scores (model/scoring.py), its rankings rows (main
+    output) and its ranking pages ((relative path, JSON bytes) on the `pages` output)."""
 
     def __init__(
         self,
-        site_root: str,
         page_size: int,
         thumbnails: bool,
         ranker: str,
         data_root: str = site_data.DATA_DIR,
         links: publish.PublicLinks = publish.PublicLinks(),
     ):
-        self._site_root = site_root
         self._page_size = page_size
         self._thumbnails = thumbnails
         self._ranker = ranker
@@ -324,14 +210,13 @@ class RankTagFn(beam.DoFn):
                     site_data.ITEM_RANK: rank,
                     site_data.ITEM_IMAGE_ID: image_id,
                     site_data.ITEM_SCORE: page_score(final[i]),
-                    site_data.ITEM_THUMB: thumb_for(image_id, uri, self._thumbnails, failed_thumbs, self._links),
+                    site_data.ITEM_THUMB: thumbnails.thumb_for(image_id, uri, self._thumbnails, failed_thumbs, self._links),
                     site_data.ITEM_URI: self._links.display(uri),
                 }
             )
         pages = site_data.ranking_pages(tag, page_items, ranked_by=ranked_by, page_size=self._page_size, data_root=self._data_root)
         for relpath, page in pages:
-            common.write_bytes(schema.out_path(self._site_root, relpath), site_data.encode_json(page), "application/json")
-            common.counter(STAGE, PAGES_WRITTEN).inc()
+            yield beam.pvalue.TaggedOutput(_PAGES, (relpath, site_data.encode_json(page)))
 
         common.counter(STAGE, common.ROWS_OUT).inc(len(order))
         for rank, i in enumerate(order, start=1):
@@ -354,41 +239,21 @@ class RankTagFn(beam.DoFn):
             }
 
 
-class MakeThumbnailFn(beam.DoFn):
-    """(image_id, uri) -> a JPEG thumbnail under the site; a failure is recorded, not raised.
+class WritePageFn(beam.DoFn):
+    """(relative path, JSON bytes) -> the file under the site root."""
 
-    Main output: (image_id, error) of each failed thumbnail, so pages can fall back to the uri.
-    """
-
-    def __init__(self, site_root: str, size: int):
+    def __init__(self, site_root: str):
         self._site_root = site_root
-        self._size = size
 
-    def process(self, element: tuple) -> Iterator[Any]:
-        # (image_id, uri, stored bytes or None): fetch's store has the bytes of http(s) images
-        image_id, uri, *stored = element
-        try:
-            data = image_store.image_bytes(uri, stored[0] if stored else None, common.read_bytes)
-            jpeg = make_thumbnail(data, self._size)
-            common.write_bytes(schema.out_path(self._site_root, site_data.thumbnail_path(image_id)), jpeg, "image/jpeg")
-        except Exception as exn:  # unreadable source, bad image, store error: the ranking survives
-            name = type(exn).__name__
-            common.counter(STAGE, THUMBNAILS_FAILED).inc()
-            common.counter(STAGE, f"thumbnail_failed_{name}").inc()
-            yield beam.pvalue.TaggedOutput(_FAILURES, failure_row(image_id, uri, name, f"thumbnail: {exn}"))
-            yield image_id, name
-            return
-        common.counter(STAGE, THUMBNAILS_WRITTEN).inc()
+    def process(self, page: tuple[str, bytes]) -> None:
+        relpath, body = page
+        common.write_bytes(schema.out_path(self._site_root, relpath), body, site_data.content_type(relpath))
+        common.counter(STAGE, PAGES_WRITTEN).inc()
 
 
 # ---------------------------------------------------------------------------
 # Composite transforms
 # ---------------------------------------------------------------------------
-def _take_embedding(image_id: str, result: Any) -> tuple[str, np.ndarray]:
-    """(image_id, PredictionResult) -> (image_id, 128-d vector); the raw features are dropped."""
-    return image_id, np.asarray(result.inference, dtype=np.float32)
-
-
 def _key_row_by_image(row: dict[str, Any]) -> tuple[str, tuple[str, str, int, str]]:
     return row[schema.IMAGE_ID], (row[schema.URI], row[schema.TAG], int(row[schema.ORDINAL]), row[schema.SPLIT])
 
@@ -406,69 +271,6 @@ def _key_signals_by_image(row: dict[str, Any]) -> tuple[str, tuple]:
     )
 
 
-def _batch_failures(dead_letter: tuple[Sequence[tuple[str, Any]], tuple]) -> Iterator[tuple[str, tuple[str, str]]]:
-    """RunInference's dead letter (failed batch, (exc class, repr, traceback)) -> per image."""
-    batch, (exc_type, exc_repr, _traceback) = dead_letter
-    for image_id, _example in batch:
-        yield image_id, (exc_type.__name__, exc_repr)
-
-
-def image_tower_inference(model_uri: str, batch_size: int) -> beam.PTransform:
-    """RunInference over (image_id, features) with the ONNX image tower, with a dead letter."""
-    # Imported here, not at the top: apache_beam.ml.inference.base pulls in torch when it is
-    # installed (for its model manager, which we do not use), and this module must not.
-    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-    from apache_beam.ml.inference.onnx_inference import OnnxModelHandlerNumpy
-
-    handler = KeyedModelHandler(
-        OnnxModelHandlerNumpy(
-            model_uri=model_uri,
-            providers=PROVIDERS,
-            inference_fn=tower_inference_fn,
-            # a full, fixed batch per onnxruntime call; a bundle's remainder goes out smaller
-            min_batch_size=batch_size,
-            max_batch_size=batch_size,
-        )
-    )
-    return RunInference(handler).with_exception_handling()
-
-
-class ProjectImages(beam.PTransform):
-    """Image feature rows -> {"embeddings": (image_id, 128-d), "failed": (image_id, (error, message))}."""
-
-    def __init__(self, model_uri: str, batch_size: int = DEFAULT_BATCH_SIZE):
-        super().__init__()
-        self._model_uri = model_uri
-        self._batch_size = batch_size
-
-    def expand(self, features: beam.PCollection) -> dict[str, beam.PCollection]:
-        inputs = features | "ToTowerInput" >> beam.ParDo(ToTowerInputFn()).with_outputs(_FAILURES, main="vectors")
-        predictions, dead_letters = inputs.vectors | "ImageTower" >> image_tower_inference(
-            self._model_uri, self._batch_size
-        )
-        embeddings = predictions | "TakeEmbedding" >> beam.MapTuple(_take_embedding)
-        tower_failed = dead_letters.failed_inferences | "PerImageFailures" >> beam.FlatMap(_batch_failures)
-        failed = (inputs[_FAILURES], tower_failed) | "MergeImageFailures" >> beam.Flatten()
-        return {"embeddings": embeddings, "failed": failed}
-
-
-class ProjectTags(beam.PTransform):
-    """Text feature rows -> {"vectors": (tag, 128-d), "failures": failure rows}; oov tags absent."""
-
-    def __init__(self, model_uri: str, batch_size: int = DEFAULT_BATCH_SIZE):
-        super().__init__()
-        self._model_uri = model_uri
-        self._batch_size = batch_size
-
-    def expand(self, text_features: beam.PCollection) -> dict[str, beam.PCollection]:
-        out = (
-            text_features
-            | "BatchTags" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
-            | "TextTower" >> beam.ParDo(ProjectTagsFn(self._model_uri)).with_outputs(_FAILURES, main="vectors")
-        )
-        return {"vectors": out.vectors, "failures": out[_FAILURES]}
-
-
 class RankImages(beam.PTransform):
     """The whole ranking: {"images", "image_features", "text_features", "folds", "signals"} row
     PCollections in, {"rankings": RANKINGS_SCHEMA rows, "failures": FAILURES_SCHEMA rows} out.
@@ -483,8 +285,8 @@ class RankImages(beam.PTransform):
         text_tower_uri: str,
         site_root: str,
         page_size: int = site_data.PAGE_SIZE,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        thumbnail_size: int | None = DEFAULT_THUMBNAIL_SIZE,
+        batch_size: int = towers.DEFAULT_BATCH_SIZE,
+        thumbnail_size: int | None = thumbnails.DEFAULT_THUMBNAIL_SIZE,
         folds: int,
         ranker: str = scoring.DEFAULT_RANKER,
         data_root: str = site_data.DATA_DIR,
@@ -520,33 +322,35 @@ class RankImages(beam.PTransform):
         )
         failures = [images["text_failures"], scored[_FAILURES]]
 
-        thumbnails = self._thumbnail_size is not None
-        if thumbnails:
+        with_thumbnails = self._thumbnail_size is not None
+        if with_thumbnails:
             thumbs = (
                 scored[_THUMBS]
                 | "JoinImageStore" >> image_store.JoinImageStore(self._store_shards, STAGE)
             ) | "Thumbnails" >> beam.ParDo(
-                MakeThumbnailFn(self._site_root, self._thumbnail_size)
-            ).with_outputs(_FAILURES, main="failed")
+                thumbnails.MakeThumbnailFn(self._site_root, self._thumbnail_size, STAGE)
+            ).with_outputs(thumbnails.FAILURES, main="failed")
             failed_thumbs = thumbs.failed
-            failures.append(thumbs[_FAILURES])
+            failures.append(thumbs[thumbnails.FAILURES])
         else:
             failed_thumbs = pipeline | "NoThumbnails" >> beam.Create([])
 
-        rankings = (
+        ranked = (
             scored[_SCORED]
             | "GroupByTag" >> beam.GroupByKey()
             | "RankTags"
             >> beam.ParDo(
-                RankTagFn(self._site_root, self._page_size, thumbnails, self._ranker, self._data_root, self._links),
+                RankTagFn(self._page_size, with_thumbnails, self._ranker, self._data_root, self._links),
                 beam.pvalue.AsDict(failed_thumbs),
-            )
+            ).with_outputs(_PAGES, main="rankings")
         )
+        _ = ranked[_PAGES] | "WritePages" >> beam.ParDo(WritePageFn(self._site_root))
+        rankings = ranked.rankings
         return {"rankings": rankings, "failures": failures | "MergeFailures" >> beam.Flatten()}
 
     def _project(self, image_features: beam.PCollection, text_features: beam.PCollection) -> dict[str, beam.PCollection]:
-        images = image_features | "ProjectImages" >> ProjectImages(self._image_tower_uri, self._batch_size)
-        tags = text_features | "ProjectTags" >> ProjectTags(self._text_tower_uri, self._batch_size)
+        images = image_features | "ProjectImages" >> towers.ProjectImages(self._image_tower_uri, self._batch_size)
+        tags = text_features | "ProjectTags" >> towers.ProjectTags(self._text_tower_uri, STAGE, self._batch_size)
         return {**images, "text_vectors": tags["vectors"], "text_failures": tags["failures"]}
 
 
@@ -569,7 +373,7 @@ def _feature_dim(files: Sequence[str]) -> int | None:
 
 def check_inputs_fit_the_towers(image_tower: str, image_feature_files: Sequence[str]) -> list[str]:
     """Problems that would make every image fail in the towers (features of another encoder)."""
-    expected = load_onnx_session(image_tower).get_inputs()[0].shape[-1]
+    expected = towers.load_onnx_session(image_tower).get_inputs()[0].shape[-1]
     dim = _feature_dim(image_feature_files)
     if isinstance(expected, int) and dim is not None and dim != expected:
         return [
@@ -618,9 +422,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-thumbnails", action="store_true", help="make no thumbnails; the site shows the original image URIs"
     )
-    parser.add_argument("--thumbnail-size", type=int, default=DEFAULT_THUMBNAIL_SIZE, help="long side in pixels")
+    parser.add_argument("--thumbnail-size", type=int, default=thumbnails.DEFAULT_THUMBNAIL_SIZE, help="long side in pixels")
     parser.add_argument("--page-size", type=int, default=site_data.PAGE_SIZE, help="ranking items per site page")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="onnxruntime batch size")
+    parser.add_argument("--batch-size", type=int, default=towers.DEFAULT_BATCH_SIZE, help="onnxruntime batch size")
     parser.add_argument(
         "--ranker",
         default=scoring.DEFAULT_RANKER,

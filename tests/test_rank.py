@@ -31,7 +31,7 @@ from PIL import Image
 from export import publish_check, site_data
 from model import schema, scoring, storage
 from model.tags import image_id_for, normalize_tag, tag_key
-from pipelines import common, rank
+from pipelines import common, rank, thumbnails, towers
 from tests.conftest import draw_image, write_broken_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,11 +56,11 @@ def tower_onnx(in_dim: int) -> bytes:
             helper.make_node("MatMul", ["features", "w"], ["projected"]),
             helper.make_node("LpNormalization", ["projected"], ["normalised"], axis=1, p=2),
             helper.make_node("Unsqueeze", ["normalised", "axis1"], ["one_member"]),
-            helper.make_node("Concat", ["one_member"] * MEMBERS, [rank.TOWER_OUTPUT], axis=1),
+            helper.make_node("Concat", ["one_member"] * MEMBERS, [schema.TOWER_OUTPUT], axis=1),
         ],
         "tower",
-        [helper.make_tensor_value_info(rank.TOWER_INPUT, TensorProto.FLOAT, ["batch", in_dim])],
-        [helper.make_tensor_value_info(rank.TOWER_OUTPUT, TensorProto.FLOAT, ["batch", MEMBERS, OUT_DIM])],
+        [helper.make_tensor_value_info(schema.TOWER_INPUT, TensorProto.FLOAT, ["batch", in_dim])],
+        [helper.make_tensor_value_info(schema.TOWER_OUTPUT, TensorProto.FLOAT, ["batch", MEMBERS, OUT_DIM])],
         initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -237,7 +237,7 @@ def test_sort_key_orders_by_score_then_index_order():
 
 
 def test_make_thumbnail_shrinks_long_side_keeps_aspect_and_fixes_exif():
-    jpeg = rank.make_thumbnail(draw_image(1, (600, 300)), 256)
+    jpeg = thumbnails.make_thumbnail(draw_image(1, (600, 300)), 256)
     with Image.open(io.BytesIO(jpeg)) as img:
         assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (256, 128))
     # a portrait photo stored landscape with EXIF orientation 6 comes out upright
@@ -245,24 +245,24 @@ def test_make_thumbnail_shrinks_long_side_keeps_aspect_and_fixes_exif():
     exif[0x0112] = 6
     buf = io.BytesIO()
     Image.new("RGB", (400, 200), (10, 200, 30)).save(buf, "JPEG", exif=exif)
-    with Image.open(io.BytesIO(rank.make_thumbnail(buf.getvalue(), 100))) as img:
+    with Image.open(io.BytesIO(thumbnails.make_thumbnail(buf.getvalue(), 100))) as img:
         assert img.size == (50, 100)
     # small images are not enlarged; transparency becomes white, not black
     buf = io.BytesIO()
     Image.new("RGBA", (40, 20), (0, 0, 0, 0)).save(buf, "PNG")
-    with Image.open(io.BytesIO(rank.make_thumbnail(buf.getvalue(), 256))) as img:
+    with Image.open(io.BytesIO(thumbnails.make_thumbnail(buf.getvalue(), 256))) as img:
         assert img.size == (40, 20) and min(img.getpixel((5, 5))) > 240
 
 
 def test_make_thumbnail_raises_on_broken_bytes(tmp_path):
     for path in write_broken_images(tmp_path):
         with pytest.raises(Exception):
-            rank.make_thumbnail(path.read_bytes())
+            thumbnails.make_thumbnail(path.read_bytes())
 
 
 def test_project_tags_fn_skips_oov_and_records_bad_batches(tmp_path):
     _, text_tower = write_towers(tmp_path)
-    fn = rank.ProjectTagsFn(text_tower)
+    fn = towers.ProjectTagsFn(text_tower, rank.STAGE)
     fn.setup()
     out = list(fn.process(text_rows()))
     vectors = dict(o for o in out if not isinstance(o, beam.pvalue.TaggedOutput))
@@ -317,7 +317,7 @@ def test_rank_images_composite_known_order_oov_skips_and_failures(tmp_path):
     assert_that(ranked["rankings"], _rows_matcher(expected_rows()), label="Rankings")
     assert_that(
         ranked["failures"] | beam.Map(lambda f: (f[schema.IMAGE_ID], f[schema.STAGE], f[schema.ERROR])),
-        equal_to([(image_id("nan"), "rank", rank.NON_FINITE_EMBEDDING), (image_id("broken"), "rank", "OSError")]),
+        equal_to([(image_id("nan"), "rank", towers.NON_FINITE_EMBEDDING), (image_id("broken"), "rank", "OSError")]),
         label="Failures",
     )
     result = p.run()
@@ -327,8 +327,8 @@ def test_rank_images_composite_known_order_oov_skips_and_failures(tmp_path):
     assert counters[common.ROWS_IN] == len(ROWS)
     assert counters[common.ROWS_OUT] == 9
     assert counters[rank.SKIPPED_NO_FEATURES] == counters[common.ROWS_SKIPPED] == 1  # c5
-    assert counters[f"failed_{rank.NON_FINITE_EMBEDDING}"] == counters[common.ROWS_FAILED] == 1
-    assert counters[rank.THUMBNAILS_FAILED] == 1 and counters[rank.THUMBNAILS_WRITTEN] == 7
+    assert counters[f"failed_{towers.NON_FINITE_EMBEDDING}"] == counters[common.ROWS_FAILED] == 1
+    assert counters[thumbnails.THUMBNAILS_FAILED] == 1 and counters[thumbnails.THUMBNAILS_WRITTEN] == 7
     assert counters[rank.IMAGES_INDEXED] == 10 and counters[rank.TAGS_BY_INDEX] == 1
 
     # the pages side effect: the broken image's thumb falls back to its source uri
@@ -469,11 +469,13 @@ def test_rank_tag_fn_orders_by_the_chosen_ranker(tmp_path):
     ]
     orders = {}
     for ranker in ("matcher", "neighbours", "combined"):
-        fn = rank.RankTagFn(str(tmp_path / ranker), 60, False, ranker)
-        rows = list(fn.process(("t", items), {}))
+        fn = rank.RankTagFn(60, False, ranker)
+        out = list(fn.process(("t", items), {}))
+        rows = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+        pages = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput) and o.tag == "pages"]
         orders[ranker] = [r[schema.IMAGE_ID] for r in rows]
-        page = read_json(tmp_path / ranker / site_data.ranking_page_path(tag_key("t"), 0))
-        assert page["ranked_by"] == ranker
+        assert [p for p, _ in pages] == [site_data.ranking_page_path(tag_key("t"), 0)]
+        assert json.loads(pages[0][1])["ranked_by"] == ranker
     assert orders == {"matcher": ["a", "b", "c"], "neighbours": ["b", "c", "a"], "combined": ["b", "a", "c"]}
 
 
@@ -512,7 +514,7 @@ def test_run_tag_shards_manifest_and_report(published):
     assert (report.rows_failed, report.rows_skipped, report.details[rank.SKIPPED_NO_FEATURES]) == (1, 1, 1)
     assert json.loads((out / schema.REPORTS_DIR / "rank.json").read_text())["rows_out"] == report.rows_out
     failures = pq.read_table(next((out / schema.FAILURES_DIR).glob("rank-*.parquet"))).to_pylist()
-    assert sorted(f[schema.ERROR] for f in failures) == [rank.NON_FINITE_EMBEDDING, "OSError"]
+    assert sorted(f[schema.ERROR] for f in failures) == [towers.NON_FINITE_EMBEDDING, "OSError"]
 
 
 def test_run_file_names_are_hex_even_for_hostile_tags(published):
@@ -641,7 +643,7 @@ def test_thumbnails_of_fetched_images_come_from_the_store(tmp_path):
     fn_input = [(image_id("a"), uri), (image_id("b"), "https://images.example.invalid/b.jpg")]
     p = test_pipeline.TestPipeline()
     joined = p | beam.Create(fn_input) | rank.image_store.JoinImageStore([str(store)], rank.STAGE)
-    out = joined | beam.ParDo(rank.MakeThumbnailFn(str(site), 64)).with_outputs("failures", main="failed")
+    out = joined | beam.ParDo(thumbnails.MakeThumbnailFn(str(site), 64, rank.STAGE)).with_outputs("failures", main="failed")
     assert_that(out.failed, equal_to([(image_id("b"), "NotFetched")]), label="OnlyTheUnfetchedFails")
     p.run().wait_until_finish()
     with Image.open(site / site_data.thumbnail_path(image_id("a"))) as img:

@@ -1,0 +1,82 @@
+"""Thumbnails for the site: each ranked image shrunk once to a small upright JPEG.
+
+Read through fetch's image store when it has the bytes (http(s) collections), else through Beam's
+FileSystems; decoded with the allowed raster formats only. A thumbnail that cannot be made is a
+failure row, and the page falls back to the image's public link (or to none): the ranking
+survives.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Iterator
+
+import apache_beam as beam
+from PIL import Image, ImageOps
+
+from export import publish, site_data
+from model import schema
+from model.image_formats import open_image
+from pipelines import common, image_store
+
+DEFAULT_THUMBNAIL_SIZE = 256
+JPEG_QUALITY = 82
+FAILURES = "failures"
+THUMBNAILS_WRITTEN = "thumbnails_written"
+THUMBNAILS_FAILED = "thumbnails_failed"
+
+
+def thumb_for(image_id: str, uri: str, thumbnails: bool, failed_thumbs: dict[str, Any], links: publish.PublicLinks) -> str | None:
+    """The site's `thumb`: our thumbnail, or without one (flag off or it failed) the image's
+    public link, or nothing: a local path is never published."""
+    if thumbnails and image_id not in failed_thumbs:
+        return site_data.thumbnail_path(image_id)
+    return links.link(uri)
+
+
+def make_thumbnail(data: bytes, size: int = DEFAULT_THUMBNAIL_SIZE, quality: int = JPEG_QUALITY) -> bytes:
+    """JPEG bytes of an image shrunk to `size` on its long side (never enlarged), upright, RGB."""
+    with open_image(data) as img:
+        # JPEG decoders can skip most of the work when asked for a reduced size up front.
+        img.draft("RGB", (size, size))
+        upright = ImageOps.exif_transpose(img)
+        if upright.mode in ("RGBA", "LA") or (upright.mode == "P" and "transparency" in upright.info):
+            rgba = upright.convert("RGBA")
+            # transparent areas become white, not whatever colour hides behind alpha 0
+            rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+            rgb.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            rgb = upright.convert("RGB")
+        rgb.thumbnail((size, size), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", quality=quality, optimize=True)
+        return buf.getvalue()
+
+
+class MakeThumbnailFn(beam.DoFn):
+    """(image_id, uri, stored bytes or None) -> a JPEG thumbnail under the site; a failure is
+    recorded, not raised.
+
+    Main output: (image_id, error) of each failed thumbnail, so pages can fall back to the uri.
+    """
+
+    def __init__(self, site_root: str, size: int, stage: str):
+        self._site_root = site_root
+        self._size = size
+        self._stage = stage
+
+    def process(self, element: tuple) -> Iterator[Any]:
+        # (image_id, uri, stored bytes or None): fetch's store has the bytes of http(s) images
+        image_id, uri, *stored = element
+        try:
+            data = image_store.image_bytes(uri, stored[0] if stored else None, common.read_bytes)
+            jpeg = make_thumbnail(data, self._size)
+            common.write_bytes(schema.out_path(self._site_root, site_data.thumbnail_path(image_id)), jpeg, "image/jpeg")
+        except Exception as exn:  # unreadable source, bad image, store error: the ranking survives
+            name = type(exn).__name__
+            common.counter(self._stage, THUMBNAILS_FAILED).inc()
+            common.counter(self._stage, f"thumbnail_failed_{name}").inc()
+            yield beam.pvalue.TaggedOutput(FAILURES, common.failure_row(self._stage, image_id, uri, name, f"thumbnail: {exn}"))
+            yield image_id, name
+            return
+        common.counter(self._stage, THUMBNAILS_WRITTEN).inc()
