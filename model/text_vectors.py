@@ -271,6 +271,52 @@ def load_keyed_vectors(path: str) -> KeyedVectors:
         return _load_local(local, mmap=None)
 
 
+# ---------------------------------------------------------------------------
+# One memory-mapped copy per machine
+# ---------------------------------------------------------------------------
+_READY = "ready"
+_MAPPED_NAME = "vectors" + KV_SUFFIX
+
+
+def mapped_keyed_vectors(local_path: str, cache_dir: str) -> KeyedVectors:
+    """The vectors of a local file, memory-mapped read-only, so that every process on a machine
+    shares one copy in the page cache instead of holding its own.
+
+    A gensim .kv is mapped where it lies. word2vec text or binary is read once (every line
+    checked, as load_keyed_vectors does) and saved as a .kv under cache_dir, which later calls,
+    in this process or another, map; an exclusive lock on cache_dir makes the other processes of
+    the machine wait for the first one's conversion instead of repeating it. cache_dir must be
+    named by the file's identity (path, size, modification time): it is reused as long as it
+    holds a finished conversion.
+    """
+    if detect_format(local_path) == FORMAT_KV:
+        return _load_local(local_path, mmap="r")
+    import fcntl
+
+    os.makedirs(cache_dir, exist_ok=True)
+    mapped = os.path.join(cache_dir, _MAPPED_NAME)
+    with open(os.path.join(cache_dir, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not os.path.exists(os.path.join(cache_dir, _READY)):
+                kv = _load_local(local_path, mmap=None)
+                # sep_limit=0: the arrays go to .npy files beside the pickle, which mmap can map
+                kv.save(mapped, sep_limit=0)
+                del kv
+                with open(os.path.join(cache_dir, _READY), "w") as f:
+                    f.write(local_path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return KeyedVectors.load(mapped, mmap="r")
+
+
+def kv_vector_size(local_kv: str) -> int:
+    """The dimension recorded in a gensim .kv pickle, without its (separately saved) arrays."""
+    from gensim import utils
+
+    return int(utils.unpickle(local_kv).vector_size)
+
+
 def _remote_head(path: str, local: str) -> None:
     """The first _HEAD_BYTES of a remote file: enough for the header and the first record."""
     with fsspec.open(path, "rb") as fin, open(local, "wb") as fout:

@@ -16,10 +16,18 @@ the file almost certainly is not the vectors it claims to be.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import logging
+import os
+import shutil
+import tempfile
 from typing import Any, Iterator
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils.shared import Shared
 
 from model import schema, text_vectors
 from pipelines import common
@@ -75,22 +83,145 @@ def tag_of(row: dict[str, Any]) -> str:
     return row[schema.TAG]
 
 
+# Word vectors on workers: read through Beam's FileSystems (gs:// needs no gcsfs on a worker),
+# copied to the machine's local disk once, memory-mapped by every SDK process of the machine.
+COPY_CHUNK_BYTES = 16 * 1024 * 1024
+HEAD_BYTES = 4 * 1024 * 1024  # enough for a word2vec header and its first record
+CACHE_ROOT_ENV = "IMGSEARCH_WORD_VECTORS_CACHE"  # default: <tmp>/imgsearch-word-vectors
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _strip_file_scheme(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def _open_raw(path: str):
+    # UNCOMPRESSED: a .gz file is copied as it is (text_vectors reads gzip itself)
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _copy_to_local(src: str, dst: str) -> None:
+    """Streamed (word-vector files run to several GB), to a temporary name renamed when complete."""
+    partial = dst + ".partial"
+    with _open_raw(src) as fin, open(partial, "wb") as fout:
+        shutil.copyfileobj(fin, fout, length=COPY_CHUNK_BYTES)
+    os.replace(partial, dst)
+
+
+def _identity(path: str) -> str:
+    """What names one version of a file: its path, size and modification time."""
+    if _is_local(path):
+        st = os.stat(_strip_file_scheme(path))
+        facts = f"{os.path.abspath(_strip_file_scheme(path))}|{st.st_size}|{st.st_mtime_ns}"
+    else:
+        meta = FileSystems.match([path])[0].metadata_list
+        if not meta:
+            raise FileNotFoundError(f"{STAGE}: no word vectors at {path}")
+        facts = f"{path}|{meta[0].size_in_bytes}|{meta[0].last_updated_in_seconds}"
+    return hashlib.sha256(facts.encode("utf-8")).hexdigest()[:24]
+
+
+def _remote_files(path: str) -> list[str]:
+    """The file itself plus, for a gensim .kv, the arrays saved beside it (NAME.kv.*.npy)."""
+    if not path.endswith(text_vectors.KV_SUFFIX):
+        return [path]
+    sidecars = common.glob(path + ".*")
+    return [path] + [p for p in sidecars if not p.endswith(".partial")]
+
+
+def cache_dir_for(path: str) -> str:
+    root = os.environ.get(CACHE_ROOT_ENV) or os.path.join(tempfile.gettempdir(), "imgsearch-word-vectors")
+    return os.path.join(root, _identity(path))
+
+
+def local_word_vectors(path: str, cache_dir: str) -> str:
+    """A local path holding the word vectors: the path itself when local, otherwise a copy made
+    once per machine under cache_dir (through Beam's FileSystems, under a lock that makes the
+    machine's other processes wait for the first copy)."""
+    if _is_local(path):
+        return _strip_file_scheme(path)
+    import fcntl
+
+    os.makedirs(cache_dir, exist_ok=True)
+    copies = os.path.join(cache_dir, "copy")
+    os.makedirs(copies, exist_ok=True)
+    local = os.path.join(copies, path.rsplit("/", 1)[-1])
+    with open(os.path.join(cache_dir, ".copy-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not os.path.exists(os.path.join(copies, ".complete")):
+                for remote in _remote_files(path):
+                    _copy_to_local(remote, os.path.join(copies, remote.rsplit("/", 1)[-1]))
+                open(os.path.join(copies, ".complete"), "w").close()
+                log.info("%s: copied %s to %s", STAGE, path, copies)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return local
+
+
+def load_word_vectors(path: str) -> text_vectors.KeyedVectors:
+    """The word vectors, memory-mapped from the machine's one local copy (model.text_vectors)."""
+    cache_dir = cache_dir_for(path)
+    return text_vectors.mapped_keyed_vectors(local_word_vectors(path, cache_dir), os.path.join(cache_dir, "mapped"))
+
+
+class _SharedVectors:
+    """A weak-referenceable holder (Shared keeps objects by weak reference)."""
+
+    def __init__(self, kv: Any):
+        self.kv = kv
+
+
+def _shared_vectors(path: str) -> _SharedVectors:
+    return _SharedVectors(load_word_vectors(path))
+
+
+def word_vectors_dim(path: str) -> int:
+    """The vectors' dimension, read cheaply on the driver: the header against the first record
+    (word2vec) or the .kv pickle without its arrays. Workers check the whole file when they load it."""
+    if _is_local(path):
+        return text_vectors.vector_dim(_strip_file_scheme(path))
+    with tempfile.TemporaryDirectory(prefix="imgsearch-kv-") as tmp:
+        local = os.path.join(tmp, path.rsplit("/", 1)[-1])
+        if path.endswith(text_vectors.KV_SUFFIX):
+            _copy_to_local(path, local)  # the pickle only: the arrays lie beside it
+            if text_vectors.detect_format(local) == text_vectors.FORMAT_KV:
+                return text_vectors.kv_vector_size(local)
+            return text_vectors.vector_dim(local)
+        with _open_raw(path) as fin, open(local, "wb") as fout:
+            fout.write(fin.read(HEAD_BYTES))
+        return text_vectors.sniff_word2vec(local).dim
+
+
 # ---------------------------------------------------------------------------
 # DoFns
 # ---------------------------------------------------------------------------
 class TagVectorFn(beam.DoFn):
-    """tag -> text feature row; the word vectors are loaded once per DoFn instance."""
+    """tag -> text feature row.
+
+    The word vectors are loaded once per worker process (Beam's Shared, for every thread and
+    DoFn instance of the process) from one memory-mapped local copy per machine, which the
+    machine's processes share: a real vocabulary (GoogleNews is 3.6 GB) is held once, not once
+    per SDK process or thread.
+    """
 
     def __init__(self, word_vectors: str, dim: int):
         self._word_vectors = word_vectors
         self._dim = dim
+        self._shared = Shared()
+        self._holder = None
         self._kv = None
         self._rows_in = common.counter(STAGE, common.ROWS_IN)
         self._rows_out = common.counter(STAGE, common.ROWS_OUT)
         self._by_status = {status: common.counter(STAGE, status) for status in schema.TEXT_STATUSES}
 
     def setup(self) -> None:
-        self._kv = text_vectors.load_keyed_vectors(self._word_vectors)
+        load = functools.partial(_shared_vectors, self._word_vectors)
+        self._holder = self._shared.acquire(load, tag=self._word_vectors)
+        self._kv = self._holder.kv
         if self._kv.vector_size != self._dim:
             # The output schema was built with the driver's reading of the file's dimension.
             raise ValueError(f"{self._word_vectors}: vectors have {self._kv.vector_size} dims, expected {self._dim}")
@@ -159,7 +290,7 @@ def run(
     args, beam_options = common.split_args(get_args_parser(), argv)
     # the header against the first record, here: a damaged file fails before any worker starts
     # (workers check every line when they load it)
-    dim = text_vectors.vector_dim(args.word_vectors)
+    dim = word_vectors_dim(args.word_vectors)
     log.info("%s: %s has %d-d vectors", STAGE, args.word_vectors, dim)
     previous = text_shards(args.out)
     prefix = f"{output_prefix(args.out)}-{common.run_id()}"
