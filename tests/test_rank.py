@@ -31,7 +31,7 @@ from PIL import Image
 from export import publish_check, site_data
 from model import schema, scoring, storage
 from model.tags import image_id_for, normalize_tag, tag_key
-from pipelines import common, rank, thumbnails, towers
+from pipelines import common, rank, ranking, thumbnails, towers
 from tests.conftest import draw_image, write_broken_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,7 +183,7 @@ def write_inputs(out: Path, uris: dict[str, str], rows=ROWS, vectors=VECTORS, te
     write(feature_rows(vectors), schema.image_features_schema(IMAGE_DIM, meta), f"{schema.IMAGE_FEATURES_DIR}/features-00000-of-00001.parquet")
     text_meta = {schema.META_WORD_VECTORS: b"tiny.kv"}
     write(text_rows(text), schema.text_features_schema(TEXT_DIM, text_meta), f"{schema.TEXT_FEATURES_DIR}/text-00000-of-00001.parquet")
-    earlier = [rank.failure_row("x", "/nowhere.jpg", "OSError", "gone")] * 2
+    earlier = [common.failure_row("extract-images", "x", "/nowhere.jpg", "OSError", "gone")] * 2
     write([{**r, schema.STAGE: "extract-images"} for r in earlier], schema.FAILURES_SCHEMA, f"{schema.FAILURES_DIR}/extract-images-00000-of-00001.parquet")
     write(fold_rows(), schema.FOLDS_SCHEMA, f"{schema.FOLDS_DIR}/folds-00000-of-00001.parquet")
     write(signal_rows(rows, vectors), schema.SIGNALS_SCHEMA, f"{schema.SIGNALS_DIR}/signals-00000-of-00001.parquet")
@@ -231,9 +231,9 @@ def read_json(path: Path):
 # ---------------------------------------------------------------------------
 def test_sort_key_orders_by_score_then_index_order():
     items = [(0.5, 3, "a"), (0.9, 7, "b"), (0.5, 1, "c")]
-    assert [i[2] for i in sorted(items, key=lambda i: rank.sort_key(*i))] == ["b", "c", "a"]
+    assert [i[2] for i in sorted(items, key=lambda i: ranking.sort_key(*i))] == ["b", "c", "a"]
     oov = [(None, 4, "x"), (None, 2, "y")]
-    assert [i[2] for i in sorted(oov, key=lambda i: rank.sort_key(*i))] == ["y", "x"]
+    assert [i[2] for i in sorted(oov, key=lambda i: ranking.sort_key(*i))] == ["y", "x"]
 
 
 def test_make_thumbnail_shrinks_long_side_keeps_aspect_and_fixes_exif():
@@ -326,10 +326,10 @@ def test_rank_images_composite_known_order_oov_skips_and_failures(tmp_path):
 
     assert counters[common.ROWS_IN] == len(ROWS)
     assert counters[common.ROWS_OUT] == 9
-    assert counters[rank.SKIPPED_NO_FEATURES] == counters[common.ROWS_SKIPPED] == 1  # c5
+    assert counters[ranking.SKIPPED_NO_FEATURES] == counters[common.ROWS_SKIPPED] == 1  # c5
     assert counters[f"failed_{towers.NON_FINITE_EMBEDDING}"] == counters[common.ROWS_FAILED] == 1
     assert counters[thumbnails.THUMBNAILS_FAILED] == 1 and counters[thumbnails.THUMBNAILS_WRITTEN] == 7
-    assert counters[rank.IMAGES_INDEXED] == 10 and counters[rank.TAGS_BY_INDEX] == 1
+    assert counters[ranking.IMAGES_INDEXED] == 10 and counters[ranking.TAGS_BY_INDEX] == 1
 
     # the pages side effect: the broken image's thumb falls back to its source uri
     dog = read_json(site / site_data.ranking_page_path(tag_key("dog"), 1))
@@ -455,9 +455,9 @@ def test_matcher_scores_come_from_the_member_that_held_the_image_out():
     embedding = np.eye(4, dtype=np.float32)[:3]  # members 0, 1 and the in-sample member 2
     tag = np.ones((3, 4), dtype=np.float32)
     tag[1] *= 2
-    assert rank.matcher_scores(embedding, tag, 0, 2) == (1.0, 1.0)
-    assert rank.matcher_scores(embedding, tag, 1, 2) == (2.0, 1.0)
-    assert rank.matcher_scores(embedding, tag, schema.NO_FOLD, 2) == (1.5, 1.0)  # no member trained on it: the mean
+    assert ranking.matcher_scores(embedding, tag, 0, 2) == (1.0, 1.0)
+    assert ranking.matcher_scores(embedding, tag, 1, 2) == (2.0, 1.0)
+    assert ranking.matcher_scores(embedding, tag, schema.NO_FOLD, 2) == (1.5, 1.0)  # no member trained on it: the mean
 
 
 def test_rank_tag_fn_orders_by_the_chosen_ranker(tmp_path):
@@ -469,7 +469,7 @@ def test_rank_tag_fn_orders_by_the_chosen_ranker(tmp_path):
     ]
     orders = {}
     for ranker in ("matcher", "neighbours", "combined"):
-        fn = rank.RankTagFn(60, False, ranker)
+        fn = ranking.RankTagFn(60, False, ranker)
         out = list(fn.process(("t", items), {}))
         rows = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
         pages = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput) and o.tag == "pages"]
@@ -511,7 +511,7 @@ def test_run_tag_shards_manifest_and_report(published):
 
     assert report.rows_in == len(published["rows"])
     assert report.rows_in == report.rows_out + report.rows_failed + report.rows_skipped
-    assert (report.rows_failed, report.rows_skipped, report.details[rank.SKIPPED_NO_FEATURES]) == (1, 1, 1)
+    assert (report.rows_failed, report.rows_skipped, report.details[ranking.SKIPPED_NO_FEATURES]) == (1, 1, 1)
     assert json.loads((out / schema.REPORTS_DIR / "rank.json").read_text())["rows_out"] == report.rows_out
     failures = pq.read_table(next((out / schema.FAILURES_DIR).glob("rank-*.parquet"))).to_pylist()
     assert sorted(f[schema.ERROR] for f in failures) == [towers.NON_FINITE_EMBEDDING, "OSError"]
