@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from model import schema, storage
+from model import devices, schema, storage
 from model.report import StageReport
 from model.matcher import FoldedMatcher, Matcher, MatcherConfig, contrastive_loss, save_checkpoint
 from model.tags import fold_for, in_validation
@@ -423,11 +423,7 @@ class EarlyStopping:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda, but torch sees no CUDA device")
-    return torch.device(name)
+    return torch.device(devices.torch_device_name(devices.parse_device(name), torch.cuda.is_available()))
 
 
 def seed_everything(seed: int) -> None:
@@ -570,7 +566,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dim", type=int, default=128, help="joint embedding size")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device", default=devices.AUTO, type=devices.parse_device, choices=devices.DEVICES_WITH_AUTO, help="CPU, GPU or auto"
+    )
     parser.add_argument("--shuffle-buffer", type=int, default=16384, help="rows held for shuffling (memory: rows x dim x 4 B)")
     parser.add_argument("--read-rows", type=int, default=DEFAULT_READ_ROWS, help="rows per Parquet read")
     return parser
