@@ -32,6 +32,7 @@ from torch import nn
 
 from model import schema, storage
 from model.matcher import load_checkpoint
+from model.report import StageReport
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,12 @@ class ParityError(RuntimeError):
 
 
 @dataclasses.dataclass
-class ExportResult:
-    stage: str
-    towers: dict[str, dict[str, Any]]
-    tolerance: float
-    opset: int
-    seconds: float
+class ExportResult(StageReport):
+    """rows_in: the towers in the checkpoint (one per side); rows_out: the towers exported."""
+
+    towers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    tolerance: float = DEFAULT_TOLERANCE
+    opset: int = DEFAULT_OPSET
 
     def summary_line(self) -> str:
         parts = ", ".join(
@@ -183,8 +184,17 @@ def run(argv: list[str] | None = None) -> ExportResult:
             "word_vectors": inputs.get("word_vectors"),
         },
     )
-    result = ExportResult(stage=STAGE, towers=infos, tolerance=args.tolerance, opset=args.opset, seconds=time.monotonic() - started)
-    storage.write_json(schema.out_path(args.out, schema.REPORTS_DIR, f"{STAGE}.json"), dataclasses.asdict(result))
+    result = ExportResult(
+        stage=STAGE,
+        rows_in=len(towers),
+        rows_out=len(infos),
+        seconds=time.monotonic() - started,
+        details={"members": model.folds + 1},
+        towers=infos,
+        tolerance=args.tolerance,
+        opset=args.opset,
+    )
+    result.save(args.out)
     return result
 
 

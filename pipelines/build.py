@@ -19,22 +19,28 @@ import logging
 import time
 from typing import Any, Callable
 
+from model.report import StageReport
+
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class BuildResult:
-    """Every stage's result in order, and the evaluation of what was published."""
+class BuildResult(StageReport):
+    """Every stage's result in order (rows_in/out: the stages planned and run), and through the
+    last one, rank, the evaluation of what was published."""
 
-    stages: list[Any]
-    seconds: float
+    stages: list[Any] = dataclasses.field(default_factory=list)
 
     @property
     def rank(self) -> Any:
         return self.stages[-1]
 
     def summary_line(self) -> str:
-        return f"build: {len(self.stages)} stages in {self.seconds:.0f} s"
+        return f"{self.stage}: {self.rows_out} of {self.rows_in} stages run in {self.seconds:.0f} s"
+
+    def to_json(self) -> dict[str, Any]:
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(StageReport)}
+        return {**own, "stages": [getattr(r, "stage", None) for r in self.stages]}
 
     def report(self) -> str:
         report = getattr(self.rank, "report", None)
@@ -94,7 +100,7 @@ def run_plan(plan: list[tuple[str, str, str, list[str]]], say: Callable[[str], N
         if callable(line):
             say(line())
         results.append(result)
-    return BuildResult(stages=results, seconds=time.monotonic() - started)
+    return BuildResult(stage="build", rows_in=len(plan), rows_out=len(results), seconds=time.monotonic() - started, stages=results)
 
 
 def _say(text: str) -> None:
