@@ -197,12 +197,12 @@ def exists(path: str) -> bool:
 
 
 def glob(pattern: str) -> list[str]:
-    """Sorted paths matching a pattern (empty when none)."""
-    try:
-        matches = FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # FileSystems raises when a local directory is missing
-        return []
-    return sorted(m.path for m in matches)
+    """Sorted paths matching a pattern; empty when none (a missing local folder included).
+
+    Errors are not swallowed: a gs:// authentication or permission error must not read as
+    "no shards" and make a stage start from nothing.
+    """
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
 def delete(paths: Iterable[str]) -> None:

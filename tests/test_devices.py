@@ -16,3 +16,20 @@ def test_gpu_without_cuda_fails_loudly():
     assert devices.torch_device_name("auto", cuda_available=True) == "cuda"
     with pytest.raises(RuntimeError, match="no silent fallback"):
         devices.torch_device_name("GPU", cuda_available=False)
+
+
+def test_glob_finds_nothing_in_a_missing_folder_but_lets_real_errors_through(tmp_path, monkeypatch):
+    from apache_beam.io.filesystem import BeamIOError
+
+    from pipelines import common
+
+    assert common.glob(str(tmp_path / "missing" / "*.parquet")) == []
+    (tmp_path / "a.parquet").write_bytes(b"")
+    assert common.glob(str(tmp_path / "*.parquet")) == [str(tmp_path / "a.parquet")]
+
+    def denied(patterns):
+        raise BeamIOError("403 Forbidden: no access to gs://bucket", {patterns[0]: PermissionError("403")})
+
+    monkeypatch.setattr(common.FileSystems, "match", denied)
+    with pytest.raises(BeamIOError, match="403"):
+        common.glob("gs://bucket/x/*.parquet")
