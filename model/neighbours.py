@@ -9,7 +9,9 @@ whole; 1.7M x 2048 floats would be 14 GB). Each feature is L2-normalised and, ab
 --search-dim, projected onto the top principal directions of a seeded sample and normalised
 again, so the search vectors at 1.7M images take 1.7 GB. Cosine is the inner product of those
 unit vectors. `exact` scans every pair with faiss' brute-force kernel (O(n^2)); `ivf` searches an
-IndexIVFFlat (nlist about 4 sqrt(n)); `auto` is exact up to AUTO_EXACT_MAX_IMAGES images.
+IndexIVFFlat (nlist about 4 sqrt(n), DEFAULT_NPROBE lists a query: O(n^1.5)) and measures its
+recall@k against an exhaustive search for a seeded sample of images (the report's
+ivf_recall_estimate); `auto` is exact up to AUTO_EXACT_MAX_IMAGES images.
 
 Writes
 - OUT/neighbours/neighbours-SSSSS-of-NNNNN.parquet (schema.NEIGHBOURS_SCHEMA): one row per image
