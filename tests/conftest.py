@@ -68,6 +68,49 @@ def make_keyed_vectors(words: list[str], dim: int = 16, seed: int = 0):
     return kv
 
 
+# Test tiers, one marker each (run one with `pytest -m unit`, `-m pipeline`, `-m e2e`, `-m browser`):
+# unit: plain functions and DoFn.process called directly; pipeline: composites under TestPipeline and
+# whole stages through run() on generated inputs; e2e: every stage through the CLI on the demo;
+# browser: the site in Debian's chromium. A module's tier is set here, in one place.
+TIERS = ("unit", "pipeline", "e2e", "browser")
+PIPELINE_MODULES = {
+    "test_extract_images", "test_extract_incremental", "test_extract_int8", "test_extract_text", "test_fetch",
+    "test_index", "test_neighbours", "test_rank", "test_train", "test_onnx_export", "test_bench",
+    "test_precision_quality", "test_gcs_emulator",
+}
+E2E_MODULES = {"test_end_to_end"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier, what in zip(TIERS, ("plain functions and DoFns", "composites and whole stages on generated inputs",
+                                  "every stage through the CLI", "the site in a real browser")):
+        config.addinivalue_line("markers", f"{tier}: {what}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        if "site" in path.parts:
+            tier = "browser"
+        elif path.stem in E2E_MODULES or "small_demo_run" in getattr(item, "fixturenames", ()):
+            tier = "e2e"
+        elif path.stem in PIPELINE_MODULES or "faults" in path.parts:
+            tier = "pipeline"
+        else:
+            tier = "unit"
+        item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture
+def beam_pipeline():
+    """A TestPipeline on the in-process runner (Beam's default tries Prism, which downloads)."""
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from pipelines import common
+
+    return TestPipeline(runner=common.LOCAL_RUNNER)
+
+
 SMALL_DEMO_IMAGES = 600
 
 

@@ -32,6 +32,7 @@ from export import publish_check, site_data
 from model import schema, scoring, storage
 from model.tags import image_id_for, normalize_tag, tag_key
 from pipelines import common, rank, ranking, thumbnails, towers
+from tests import builders
 from tests.conftest import draw_image, write_broken_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,20 +174,15 @@ def text_rows(text=TEXT) -> list[dict]:
 
 def write_inputs(out: Path, uris: dict[str, str], rows=ROWS, vectors=VECTORS, text=TEXT) -> None:
     """Everything earlier stages would have written, with the real schemas and metadata."""
-    def write(table_rows: list[dict], table_schema: pa.Schema, relpath: str) -> None:
-        path = out / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(table_rows, schema=table_schema), path)
-
-    meta = {schema.META_ENCODER: b"tiny", schema.META_WEIGHTS: b"random", schema.META_DIM: b"4"}
-    write(image_rows(uris, rows), schema.IMAGES_SCHEMA, f"{schema.IMAGES_DIR}/images-00000-of-00001.parquet")
-    write(feature_rows(vectors), schema.image_features_schema(IMAGE_DIM, meta), f"{schema.IMAGE_FEATURES_DIR}/features-00000-of-00001.parquet")
-    text_meta = {schema.META_WORD_VECTORS: b"tiny.kv"}
-    write(text_rows(text), schema.text_features_schema(TEXT_DIM, text_meta), f"{schema.TEXT_FEATURES_DIR}/text-00000-of-00001.parquet")
+    builders.write_images(out, image_rows(uris, rows))
+    builders.write_image_features(
+        out, {image_id(n): v for n, v in vectors.items() if v is not None}, encoder="tiny", content_hashes={}
+    )
+    builders.write_text_features(out, text, word_vectors="tiny.kv")
     earlier = [common.failure_row("extract-images", "x", "/nowhere.jpg", "OSError", "gone")] * 2
-    write([{**r, schema.STAGE: "extract-images"} for r in earlier], schema.FAILURES_SCHEMA, f"{schema.FAILURES_DIR}/extract-images-00000-of-00001.parquet")
-    write(fold_rows(), schema.FOLDS_SCHEMA, f"{schema.FOLDS_DIR}/folds-00000-of-00001.parquet")
-    write(signal_rows(rows, vectors), schema.SIGNALS_SCHEMA, f"{schema.SIGNALS_DIR}/signals-00000-of-00001.parquet")
+    builders.write_table(out, schema.FAILURES_DIR, "extract-images", earlier, schema.FAILURES_SCHEMA)
+    builders.write_table(out, schema.FOLDS_DIR, schema.FOLDS_PREFIX, fold_rows(), schema.FOLDS_SCHEMA)
+    builders.write_table(out, schema.SIGNALS_DIR, schema.SIGNALS_PREFIX, signal_rows(rows, vectors), schema.SIGNALS_SCHEMA)
     write_towers(out)
     (out / schema.EXPORT_JSON).write_text(json.dumps({"opset": 17, "folds": FOLDS, "towers": {"image": {"output_dim": 128, "max_abs_diff": 2e-7}, "text": {"output_dim": 128, "max_abs_diff": 1e-6}}}))
 
@@ -296,7 +292,7 @@ def test_rank_images_composite_known_order_oov_skips_and_failures(tmp_path):
     image_tower, text_tower = write_towers(tmp_path)
     uris = write_image_files(tmp_path / "images", list(VECTORS))
     site = tmp_path / "site"
-    p = test_pipeline.TestPipeline()
+    p = test_pipeline.TestPipeline(runner=common.LOCAL_RUNNER)
     inputs = {
         "images": p | "Images" >> beam.Create(image_rows(uris)),
         "image_features": p | "Features" >> beam.Create(feature_rows()),
@@ -348,7 +344,7 @@ def test_image_tower_failure_goes_to_dead_letter_not_crash(tmp_path):
     uris = write_image_files(tmp_path / "images", list(VECTORS))
     five_wide = {n: (None if v is None else v + [0.0]) for n, v in VECTORS.items() if n != "nan"}
     rows = [r for r in ROWS if r[0] != "nan"]
-    p = test_pipeline.TestPipeline()
+    p = test_pipeline.TestPipeline(runner=common.LOCAL_RUNNER)
     inputs = {
         "images": p | "Images" >> beam.Create(image_rows(uris, rows)),
         "image_features": p | "Features" >> beam.Create(feature_rows(five_wide)),
@@ -641,7 +637,7 @@ def test_thumbnails_of_fetched_images_come_from_the_store(tmp_path):
     }
     pq.write_table(pa.Table.from_pylist([row], schema=schema.IMAGE_STORE_SCHEMA), store)
     fn_input = [(image_id("a"), uri), (image_id("b"), "https://images.example.invalid/b.jpg")]
-    p = test_pipeline.TestPipeline()
+    p = test_pipeline.TestPipeline(runner=common.LOCAL_RUNNER)
     joined = p | beam.Create(fn_input) | rank.image_store.JoinImageStore([str(store)], rank.STAGE)
     out = joined | beam.ParDo(thumbnails.MakeThumbnailFn(str(site), 64, rank.STAGE)).with_outputs("failures", main="failed")
     assert_that(out.failed, equal_to([(image_id("b"), "NotFetched")]), label="OnlyTheUnfetchedFails")
