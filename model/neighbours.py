@@ -51,7 +51,7 @@ from model.report import StageReport
 
 # The feature streaming is train's: one reader of the feature shards, one set of checks (NaN/inf).
 # Importing model.train imports torch (about 3 s); nothing here uses it.
-from model.train import DEFAULT_READ_ROWS, ImageFeatureFiles, find_image_features, iter_feature_rows
+from model.features import DEFAULT_READ_ROWS, ImageFeatureFiles, find_image_features, iter_feature_rows
 
 log = logging.getLogger(__name__)
 
