@@ -20,10 +20,17 @@ from model.preprocess import CropSpec
 
 log = logging.getLogger(__name__)
 
-AUTO, FP32, BF16, FP16 = "auto", "fp32", "bf16", "fp16"
-PRECISIONS = (AUTO, FP32, BF16, FP16)
+AUTO, FP32, BF16, FP16, INT8 = "auto", "fp32", "bf16", "fp16", "int8"
+PRECISIONS = (AUTO, FP32, BF16, FP16, INT8)
 _REDUCED_DTYPES = {BF16: torch.bfloat16, FP16: torch.float16}
-METADATA_NAMES = {FP32: "float32", BF16: "bfloat16", FP16: "float16"}
+METADATA_NAMES = {FP32: "float32", BF16: "bfloat16", FP16: "float16", INT8: "int8"}
+# int8 features (a quantised encoder through onnxruntime, model.quantize) are another vector space
+# than the float precisions', which differ from each other only by rounding
+INT8_SPACE, FLOAT_SPACE = "int8", "float"
+# encoders whose int8 features held the quality bound (published-rankings AUC within 0.005 of
+# fp32, README "int8 on CPUs"): auto picks int8 for them on a CPU with VNNI or AMX. resnet50's
+# ImageNet weights could not be checked offline, so its auto stays bf16/fp32.
+INT8_AUTO_ENCODERS = ("efficientnet_lite0",)
 
 
 def cpu_supports_bf16() -> bool:
@@ -59,9 +66,44 @@ def resolve_precision(requested: str, device: str) -> str:
         return BF16 if cpu_supports_bf16() else FP32
     if requested == FP16 and not on_gpu:
         raise ValueError("fp16 is for GPUs; on a CPU use bf16 (where supported) or fp32")
+    if requested == INT8 and on_gpu:
+        raise ValueError("int8 runs on CPUs (onnxruntime); on a GPU use fp16")
+    if requested == INT8 and not cpu_supports_int8():
+        log.warning("this CPU has no VNNI or AMX: int8 will run, but no faster than bf16 or fp32")
     if requested == BF16 and not on_gpu and not cpu_supports_bf16():
         log.warning("this CPU has no native bf16: bf16 will be emulated and slower than fp32")
     return requested
+
+
+def cpu_supports_int8() -> bool:
+    """Whether this CPU has int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX), from /proc/cpuinfo."""
+    from model import quantize
+
+    return quantize.cpu_supports_int8()
+
+
+def auto_may_pick_int8(requested: str, device: str, encoder: str) -> bool:
+    """Whether auto may run int8 somewhere: on a CPU, for an encoder that holds the quality bound.
+
+    Where it does is decided on each worker (worker_precision), where the model is loaded.
+    """
+    return requested == AUTO and device.upper() != "GPU" and encoder in INT8_AUTO_ENCODERS
+
+
+def worker_precision(requested: str, device: str, encoder: str) -> str:
+    """The precision a worker runs: auto -> int8 on a CPU with VNNI/AMX (for INT8_AUTO_ENCODERS),
+    else resolve_precision's rule. Called where the model is loaded, so a Dataflow worker decides
+    by its own CPU, not the launcher's."""
+    if auto_may_pick_int8(requested, device, encoder) and cpu_supports_int8():
+        return INT8
+    return resolve_precision(requested, device)
+
+
+def vector_space(metadata_precision: str | bytes | None) -> str:
+    """int8 or float, from a feature file's precision metadata (float32, bfloat16, float16, int8)."""
+    if isinstance(metadata_precision, bytes):
+        metadata_precision = metadata_precision.decode("utf-8", "replace")
+    return INT8_SPACE if metadata_precision == METADATA_NAMES[INT8] else FLOAT_SPACE
 
 
 def prepare_model(module: nn.Module, device: str | torch.device, precision: str) -> nn.Module:

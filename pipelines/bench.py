@@ -62,12 +62,20 @@ KINDS = (KIND_JPEG, KIND_PNG)
 # each phase's process start and Beam's start-up (about a second of (c)'s time) are fixed costs.
 DEFAULT_IMAGES = 500
 DEFAULT_MODEL_SECONDS = 10.0  # how long (b) times the model, after its warm-up batch
+# int8: images the quantisation is calibrated on, in (b) and (c) alike (the stage's default is 256;
+# fewer keep the bench short, and calibration happens before the stage's pipeline starts)
+DEFAULT_CALIBRATION_IMAGES = 64
 MIN_TIMED_BATCHES = 3
 MODEL_BATCHES = 2  # distinct pre-made batches (b) cycles through
 DEFAULT_WORK_DIR = str(Path(tempfile.gettempdir()) / "imgsearch-bench")
 SEED = 0
 
 TARGETS = {"c/a": 2.5, "c/b": 0.85}  # from the issue; shown as information, never asserted
+INT8_TARGETS = {"c/a": 4.0, "c/b": 0.85}  # int8 rows (issue 10)
+INT8_OVER_BF16_TARGET = 1.8  # model alone, int8 / bf16
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
+# the CPU flags that decide the precisions: shown in the header
+SHOWN_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
 
 PHASE_PROTOTYPE, PHASE_MODEL, PHASE_STAGE = "a", "b", "c"
 PHASES = (PHASE_PROTOTYPE, PHASE_MODEL, PHASE_STAGE)
@@ -266,6 +274,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_precision_flags() -> list[str]:
+    """Which of the flags that decide int8 and bf16 speed (VNNI, AMX, AVX-512 BF16) this CPU has."""
+    from model import quantize
+
+    found = quantize.cpu_flags()
+    return [flag for flag in SHOWN_CPU_FLAGS if flag in found]
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -340,6 +356,22 @@ def _premade_batches(uris: Sequence[str], spec: Any, crop: Any, batch_size: int)
     return [torch.stack(crops[k * batch_size : (k + 1) * batch_size]) for k in range(n_batches)]
 
 
+def _model_forward(spec: Any, crop: Any, device: str, precision: str, uris: Sequence[str], calibration_images: int) -> Callable[[Any], Any]:
+    """batch uint8 NCHW -> features, with the model as the stage runs it at this precision."""
+    from model import inference, preprocess, quantize
+
+    if precision != inference.INT8:
+        module = inference.prepare_model(spec.module, device, precision)
+        return lambda batch: inference.forward_features(module, batch, crop, device)
+    sample = []
+    for uri in uris[:calibration_images]:
+        with open(uri, "rb") as f:
+            sample.append(preprocess.crop_uint8(preprocess.decode_image(f.read(), crop.resize_size, keep_mode=True), crop).numpy())
+    model = quantize.quantize(quantize.export_onnx(spec.module, crop), np.stack(sample), spec.name)
+    session = quantize.session(model)
+    return lambda batch: quantize.run_batch(session, batch.numpy())
+
+
 def phase_model(
     uris: Sequence[str],
     encoder_name: str,
@@ -348,8 +380,11 @@ def phase_model(
     precision: str,
     batch_size: int,
     min_seconds: float = DEFAULT_MODEL_SECONDS,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
 ) -> dict[str, Any]:
-    """(b) The model alone, as the stage runs it: prepare_model + forward_features on uint8 batches.
+    """(b) The model alone, as the stage runs it: prepare_model + forward_features on uint8 batches
+    (int8: the quantised encoder through onnxruntime, calibrated as the stage does on the first
+    calibration_images images).
 
     The batches are made before timing (decoding excluded); the first forward is an untimed
     warm-up (oneDNN builds its kernels then); then batches are timed until min_seconds have passed
@@ -359,15 +394,18 @@ def phase_model(
 
     spec = encoders.build_encoder(encoder_name, weights)
     crop = preprocess.CropSpec.from_transform(spec.transform)
-    resolved = inference.resolve_precision(precision, device)
-    module = inference.prepare_model(spec.module, device, resolved)
+    resolved = inference.worker_precision(precision, device, encoder_name)  # as a stage's worker would
+    decode_started = time.perf_counter()
     batches = _premade_batches(uris, spec, crop, batch_size)
+    decode_seconds = time.perf_counter() - decode_started  # read + decode + crop, one thread
+    decoded = min(len(uris), batch_size * MODEL_BATCHES)
+    forward = _model_forward(spec, crop, device, resolved, uris, calibration_images)
 
-    inference.forward_features(module, batches[0], crop, device)
+    forward(batches[0])
     timed, images = 0, 0
     started = time.perf_counter()
     while True:
-        features = inference.forward_features(module, batches[timed % len(batches)], crop, device)
+        features = forward(batches[timed % len(batches)])
         timed += 1
         images += features.shape[0]
         seconds = time.perf_counter() - started
@@ -379,6 +417,7 @@ def phase_model(
         "batch_size": batch_size,
         "seconds": seconds,
         "images_per_s": _rate(images, seconds),
+        "decode_images_per_s": _rate(decoded, decode_seconds),
         "precision": resolved,
         **torch_info(device),
     }
@@ -392,6 +431,7 @@ def phase_stage(
     device: str,
     precision: str,
     batch_size: int,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
 ) -> dict[str, Any]:
     """(c) extract-images end to end into a fresh OUT holding a copy of a cached index.
 
@@ -411,6 +451,7 @@ def phase_stage(
         "--device", device,
         "--batch-size", str(batch_size),
         "--precision", precision,
+        "--calibration-images", str(calibration_images),
     ]  # fmt: skip
     started = time.perf_counter()
     report = extract_images.run(argv, save_main_session=False)
@@ -462,8 +503,8 @@ def execute_phase(argv: Sequence[str]) -> dict[str, Any]:
         return phase_prototype(manifest_uris(args.manifest[0]), *common_args)
     if args.phase == PHASE_MODEL:
         uris = _interleaved([manifest_uris(m) for m in args.manifest])
-        return phase_model(uris, *common_args, args.precision, args.batch_size, args.model_seconds)
-    return phase_stage(args.index_out, args.out, *common_args, args.precision, args.batch_size)
+        return phase_model(uris, *common_args, args.precision, args.batch_size, args.model_seconds, args.calibration_images)
+    return phase_stage(args.index_out, args.out, *common_args, args.precision, args.batch_size, args.calibration_images)
 
 
 PhaseRunner = Callable[[Sequence[str]], dict[str, Any]]
@@ -529,6 +570,50 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def _row_precision(row: dict[str, Any]) -> str:
+    return row.get("precision") or row["b"].get("precision", "?")
+
+
+def _targets(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Each target with pass/FAIL per row: int8 rows against INT8_TARGETS, the others TARGETS."""
+    out = []
+    for targets, picked, label in (
+        (TARGETS, [r for r in rows if _row_precision(r) != "int8"], ""),
+        (INT8_TARGETS, [r for r in rows if _row_precision(r) == "int8"], "int8 "),
+    ):
+        several = len({_row_precision(r) for r in picked}) > 1
+        for name, target in targets.items():
+            if not picked:
+                continue
+            marks = ", ".join(
+                f"{r['kind']}{' ' + _row_precision(r) if several else ''} {'pass' if r[name] is not None and r[name] >= target else 'FAIL'}"
+                for r in picked
+            )
+            out.append(f"{label}{name} >= {target}: {marks}")
+    return out
+
+
+def _int8_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """int8 beside bf16 (model alone), and where int8's end-to-end time goes."""
+    by = {_row_precision(r): r["b"] for r in rows}
+    notes = []
+    if "int8" in by and "bf16" in by:
+        speedup = ratio(by["int8"]["images_per_s"], by["bf16"]["images_per_s"])
+        mark = "pass" if speedup is not None and speedup >= INT8_OVER_BF16_TARGET else "FAIL"
+        notes.append(f"model alone, int8 / bf16 = {_fmt_ratio(speedup)} (target >= {INT8_OVER_BF16_TARGET}: {mark})")
+    if "int8" in by:
+        b = by["int8"]
+        dec = b.get("decode_images_per_s")
+        if dec:
+            serial = 1.0 / (1.0 / dec + 1.0 / b["images_per_s"])
+            notes.append(
+                f"int8: read + decode + crop alone {dec:.1f} img/s on one thread (b's batches), model {b['images_per_s']:.1f} img/s: "
+                f"done one after the other on the same cores they bound c at about {serial:.1f} img/s "
+                f"(decoding {b['images_per_s'] / (dec + b['images_per_s']) * 100:.0f}% of the time)"
+            )
+    return notes
+
+
 @dataclasses.dataclass
 class BenchResult:
     mode: str  # "throughput" (a, b, c per kind) or "memory" (c at each size)
@@ -554,11 +639,17 @@ class BenchResult:
             device += " (no CUDA here: ran on the CPU)"
         decode = f", stage decodes with {m['decode']}" if m.get("decode") else ""
         bf16 = "yes" if m.get("cpu_bf16") else "no"
+        flags = m.get("cpu_flags")
+        int8 = "yes" if any(f in (flags or ()) for f in ("avx512_vnni", "avx_vnni", "amx_int8")) else "no"
+        flag_text = f", flags {' '.join(flags) if flags else '(none of ' + ' '.join(SHOWN_CPU_FLAGS) + ')'}"
+        if c.get("precisions"):
+            precision, asked = m.get("precision") or ", ".join(c["precisions"]), ""
         return [
             f"imgsearch bench: {c['image_model']} ({c['weights']} weights), device {device}, "
             f"precision {precision}{asked}, batch {c['batch_size']}{decode}",
             f"machine: {m['cpu']}, {m['cores']} cores, torch {m.get('torch', '?')} with "
-            f"{m.get('torch_threads', '?')} threads, CPU bf16 {bf16}",
+            f"{m.get('torch_threads', '?')} threads, CPU bf16 {bf16}, CPU int8 (VNNI/AMX) {int8}"
+            + (flag_text if flags is not None else ""),
         ]
 
     def summary_line(self) -> str:
@@ -571,13 +662,14 @@ class BenchResult:
         return "\n".join([*self._header(), "", body, "", f"bench took {self.seconds:.0f} s"])
 
     def _throughput_table(self) -> str:
-        header = ["kind", "images", "a img/s", "b img/s", "c img/s", "c/a", "c/b", "RSS a MiB", "RSS b MiB", "RSS c MiB"]
+        header = ["kind", "precision", "images", "a img/s", "b img/s", "c img/s", "c/a", "c/b", "RSS a MiB", "RSS b MiB", "RSS c MiB"]
         rows = []
         for r in self.rows:
             a, b, c = r["a"], r["b"], r["c"]
             rows.append(
                 [
                     r["kind"],
+                    r.get("precision") or b.get("precision", "?"),
                     str(r["images"]),
                     _fmt_rate(a["images_per_s"]),
                     _fmt_rate(b["images_per_s"]),
@@ -589,15 +681,10 @@ class BenchResult:
                     _fmt_mib(c["peak_rss_mib"]),
                 ]
             )
-        targets = []
-        for name, target in TARGETS.items():
-            marks = ", ".join(
-                f"{r['kind']} {'pass' if r[name] is not None and r[name] >= target else 'FAIL'}" for r in self.rows
-            )
-            targets.append(f"{name} >= {target}: {marks}")
         b0 = self.rows[0]["b"] if self.rows else {}
         notes = [
-            "targets (information, not asserted): " + "; ".join(targets),
+            "targets (information, not asserted): " + "; ".join(_targets(self.rows)),
+            *_int8_notes(self.rows),
             f"a = {PHASE_NAMES[PHASE_PROTOTYPE]}: read, PIL open + convert RGB, torchvision transform, one image per forward",
             f"b = {PHASE_NAMES[PHASE_MODEL]}: model.inference on pre-made uint8 batches, decoding excluded; "
             f"{b0.get('batches', '?')} timed batches of {b0.get('batch_size', '?')} after a warm-up, one figure for every kind",
@@ -609,7 +696,7 @@ class BenchResult:
             if all(r[p].get("peak_rss_own_process") for r in self.rows for p in PHASES)
             else "RSS = peak of the whole calling process (phases ran in-process)",
         ]
-        return format_table(header, rows) + "\n\n" + "\n".join(notes)
+        return format_table(header, rows, left=2) + "\n\n" + "\n".join(notes)
 
     def _memory_table(self) -> str:
         sizes = sorted({r["images"] for r in self.rows})
@@ -643,7 +730,13 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="CPU", type=str.upper, choices=("CPU", "GPU"))
     parser.add_argument("--batch-size", type=int, default=None, help="inference batch (default: extract-images' default for the device)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
+    parser.add_argument(
+        "--calibration-images",
+        type=_positive_int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help=f"int8: images the quantisation is calibrated on, in (b) and (c) (default {DEFAULT_CALIBRATION_IMAGES})",
+    )
 
 
 def _csv_list(text: str) -> list[str]:
@@ -668,6 +761,14 @@ def _sizes(text: str) -> list[int]:
     return sorted(dict.fromkeys(sizes))
 
 
+def _precisions(text: str) -> list[str]:
+    precisions = _csv_list(text.lower())
+    unknown = [p for p in precisions if p not in PRECISION_CHOICES]
+    if not precisions or unknown:
+        raise argparse.ArgumentTypeError(f"precisions must be a comma-separated subset of {','.join(PRECISION_CHOICES)}")
+    return list(dict.fromkeys(precisions))
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -687,6 +788,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="generated images, indexes and scratch OUTs (cached between runs)")
     parser.add_argument("--model-seconds", type=float, default=DEFAULT_MODEL_SECONDS, help="how long (b) times the model")
     parser.add_argument("--memory-sizes", type=_sizes, default=None, help="e.g. 1000,8000: run only (c) at each size and compare peak RSS")
+    parser.add_argument(
+        "--precisions",
+        type=_precisions,
+        default=None,
+        help="e.g. fp32,bf16,int8: (b) and (c) at each precision, on the same images in the same run, "
+        "beside one (a) per kind (instead of --precision)",
+    )
     parser.add_argument("--json", default=None, help="also save the result as JSON here")
     parser.add_argument("--fetch", default="on", choices=("on", "off", "only"), help="the fetch phase (a local HTTP server): after the rest, not at all, or alone")
     parser.add_argument("--fetch-threads", type=_positive_int, default=16, help="fetch --threads in the fetch phase")
@@ -700,24 +808,25 @@ def _default_batch_size(device: str) -> int:
     return extract_images.DEFAULT_BATCH_SIZE[device]
 
 
-def _model_argv(args: argparse.Namespace) -> list[str]:
+def _model_argv(args: argparse.Namespace, precision: str | None = None) -> list[str]:
     return [
         "--image-model", args.image_model,
         "--weights", args.weights,
         "--device", args.device,
         "--batch-size", str(args.batch_size),
-        "--precision", args.precision,
+        "--precision", precision or args.precision,
+        "--calibration-images", str(args.calibration_images),
     ]  # fmt: skip
 
 
-def _stage_phase(args: argparse.Namespace, runner: PhaseRunner, manifest: Path, kind: str) -> dict[str, Any]:
+def _stage_phase(args: argparse.Namespace, runner: PhaseRunner, manifest: Path, kind: str, precision: str | None = None) -> dict[str, Any]:
     index_out = ensure_index(args.work_dir, manifest)
     runs = Path(args.work_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=runs))
     try:
         log.info("bench: (c) %s on %s images", PHASE_NAMES[PHASE_STAGE], kind)
-        return runner(["--phase", PHASE_STAGE, "--index-out", str(index_out), "--out", str(out / "out"), *_model_argv(args)])
+        return runner(["--phase", PHASE_STAGE, "--index-out", str(index_out), "--out", str(out / "out"), *_model_argv(args, precision)])
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -726,27 +835,33 @@ def _throughput_rows(args: argparse.Namespace, runner: PhaseRunner, machine: dic
     manifests = {kind: ensure_images(args.work_dir, kind, args.images, args.seed) for kind in args.kinds}
     log.info("bench: (b) %s, %.0f s of batches of %d", PHASE_NAMES[PHASE_MODEL], args.model_seconds, args.batch_size)
     b_argv = ["--phase", PHASE_MODEL, *(f"--manifest={m}" for m in manifests.values())]
-    b = runner([*b_argv, *_model_argv(args), "--model-seconds", str(args.model_seconds)])
-    machine.update({k: v for k, v in b.items() if k in ("torch", "torch_threads", "cpu_bf16", "torch_device", "gpu", "precision")})
+    precisions = args.precisions or [args.precision]
+    b_by = {p: runner([*b_argv, *_model_argv(args, p), "--model-seconds", str(args.model_seconds)]) for p in precisions}
+    b0 = b_by[precisions[0]]
+    machine.update({k: v for k, v in b0.items() if k in ("torch", "torch_threads", "cpu_bf16", "torch_device", "gpu", "precision")})
+    if len(precisions) > 1:
+        machine["precision"] = ", ".join(b["precision"] for b in b_by.values())
     rows = []
     for kind, manifest in manifests.items():
         log.info("bench: (a) %s on %d %s images", PHASE_NAMES[PHASE_PROTOTYPE], args.images, kind)
         a = runner(["--phase", PHASE_PROTOTYPE, f"--manifest={manifest}", *_model_argv(args)])
-        c = _stage_phase(args, runner, manifest, kind)
-        machine.setdefault("decode", c.get("decode"))
-        if c["images"] != args.images:
-            log.warning("bench: extract-images wrote %d of %d %s images (%d failed)", c["images"], args.images, kind, c["rows_failed"])
-        rows.append(
-            {
-                "kind": kind,
-                "images": args.images,
-                "a": a,
-                "b": b,
-                "c": c,
-                "c/a": ratio(c["images_per_s"], a["images_per_s"]),
-                "c/b": ratio(c["images_per_s"], b["images_per_s"]),
-            }
-        )
+        for precision, b in b_by.items():
+            c = _stage_phase(args, runner, manifest, kind, precision)
+            machine.setdefault("decode", c.get("decode"))
+            if c["images"] != args.images:
+                log.warning("bench: extract-images wrote %d of %d %s images (%d failed)", c["images"], args.images, kind, c["rows_failed"])
+            rows.append(
+                {
+                    "kind": kind,
+                    "precision": b.get("precision", precision),
+                    "images": args.images,
+                    "a": a,
+                    "b": b,
+                    "c": c,
+                    "c/a": ratio(c["images_per_s"], a["images_per_s"]),
+                    "c/b": ratio(c["images_per_s"], b["images_per_s"]),
+                }
+            )
     return rows
 
 
@@ -771,14 +886,14 @@ def run(argv: list[str] | None = None, phase_runner: PhaseRunner = run_phase_sub
     args = get_args_parser().parse_args(argv)
     args.batch_size = args.batch_size or _default_batch_size(args.device)
     started = time.monotonic()
-    machine: dict[str, Any] = {"cpu": cpu_model(), "cores": usable_cores()}
+    machine: dict[str, Any] = {"cpu": cpu_model(), "cores": usable_cores(), "cpu_flags": cpu_precision_flags()}
     if args.fetch == "only":
         mode, rows = "fetch", []
     elif args.memory_sizes:
         mode, rows = "memory", _memory_rows(args, phase_runner, machine)
     else:
         mode, rows = "throughput", _throughput_rows(args, phase_runner, machine)
-    config = {k: getattr(args, k) for k in ("image_model", "weights", "device", "batch_size", "precision", "images", "kinds", "memory_sizes", "model_seconds", "work_dir")}
+    config = {k: getattr(args, k) for k in ("image_model", "weights", "device", "batch_size", "precision", "precisions", "calibration_images", "images", "kinds", "memory_sizes", "model_seconds", "work_dir")}
     fetch = None
     if args.fetch != "off" and not args.memory_sizes:
         from pipelines import bench_fetch

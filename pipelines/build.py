@@ -52,6 +52,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-model", default="resnet50", help="extract-images --image-model")
     parser.add_argument("--weights", default="imagenet", help="extract-images --weights: imagenet, random or a PATH")
     parser.add_argument("--precision", default="auto", help="extract-images --precision")
+    parser.add_argument("--calibration-method", default=None, help="extract-images --calibration-method (int8)")
     parser.add_argument("--device", default=None, help="extract-images --device (CPU or GPU)")
     parser.add_argument("--neighbours", type=int, default=None, help="neighbours --k (nearest images per image)")
     parser.add_argument("--folds", type=int, default=None, help="train --folds (cross-fitting folds)")
@@ -71,7 +72,7 @@ def stage_plan(args: argparse.Namespace, beam_args: list[str]) -> list[tuple[str
     out = args.out
     index_argv = ["--input", args.input, "--out", out] + _optional("--images-dir", getattr(args, "images_dir", None))
     extract_argv = ["--out", out, "--image-model", args.image_model, "--weights", args.weights, "--precision", args.precision]
-    extract_argv += _optional("--device", args.device)
+    extract_argv += _optional("--device", args.device) + _optional("--calibration-method", getattr(args, "calibration_method", None))
     train_argv = ["--out", out, "--seed", str(args.seed)] + _optional("--folds", args.folds) + _optional("--epochs", args.epochs)
     rank_argv = ["--out", out] + _optional("--ranker", args.ranker) + _optional("--ground-truth", args.ground_truth)
     rank_argv += ["--no-thumbnails"] if args.no_thumbnails else []

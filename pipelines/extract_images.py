@@ -2,6 +2,8 @@
 
     imgsearch extract-images --out OUT [--image-model resnet50|efficientnet_lite0]
         [--weights imagenet|random|PATH] [--device CPU|GPU] [--batch-size N] [--commit-every N]
+        [--precision auto|fp32|bf16|fp16|int8] [--calibration-images N]
+        [--calibration-method minmax|entropy|percentile]
         [--image-timeout S] [--max-failure-rate F] [--full] [Beam flags]
 
 Reads OUT/index/images (written by `index`), keeps each image_id once (the same picture may be
@@ -29,6 +31,16 @@ hash of its bytes) and hands that path to the model handler, which rebuilds the 
 each worker and loads it; so `imagenet`, `random` and PATH weights all reach workers the same way.
 A rerun adds to the features already there (only images without features are extracted); the
 previous run's failure rows are replaced, and --full replaces the features too.
+
+--precision int8 (CPUs): the driver exports the encoder to ONNX and quantises it to static int8
+(model.quantize), calibrated on --calibration-images of the collection's own images (drawn by a
+hash of their ids from the index, preprocessed as extraction does), and saves it as
+OUT/model/encoders/<encoder>-<weights>-int8-<calibration hash>.onnx, which a rerun with the same
+sample reuses (an incremental run keeps the model its int8 features came from). Workers run it
+through RunInference(KeyedModelHandler(OnnxModelHandlerNumpy)). --precision auto prepares both
+models where int8 may run (inference.INT8_AUTO_ENCODERS) and each worker chooses in load_model: int8
+where its CPU has VNNI or AMX, else the torch model in bf16 or fp32. Every feature file records the
+precision that made its rows; int8 and float features are never mixed without --full.
 """
 
 from __future__ import annotations
@@ -50,7 +62,8 @@ import apache_beam as beam
 import torch
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.onnx_inference import OnnxModelHandlerNumpy
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
@@ -60,7 +73,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model import encoders, inference, preprocess, schema
+from model import encoders, inference, preprocess, quantize, schema
 from pipelines import common, image_store
 
 log = logging.getLogger(__name__)
@@ -91,6 +104,8 @@ NON_FINITE_EMBEDDING = "NonFiniteEmbedding"
 ANIMATED_IMAGES = "animated_images"  # images with more than one frame (the first is encoded)
 ANIMATED_FRAMES = "animated_frames"  # their frames, all together
 FEATURE_CHUNKS = "feature_chunks"  # chunk files this run committed
+PRECISION_RAN = "_precision"  # a feature row's precision, as the worker ran it (not a column)
+INT8_MODEL_SUFFIX = ".onnx"
 # Beam's DirectRunner would first try Prism, which downloads a binary; this is the in-process
 # runner it falls back to.
 LOCAL_RUNNER = "FnApiRunner"
@@ -184,8 +199,23 @@ def usable_feature_shards(out: str, metadata: dict[bytes, bytes]) -> list[str]:
                     f"{path} holds {key.decode()}={found.get(key, b'?').decode()!r}, this run makes "
                     f"{metadata[key].decode()!r}: rerun with --full to re-extract every image"
                 )
+        # int8 features are another vector space than float ones (fp32, bf16 and fp16 differ only
+        # by rounding, and may be mixed as before)
+        made = found.get(schema.META_PRECISION, b"float32")
+        if inference.vector_space(made) != inference.vector_space(metadata[schema.META_PRECISION]):
+            raise IncompatibleFeatures(
+                f"{path} holds precision={made.decode()!r} features, this run makes "
+                f"{metadata[schema.META_PRECISION].decode()!r}: int8 and float features are different vector "
+                "spaces; rerun with --full to re-extract every image"
+            )
         usable.append(path)
     return usable
+
+
+def int8_models_of(shards: Sequence[str]) -> list[str]:
+    """The quantised models (file names) that existing int8 feature shards were made with."""
+    names = {read_shard_metadata(p).get(schema.META_INT8_MODEL) for p in shards}
+    return sorted(n.decode("utf-8") for n in names if n)
 
 
 def clear_previous_outputs(out: str, *, features: bool) -> list[str]:
@@ -312,24 +342,128 @@ def crop_spec(spec: encoders.EncoderSpec) -> preprocess.CropSpec:
     return preprocess.CropSpec.from_transform(spec.transform)
 
 
-def save_encoder_state(spec: encoders.EncoderSpec, out: str) -> str:
-    """Write the feature extractor's state dict under OUT/model/encoders (content-named); its path."""
+def encoder_state(spec: encoders.EncoderSpec) -> tuple[bytes, str]:
+    """The feature extractor's state dict and a short hash of it (what names its files)."""
     extractor = inference.FeatureExtractor(spec.module, crop_spec(spec), inference.FP32)
     data = encoders.state_dict_bytes(extractor)
-    digest = hashlib.sha256(data).hexdigest()[:16]
+    return data, hashlib.sha256(data).hexdigest()[:16]
+
+
+def save_encoder_state(spec: encoders.EncoderSpec, out: str) -> str:
+    """Write the feature extractor's state dict under OUT/model/encoders (content-named); its path."""
+    data, digest = encoder_state(spec)
     path = schema.out_path(out, schema.MODEL_DIR, ENCODERS_SUBDIR, f"{spec.name}-{digest}.pt")
     if not common.exists(path):
         common.write_bytes(path, data)
     return path
 
 
-def features_metadata(spec: encoders.EncoderSpec, precision: str) -> dict[bytes, bytes]:
-    return {
+def encoders_dir(out: str) -> str:
+    return schema.out_path(out, schema.MODEL_DIR, ENCODERS_SUBDIR)
+
+
+def weights_label(weights: str) -> str:
+    """imagenet or random as they are; a state-dict PATH as `file` (its hash is in the model's name)."""
+    return weights if weights in (encoders.WEIGHTS_IMAGENET, encoders.WEIGHTS_RANDOM) else "file"
+
+
+def int8_model_path(out: str, encoder: str, weights: str, key: str) -> str:
+    name = f"{encoder}-{weights_label(weights)}-{inference.INT8}-{key}{INT8_MODEL_SUFFIX}"
+    return schema.out_path(out, schema.MODEL_DIR, ENCODERS_SUBDIR, name)
+
+
+def read_index_refs(out: str) -> list[tuple[str, str]]:
+    """Every distinct (image_id, uri) of the index, read on the driver (ids and uris only)."""
+    refs: dict[str, str] = {}
+    for path in common.glob(images_pattern(out)):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            table = pq.read_table(f, columns=[schema.IMAGE_ID, schema.URI])
+        for image_id, uri in zip(table.column(schema.IMAGE_ID).to_pylist(), table.column(schema.URI).to_pylist()):
+            refs.setdefault(image_id, uri)
+    return sorted(refs.items())
+
+
+def calibration_crops(
+    refs: Sequence[tuple[str, str]],
+    crop: preprocess.CropSpec,
+    timeout_s: float | None = DEFAULT_IMAGE_TIMEOUT_S,
+    stored: dict[str, bytes] | None = None,
+) -> np.ndarray:
+    """uint8 crops [n, 3, crop, crop] of the sample, read and decoded exactly as the stage does
+    (the image store's bytes where fetch stored them, else the uri; DecodeImageFn's Pillow path);
+    an image that fails is left out of the sample."""
+    crops = []
+    stored = stored or {}
+    for image_id, uri in refs:
+        try:
+            read = functools.partial(image_store.image_bytes, uri, stored.get(image_id), read_uri)
+            data = call_with_timeout(read, timeout_s, f"reading {uri}")
+            decoded = call_with_timeout(
+                functools.partial(preprocess.decode_image, data, crop.resize_size, keep_mode=True), timeout_s, f"decoding {uri}"
+            )
+            crops.append(preprocess.crop_uint8(decoded, crop).numpy())
+        except Exception as exc:  # its failure is recorded when the stage itself reads it
+            log.info("%s: calibration leaves out %s (%s: %s)", STAGE, image_id, type(exc).__name__, exc)
+    if not crops:
+        raise ValueError("int8: no image of the calibration sample could be read and decoded")
+    return np.stack(crops)
+
+
+def prepare_int8_model(
+    spec: encoders.EncoderSpec,
+    weights: str,
+    out: str,
+    n_images: int = quantize.DEFAULT_CALIBRATION_IMAGES,
+    method: str = quantize.DEFAULT_CALIBRATION_METHOD,
+    timeout_s: float | None = DEFAULT_IMAGE_TIMEOUT_S,
+) -> str:
+    """The path of the encoder quantised to int8, calibrated on a sample of OUT's index.
+
+    Named by a hash of the float weights, the sample's ids and the method: an existing file of
+    that name is reused, so a rerun with the same index calibrates nothing.
+    """
+    _, digest = encoder_state(spec)
+    refs = read_index_refs(out)
+    sample = quantize.calibration_ids([image_id for image_id, _ in refs], n_images)
+    if not sample:
+        raise ValueError(f"int8: the index under {out} lists no images to calibrate on")
+    path = int8_model_path(out, spec.name, weights, quantize.calibration_key(digest, sample, method))
+    if common.exists(path):
+        log.info("%s: reusing int8 model %s", STAGE, path)
+        return path
+    started = time.monotonic()
+    chosen = set(sample)
+    crop = crop_spec(spec)
+    stored = image_store.stored_bytes(out, sample)
+    crops = calibration_crops([r for r in refs if r[0] in chosen], crop, timeout_s, stored)
+    model = quantize.quantize(quantize.export_onnx(spec.module, crop), crops, spec.name, method)
+    common.write_bytes(path, model)
+    log.info(
+        "%s: int8 model %s calibrated (%s) on %d of %d sampled images in %.1f s",
+        STAGE, path, method, len(crops), len(sample), time.monotonic() - started,
+    )  # fmt: skip
+    return path
+
+
+def features_metadata(spec: encoders.EncoderSpec, precision: str, int8_model: str | None = None) -> dict[bytes, bytes]:
+    metadata = {
         schema.META_ENCODER: spec.name.encode("utf-8"),
         schema.META_WEIGHTS: spec.weights.encode("utf-8"),
         schema.META_DIM: str(spec.dim).encode("ascii"),
         schema.META_PRECISION: inference.METADATA_NAMES[precision].encode("ascii"),
     }
+    if precision == inference.INT8 and int8_model:
+        metadata[schema.META_INT8_MODEL] = int8_model.rsplit("/", 1)[-1].encode("utf-8")
+    return metadata
+
+
+def chunk_metadata(base: dict[bytes, bytes], precision: str, int8_model: str | None) -> dict[bytes, bytes]:
+    """A chunk's metadata: the run's, with the precision its rows were actually made in."""
+    metadata = {k: v for k, v in base.items() if k != schema.META_INT8_MODEL}
+    metadata[schema.META_PRECISION] = inference.METADATA_NAMES[precision].encode("ascii")
+    if precision == inference.INT8 and int8_model:
+        metadata[schema.META_INT8_MODEL] = int8_model.rsplit("/", 1)[-1].encode("utf-8")
+    return metadata
 
 
 def failure_row(image_id: str | None, uri: str | None, error: str, message: str) -> dict[str, Any]:
@@ -352,15 +486,18 @@ def record_failure(
     return failure_row(image_id, uri, error, message)
 
 
-def feature_row(key: ImageKey, embedding: np.ndarray) -> dict[str, Any]:
+def feature_row(key: ImageKey, embedding: np.ndarray, precision: str | None = None) -> dict[str, Any]:
     # a float32 ndarray, not a list: pyarrow takes it without a per-value Python conversion
-    return {
+    row = {
         schema.IMAGE_ID: key.image_id,
         schema.EMBEDDING: np.asarray(embedding, dtype=np.float32),
         schema.CONTENT_HASH: key.content_hash,
         schema.WIDTH: key.width,
         schema.HEIGHT: key.height,
     }
+    if precision:
+        row[PRECISION_RAN] = precision  # not a column: it names the chunk's precision metadata
+    return row
 
 
 def extractor_inference_fn(
@@ -369,32 +506,39 @@ def extractor_inference_fn(
     device: torch.device | str,
     inference_args: dict[str, Any] | None = None,
     model_id: str | None = None,
+    *,
+    precision: str | None = None,
 ) -> Iterable[PredictionResult]:
     """One FeatureExtractor call per batch; an item that failed on the device carries its error.
 
     The model may be a proxy to a model shared across processes (large_model): only the
     payloads go over and only features and errors come back. The example is left out of each
     PredictionResult: the key identifies the image, and a copy of the input would only cost memory.
+    Each result's model_id is the precision that ran (a GPU worker without CUDA runs its CPU's).
     """
     features, errors = model(list(batch), **(inference_args or {}))
-    return [
-        PredictionResult(None, row if error is None else error, model_id) for row, error in zip(features, errors)
-    ]
+    ran = inference.runtime_precision(precision, inference.torch_device(str(device))) if precision else model_id
+    return [PredictionResult(None, row if error is None else error, ran) for row, error in zip(features, errors)]
 
 
 def make_model_handler(
     name: str, crop: preprocess.CropSpec, precision: str, state_dict_path: str, device: str, batch_size: int
 ) -> KeyedModelHandler:
-    """RunInference's handler: rebuild the FeatureExtractor on the worker, load the saved state.
+    """RunInference's handler: rebuild the FeatureExtractor on the worker, load the saved state."""
+    return KeyedModelHandler(torch_model_handler(name, crop, precision, state_dict_path, device, batch_size))
 
-    On a GPU, large_model shares one copy of the model between a worker's processes.
-    """
-    handler = PytorchModelHandlerTensor(
+
+def torch_model_handler(
+    name: str, crop: preprocess.CropSpec, precision: str, state_dict_path: str, device: str, batch_size: int
+) -> PytorchModelHandlerTensor:
+    """The torch handler, unkeyed. On a GPU, large_model shares one copy of the model between a
+    worker's processes."""
+    return PytorchModelHandlerTensor(
         state_dict_path=state_dict_path,
         model_class=inference.build_feature_extractor,
         model_params={"name": name, "crop": dataclasses.asdict(crop), "precision": precision},
         device=device,
-        inference_fn=extractor_inference_fn,
+        inference_fn=functools.partial(extractor_inference_fn, precision=precision),
         # fixed batches: BatchElements' adaptive sizing is for latency and, measured here, settled
         # on ~10 of a possible 16, which ran slower (only a bundle's last batch is smaller)
         min_batch_size=batch_size,
@@ -402,7 +546,78 @@ def make_model_handler(
         large_model=device == "GPU",
         load_model_args={"weights_only": True},
     )
-    return KeyedModelHandler(handler)
+
+
+class Int8EncoderHandler(OnnxModelHandlerNumpy):
+    """RunInference's ONNX handler for a quantised encoder (model.quantize): uint8 crops in,
+    float32 features out, each result's model_id naming the precision (int8)."""
+
+    def __init__(self, model_uri: str, batch_size: int):
+        super().__init__(
+            model_uri,
+            providers=["CPUExecutionProvider"],
+            min_batch_size=batch_size,
+            max_batch_size=batch_size,
+        )
+
+    def run_inference(self, batch: Sequence[Any], inference_session: Any, inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        features = quantize.run_batch(inference_session, batch)
+        # the example is left out, as on the torch path: the key identifies the image
+        return [PredictionResult(None, row, inference.INT8) for row in features]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return sum(int(np.asarray(x).nbytes) for x in batch)
+
+
+@dataclasses.dataclass
+class ChosenModel:
+    """What AutoPrecisionHandler loaded: the precision and the model (a class, not a tuple: Beam
+    keeps a weak reference to a loaded model)."""
+
+    precision: str
+    model: Any
+
+
+class AutoPrecisionHandler(ModelHandler):
+    """--precision auto on CPU workers: the int8 model where the worker's CPU has VNNI or AMX,
+    else the torch model (bf16 or fp32). Decided in load_model, on the worker, by its own CPU."""
+
+    def __init__(self, int8_handler: Int8EncoderHandler, torch_handler: PytorchModelHandlerTensor, encoder: str):
+        super().__init__()
+        self._int8 = int8_handler
+        self._torch = torch_handler
+        self._encoder = encoder
+
+    def load_model(self) -> ChosenModel:
+        chosen = inference.worker_precision(inference.AUTO, "CPU", self._encoder)
+        log.info("%s: --precision auto runs %s on this worker (CPU int8 %s)", STAGE, chosen, inference.cpu_supports_int8())
+        handler = self._int8 if chosen == inference.INT8 else self._torch
+        return ChosenModel(chosen, handler.load_model())
+
+    def run_inference(self, batch: Sequence[Any], model: ChosenModel, inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        handler = self._int8 if model.precision == inference.INT8 else self._torch
+        return handler.run_inference(batch, model.model, inference_args)
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return sum(int(np.asarray(x).nbytes) for x in batch)
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return self._torch.batch_elements_kwargs()
+
+    def get_metrics_namespace(self) -> str:
+        return "BeamML_ImageEncoder"
+
+
+def make_int8_handler(model_path: str, batch_size: int) -> KeyedModelHandler:
+    return KeyedModelHandler(Int8EncoderHandler(model_path, batch_size))
+
+
+def make_auto_handler(
+    name: str, crop: preprocess.CropSpec, precision: str, state_dict_path: str, int8_path: str, batch_size: int
+) -> KeyedModelHandler:
+    """int8 or torch, chosen on each worker (see AutoPrecisionHandler); precision: the torch one."""
+    torch_handler = torch_model_handler(name, crop, precision, state_dict_path, "CPU", batch_size)
+    return KeyedModelHandler(AutoPrecisionHandler(Int8EncoderHandler(int8_path, batch_size), torch_handler, name))
 
 
 def device_decodable(data: bytes) -> tuple[bool, int, int]:
@@ -535,7 +750,7 @@ class FeatureRowFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILED, record_failure(key.image_id, key.uri, NON_FINITE_EMBEDDING, message))
             return
         self._rows_out.inc()
-        yield feature_row(key, embedding)
+        yield feature_row(key, embedding, prediction.model_id if prediction.model_id in inference.METADATA_NAMES else None)
 
 
 class CommitFeaturesFn(beam.DoFn):
@@ -547,10 +762,12 @@ class CommitFeaturesFn(beam.DoFn):
     Yields the committed paths.
     """
 
-    def __init__(self, run_prefix_: str, table_schema: pa.Schema, commit_every: int):
+    def __init__(self, run_prefix_: str, table_schema: pa.Schema, commit_every: int, int8_model: str | None = None):
         self._run_prefix = run_prefix_
         self._schema = table_schema
         self._commit_every = commit_every
+        self._int8_model = int8_model
+        self._precision: str | None = None  # of the rows held: a chunk holds one precision
         dim = table_schema.field(schema.EMBEDDING).type.list_size
         # row groups capped at ROW_GROUP_BYTES of embeddings: bounded memory for streamed readers
         self._row_group_rows = max(1, ROW_GROUP_BYTES // (4 * dim))
@@ -570,12 +787,20 @@ class CommitFeaturesFn(beam.DoFn):
     def _commit(self) -> str:
         final = chunk_name(self._run_prefix, self._writer, self._seq)
         self._seq += 1
-        commit_chunk(final, features_table(self._rows, self._schema), self._row_group_rows)
+        table_schema = self._schema
+        if self._precision:  # what the worker ran, which --precision auto decides there
+            base = dict(self._schema.metadata or {})
+            table_schema = self._schema.with_metadata(chunk_metadata(base, self._precision, self._int8_model))
+        commit_chunk(final, features_table(self._rows, table_schema), self._row_group_rows)
         self._rows = []
         self._chunks.inc()
         return final
 
     def process(self, row: dict[str, Any]) -> Iterator[str]:
+        precision = row.get(PRECISION_RAN)
+        if self._rows and precision != self._precision:
+            yield self._commit()
+        self._precision = precision
         self._rows.append(row)
         if len(self._rows) >= self._commit_every:
             yield self._commit()
@@ -586,9 +811,10 @@ class CommitFeaturesFn(beam.DoFn):
 
 
 class InferenceFailureFn(beam.DoFn):
-    """RunInference's dead letters (batch, (exception type, repr, traceback)) -> one row per image."""
+    """RunInference's dead letters (batch, (exception type, repr, traceback)) -> one row per image,
+    for every handler (torch, int8 through onnxruntime, auto)."""
 
-    def process(self, element: tuple[Sequence[tuple[ImageKey, torch.Tensor]], tuple]) -> Iterator[dict[str, Any]]:
+    def process(self, element: tuple[Sequence[tuple[ImageKey, Any]], tuple]) -> Iterator[dict[str, Any]]:
         batch, (exc_type, exc_repr, _traceback) = element
         for key, _tensor in batch:
             yield record_failure(key.image_id, key.uri, exc_type, exc_repr)
@@ -686,7 +912,11 @@ class ExtractImageFeatures(beam.PTransform):
         decode_on_device: bool = False,
         image_timeout_s: float | None = DEFAULT_IMAGE_TIMEOUT_S,
         store_shards: Sequence[str] = (),
+        int8_model_path: str | None = None,
     ):
+        """precision int8: the int8 model alone (state_dict_path unused); another precision with an
+        int8_model_path: --precision auto, each worker choosing between int8 and the torch model
+        at that precision; without one: the torch model."""
         super().__init__()
         self._store_shards = list(store_shards)  # OUT/images/store-* written by fetch (issue 11)
         self._encoder_name = encoder_name
@@ -694,7 +924,17 @@ class ExtractImageFeatures(beam.PTransform):
         self._decode_on_device = decode_on_device
         self._timeout_s = image_timeout_s
         crop = preprocess.CropSpec.from_transform(encoders.preprocessing(encoder_name, weights)[0])
-        self._handler = make_model_handler(encoder_name, crop, precision, state_dict_path, device, batch_size)
+        if precision == inference.INT8 or int8_model_path:
+            if device.upper() == "GPU" or decode_on_device:
+                raise ValueError("int8 runs on CPUs with Pillow decoding (--device CPU, --decode pillow or auto)")
+            if not int8_model_path:
+                raise ValueError("precision int8 needs the quantised model's path (prepare_int8_model)")
+        if precision == inference.INT8:
+            self._handler = make_int8_handler(int8_model_path, batch_size)
+        elif int8_model_path:
+            self._handler = make_auto_handler(encoder_name, crop, precision, state_dict_path, int8_model_path, batch_size)
+        else:
+            self._handler = make_model_handler(encoder_name, crop, precision, state_dict_path, device, batch_size)
 
     def expand(self, refs):
         if self._store_shards:  # bytes from the image store, joined by image_id; the rest from their uris
@@ -711,14 +951,24 @@ class ExtractImageFeatures(beam.PTransform):
 class WriteImageFeatures(beam.PTransform):
     """Feature rows -> committed chunk files under the run's prefix; the paths written."""
 
-    def __init__(self, prefix: str, spec: encoders.EncoderSpec, precision: str, commit_every: int = DEFAULT_COMMIT_EVERY):
+    def __init__(
+        self,
+        prefix: str,
+        spec: encoders.EncoderSpec,
+        precision: str,
+        commit_every: int = DEFAULT_COMMIT_EVERY,
+        int8_model: str | None = None,
+    ):
         super().__init__()
         self._prefix = prefix
-        self._schema = schema.image_features_schema(spec.dim, features_metadata(spec, precision))
+        self._schema = schema.image_features_schema(spec.dim, features_metadata(spec, precision, int8_model))
         self._commit_every = commit_every
+        self._int8_model = int8_model
 
     def expand(self, rows):
-        return rows | "CommitChunks" >> beam.ParDo(CommitFeaturesFn(self._prefix, self._schema, self._commit_every))
+        return rows | "CommitChunks" >> beam.ParDo(
+            CommitFeaturesFn(self._prefix, self._schema, self._commit_every, self._int8_model)
+        )
 
 
 class WriteFailures(beam.PTransform):
@@ -757,8 +1007,22 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--precision",
         default=inference.AUTO,
         choices=inference.PRECISIONS,
-        help="auto: fp16 autocast on GPU, bf16 autocast on a CPU with native bf16 (AVX-512 BF16/AMX), "
-        "else fp32",
+        help="auto: fp16 on GPU; on a CPU, int8 where the worker's CPU has VNNI or AMX (encoders that hold "
+        f"the quality bound: {', '.join(inference.INT8_AUTO_ENCODERS)}), else bf16 where it has native bf16 "
+        "(AVX-512 BF16/AMX), else fp32. int8: a quantised encoder through onnxruntime (CPU only)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=quantize.DEFAULT_CALIBRATION_IMAGES,
+        help="int8: images of the collection the quantisation is calibrated on, drawn by a hash of "
+        f"their ids (default {quantize.DEFAULT_CALIBRATION_IMAGES})",
+    )
+    parser.add_argument(
+        "--calibration-method",
+        default=quantize.DEFAULT_CALIBRATION_METHOD,
+        choices=quantize.CALIBRATION_METHODS,
+        help=f"int8: how activation ranges are calibrated (default {quantize.DEFAULT_CALIBRATION_METHOD}, chosen by measurement)",
     )
     parser.add_argument(
         "--decode",
@@ -797,6 +1061,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def runs_here(beam_options: Any) -> bool:
+    """Whether the pipeline's workers run on this machine (no --runner, or a local one)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = beam_options.view_as(StandardOptions).runner
+    return not runner or str(runner).split(".")[-1] in (LOCAL_RUNNER, "DirectRunner", "BundleBasedDirectRunner", "PrismRunner")
+
+
+def int8_model_for_run(spec: encoders.EncoderSpec, args: argparse.Namespace, existing: Sequence[str]) -> str:
+    """The int8 model of this run: the one the existing int8 features came from (so an incremental
+    run stays in their vector space) where it is still there, else one calibrated on the index."""
+    previous = int8_models_of(existing)
+    if len(previous) == 1:
+        path = schema.out_path(encoders_dir(args.out), previous[0])
+        if common.exists(path):
+            log.info("%s: existing int8 features came from %s; using it again", STAGE, previous[0])
+            return path
+        log.warning("%s: %s, which made the existing int8 features, is gone; calibrating anew", STAGE, previous[0])
+    return prepare_int8_model(spec, args.weights, args.out, args.calibration_images, args.calibration_method, args.image_timeout)
+
+
+def precisions_ran(prefix: str) -> list[str]:
+    """The precisions this run's committed chunks record (what the workers actually ran)."""
+    names = {v: k for k, v in inference.METADATA_NAMES.items()}
+    found = set()
+    for path in common.glob(prefix + "-*" + schema.PARQUET_SUFFIX):
+        made = read_shard_metadata(path).get(schema.META_PRECISION, b"").decode("utf-8", "replace")
+        found.add(names.get(made, made))
+    return sorted(found)
+
+
 def _batch_size(args: argparse.Namespace) -> int:
     size = args.batch_size or DEFAULT_BATCH_SIZE[args.device]
     if size < 1:
@@ -817,15 +1112,28 @@ def run(
         # workers decide for themselves (Beam's handler falls back to CPU); say so early when local
         log.warning("%s: --device GPU but CUDA is not available here; a worker without one uses CPU", STAGE)
 
+    # the torch model's precision (auto: bf16 or fp32 on a CPU), and what a worker on this machine
+    # runs (auto: int8 where the CPU has VNNI/AMX); workers decide for themselves and record it
     precision = inference.resolve_precision(args.precision, args.device)
+    expected = inference.worker_precision(args.precision, args.device, args.image_model)
+    if args.calibration_images < 1:
+        raise ValueError(f"--calibration-images must be at least 1, got {args.calibration_images}")
     decode_on_device = args.decode == DECODE_DEVICE or (args.decode == DECODE_AUTO and args.device == "GPU")
+    if precision == inference.INT8 and decode_on_device:
+        raise ValueError("--precision int8 decodes with Pillow on the CPU: drop --decode device")
     spec = encoders.build_encoder(args.image_model, args.weights)
-    state_dict_path = save_encoder_state(spec, args.out)
+    state_dict_path = None if precision == inference.INT8 else save_encoder_state(spec, args.out)
     clear_previous_outputs(args.out, features=args.full)
     clear_inprogress_chunks(args.out)
-    existing = [] if args.full else usable_feature_shards(args.out, features_metadata(spec, precision))
+    existing = [] if args.full else usable_feature_shards(args.out, features_metadata(spec, expected))
     if existing:
         log.info("%s: %d feature shards exist; extracting only images they lack (--full redoes all)", STAGE, len(existing))
+    int8_path = None
+    if precision == inference.INT8 or (
+        inference.auto_may_pick_int8(args.precision, args.device, args.image_model)
+        and (expected == inference.INT8 or not runs_here(beam_options))
+    ):
+        int8_path = int8_model_for_run(spec, args, existing)
     prefix = run_prefix(args.out)
 
     pipeline = test_pipeline or beam.Pipeline(
@@ -845,12 +1153,19 @@ def run(
             decode_on_device,
             args.image_timeout,
             store_shards=image_store.store_shards(args.out),
+            int8_model_path=int8_path,
         )
     )
-    _ = extracted["features"] | "WriteImageFeatures" >> WriteImageFeatures(prefix, spec, precision, args.commit_every)
+    _ = extracted["features"] | "WriteImageFeatures" >> WriteImageFeatures(
+        prefix, spec, expected, args.commit_every, int8_path
+    )
     _ = extracted["failures"] | "WriteFailures" >> WriteFailures(args.out)
 
     _, counters, seconds = common.run_pipeline(pipeline, STAGE)
+    ran = precisions_ran(prefix) or [expected]
+    if len(ran) > 1:
+        log.warning("%s: workers ran different precisions (%s): give --precision to run one", STAGE, ", ".join(ran))
+    extra = {"int8_model": int8_path.rsplit("/", 1)[-1]} if int8_path and inference.INT8 in ran else {}
     report = common.report_from_counters(
         STAGE,
         counters,
@@ -860,9 +1175,11 @@ def run(
         weights=spec.weights,
         dim=spec.dim,
         device=args.device,
-        precision=precision,
+        precision=",".join(ran),
+        precision_requested=args.precision,
         decode="device" if decode_on_device else "pillow",
         batch_size=batch_size,
+        **extra,
     )
     report.save(args.out)
     log.info(report.summary_line())

@@ -90,7 +90,10 @@ def test_each_phase_returns_a_positive_rate(throughput: tuple[bench.BenchResult,
     assert row["a"]["images"] == 4
     assert row["c"]["images"] == 4 and row["c"]["rows_failed"] == 0
     assert row["b"]["batches"] >= bench.MIN_TIMED_BATCHES and row["b"]["batch_size"] == 2
-    assert row["b"]["precision"] in ("fp32", "bf16")  # auto resolved for this CPU
+    from model import inference
+
+    # auto resolved for this CPU as a stage's worker would (int8 where it has VNNI or AMX)
+    assert row["b"]["precision"] == row["c"]["precision"] == inference.worker_precision("auto", "CPU", LITE)
     assert row["c/a"] == pytest.approx(row["c"]["images_per_s"] / row["a"]["images_per_s"])
     assert row["c/b"] == pytest.approx(row["c"]["images_per_s"] / row["b"]["images_per_s"])
 
@@ -106,7 +109,9 @@ def test_table_shows_rates_ratios_memory_targets_and_machine(throughput: tuple[b
     table_row = next(line for line in lines if line.startswith("png "))
     assert f"{row['c/a']:.2f}" in table_row.split() and f"{row['c/b']:.2f}" in table_row.split()
     assert len(table_row) <= len(header)  # aligned under the header
-    assert "c/a >= 2.5: png" in text and "c/b >= 0.85: png" in text
+    targets = bench.INT8_TARGETS if row["precision"] == "int8" else bench.TARGETS  # auto may run int8 here
+    prefix = "int8 " if row["precision"] == "int8" else ""
+    assert f"{prefix}c/a >= {targets['c/a']}: png" in text and f"{prefix}c/b >= {targets['c/b']}: png" in text
     assert result.machine["cpu"] in text and f"{result.machine['cores']} cores" in text
     assert f"torch {result.machine['torch']}" in text and LITE in text
 
@@ -163,3 +168,19 @@ def test_flag_lists_are_parsed() -> None:
     assert args.kinds == ["png", "jpeg"] and args.memory_sizes == [1000, 8000]
     defaults = bench.get_args_parser().parse_args([])
     assert defaults.kinds == list(bench.KINDS) and defaults.weights == "random" and defaults.precision == "auto"
+
+
+def test_precisions_measure_int8_beside_fp32_on_the_same_images(work_dir: Path) -> None:
+    argv = ["--images", "4", "--kinds", "png", "--work-dir", str(work_dir), "--precisions", "fp32,int8", "--calibration-images", "4", *TINY]
+    result = bench.run(argv, phase_runner=bench.run_phase_in_process)
+    assert [(r["kind"], r["precision"]) for r in result.rows] == [("png", "fp32"), ("png", "int8")]
+    fp32, int8 = result.rows
+    assert fp32["a"] is int8["a"]  # one prototype loop per kind, the same images
+    assert int8["b"]["precision"] == "int8" and int8["c"]["precision"] == "int8"
+    assert int8["c"]["images"] == 4 and int8["b"]["images_per_s"] > 0 and int8["b"]["decode_images_per_s"] > 0
+    text = result.summary_line()
+    assert "precision" in next(line for line in text.splitlines() if line.startswith("kind"))
+    assert any(line.startswith("png") and " int8 " in line for line in text.splitlines())
+    assert "int8 c/a >= 4.0: png" in text and "c/a >= 2.5: png" in text
+    assert "read + decode + crop alone" in text
+    assert "CPU int8 (VNNI/AMX)" in text and all(flag in text for flag in result.machine["cpu_flags"])

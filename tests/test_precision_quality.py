@@ -75,6 +75,6 @@ def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(ValueError):
         inference.resolve_precision("fp16", "CPU")
     with pytest.raises(ValueError):
-        inference.resolve_precision("int8", "CPU")
+        inference.resolve_precision("int4", "CPU")
     # a GPU worker that finds no CUDA does not run fp16 on its CPU
     assert inference.runtime_precision(inference.FP16, torch.device("cpu")) == inference.BF16
