@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test venv chromium clean
+.PHONY: demo test venv chromium clean images push-images
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,19 @@ test: venv chromium
 
 demo: venv
 	$(VENV)/bin/imgsearch demo --out $(DEMO_OUT)
+
+# Dataflow worker images (docker/): REGISTRY is an Artifact Registry repository, e.g.
+# REGION-docker.pkg.dev/PROJECT/REPOSITORY; TAG defaults to the commit.
+REGISTRY ?= imgsearch
+TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo latest)
+
+images:
+	docker build -f docker/worker-cpu.Dockerfile -t $(REGISTRY)/worker-cpu:$(TAG) .
+	docker build -f docker/worker-gpu.Dockerfile -t $(REGISTRY)/worker-gpu:$(TAG) .
+
+push-images: images
+	docker push $(REGISTRY)/worker-cpu:$(TAG)
+	docker push $(REGISTRY)/worker-gpu:$(TAG)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

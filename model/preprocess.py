@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch  # decoding needs no torch (fetch, rank); the tensor steps import it when called
 
 from model.image_formats import ALLOWED_IMAGE_FORMATS, open_image  # noqa: F401 - the one allowlist, re-exported
 
@@ -110,6 +112,8 @@ def decode_image(data: bytes, target_size: int | None, *, keep_mode: bool = Fals
 
 def to_tensor(decoded: DecodedImage, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
     """The encoder's own transform applied to a decoded image: a CHW float32 tensor."""
+    import torch
+
     tensor = transform(decoded.rgb)
     if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
         raise TypeError(f"transform must return a CHW tensor, got {type(tensor).__name__}")
@@ -177,6 +181,8 @@ def crop_uint8(decoded: DecodedImage, spec: CropSpec) -> torch.Tensor:
     The box is computed on the decoded picture's own size, which a JPEG draft decode may have
     reduced by a power of two: the same region of the scene either way.
     """
+    import torch
+
     img = decoded.rgb
     if img.mode not in _RESIZABLE_MODES:
         # palette, CMYK, 16-bit...: to a mode Pillow resizes directly (transparency kept)
