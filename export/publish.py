@@ -313,7 +313,13 @@ def publish_site(
     data_root = site_data.version_root(version)
     shard_index, shard_files = site_data.tag_shards(entries, data_root=data_root)
     for relpath, body in shard_files:
-        storage.write_bytes(schema.out_path(site_root, relpath), body, content_type="application/json")
+        # named by their content: a cache may keep them for good
+        storage.write_bytes(
+            schema.out_path(site_root, relpath),
+            body,
+            content_type="application/json",
+            cache_control=site_data.IMMUTABLE_CACHE_CONTROL,
+        )
     for relpath, body in site_data.static_site_files():
         storage.write_bytes(schema.out_path(site_root, relpath), body, content_type=site_data.content_type(relpath))
     manifest = site_data.build_manifest(

@@ -51,6 +51,31 @@ def torch_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
+class CudaUnavailable(RuntimeError):
+    """--device GPU on a machine where CUDA cannot run: a wrong worker image, no driver, or a
+    driver too old for the CUDA that torch was built for."""
+
+
+def require_cuda() -> None:
+    """Raise CudaUnavailable unless CUDA can allocate here (called where a GPU model is loaded:
+    a GPU worker without CUDA fails its bundle instead of running on its CPU unnoticed)."""
+    why = ""
+    if not torch.cuda.is_available():
+        why = "torch.cuda.is_available() is False"
+    else:
+        try:
+            torch.zeros(1, device="cuda")
+        except RuntimeError as exc:
+            why = f"CUDA is present but fails: {exc}"
+    if why:
+        raise CudaUnavailable(
+            f"--device GPU, but this worker cannot run CUDA ({why}; torch {torch.__version__} is built for "
+            f"CUDA {torch.version.cuda or 'none: a CPU-only build'}). Check the worker image (docker/worker-gpu.Dockerfile), "
+            "the accelerator flag (worker_accelerator=type:...;count:1;install-nvidia-driver:580) and the driver "
+            "version, or run with --device CPU."
+        )
+
+
 def resolve_precision(requested: str, device: str) -> str:
     """auto -> fp16 for --device GPU, bf16 on a CPU with native bf16, else fp32; explicit values checked.
 

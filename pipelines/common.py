@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import time
 from typing import Any, Iterable
@@ -28,6 +29,32 @@ from model.report import (  # noqa: F401 - the failure-rate gate every stage sha
 )
 
 log = logging.getLogger(__name__)
+
+# Set to a local Cloud Storage emulator's address (http://127.0.0.1:PORT), gs:// goes there.
+STORAGE_EMULATOR_HOST = "STORAGE_EMULATOR_HOST"
+
+
+def use_anonymous_gcs_for_emulator() -> bool:
+    """With STORAGE_EMULATOR_HOST set, Beam's gs:// client connects anonymously (the emulator
+    wants no credentials) instead of looking for Google credentials first, which without any
+    retries for about 30 s in every process. Runs at import, so Beam's worker processes do it too.
+    Returns whether it applied."""
+    if not os.environ.get(STORAGE_EMULATOR_HOST):
+        return False
+    try:
+        from apache_beam.internal.gcp import auth
+    except ImportError:  # no gcp extra: no gs:// either
+        return False
+    credentials = getattr(auth, "_Credentials", None)
+    if credentials is None:
+        return False
+    with credentials._credentials_lock:
+        credentials._credentials_init = True
+        credentials._credentials = None  # None: Beam creates an anonymous storage client
+    return True
+
+
+use_anonymous_gcs_for_emulator()
 
 # Counter names every stage uses in its own namespace (the stage name).
 ROWS_IN = "rows_in"
@@ -85,9 +112,34 @@ def report_from_counters(stage: str, counters: dict[str, int], seconds: float, *
     )
 
 
+# Shown under every Beam stage's --help (split_args adds it): what a Dataflow run adds to the
+# stage's own flags. README's "Running on Dataflow" has one complete command per stage.
+DATAFLOW_EPILOG = """\
+running on Dataflow (any Beam flag passes through untouched):
+  --runner DataflowRunner --project PROJECT --region REGION --temp_location gs://BUCKET/tmp
+  --experiments=use_runner_v2 --sdk_location container
+  --sdk_container_image REGION-docker.pkg.dev/PROJECT/REPO/worker-cpu:TAG   (make images; or
+      --setup_file ./setup.py for index, fetch, extract-text, rank: their workers need no torch)
+  --machine_type n2-standard-4 --disk_size_gb 50 --number_of_worker_harness_threads 8
+  extract-images on GPUs: --device GPU --sdk_container_image .../worker-gpu:TAG
+      --machine_type g2-standard-8 --number_of_worker_harness_threads 1
+      --dataflow_service_options "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver:580"
+  --out and every input path on gs:// (workers cannot read the launcher's disk).
+  Launcher and image must have the same Python (3.11) and apache-beam (2.77.0)."""
+
+
+def add_dataflow_epilog(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The stage's --help ends with DATAFLOW_EPILOG (line breaks kept)."""
+    if DATAFLOW_EPILOG not in (parser.epilog or ""):
+        parser.epilog = ((parser.epilog + "\n\n") if parser.epilog else "") + DATAFLOW_EPILOG
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
 def split_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, PipelineOptions]:
-    """Our flags to argparse; everything else goes to PipelineOptions untouched."""
-    known, beam_args = parser.parse_known_args(argv)
+    """Our flags to argparse; everything else goes to PipelineOptions untouched. --help ends with
+    how to run the stage on Dataflow."""
+    known, beam_args = add_dataflow_epilog(parser).parse_known_args(argv)
     return known, PipelineOptions(beam_args)
 
 

@@ -532,8 +532,9 @@ def torch_model_handler(
     name: str, crop: preprocess.CropSpec, precision: str, state_dict_path: str, device: str, batch_size: int
 ) -> PytorchModelHandlerTensor:
     """The torch handler, unkeyed. On a GPU, large_model shares one copy of the model between a
-    worker's processes."""
-    return PytorchModelHandlerTensor(
+    worker's processes, and a worker without CUDA fails (GpuTorchHandler)."""
+    handler_class = GpuTorchHandler if device.upper() == "GPU" else PytorchModelHandlerTensor
+    return handler_class(
         state_dict_path=state_dict_path,
         model_class=inference.build_feature_extractor,
         model_params={"name": name, "crop": dataclasses.asdict(crop), "precision": precision},
@@ -546,6 +547,16 @@ def torch_model_handler(
         large_model=device == "GPU",
         load_model_args={"weights_only": True},
     )
+
+
+class GpuTorchHandler(PytorchModelHandlerTensor):
+    """Beam's torch handler for --device GPU, except that a worker without usable CUDA fails the
+    bundle with a clear error (inference.CudaUnavailable) where Beam would only warn and run on
+    the CPU: a GPU job on the wrong image or driver must not crawl along on CPUs unnoticed."""
+
+    def load_model(self) -> torch.nn.Module:
+        inference.require_cuda()
+        return super().load_model()
 
 
 class Int8EncoderHandler(OnnxModelHandlerNumpy):
@@ -1109,8 +1120,8 @@ def run(
     if args.num_shards:
         log.warning("%s: --num-shards is ignored: each worker commits a file every --commit-every images", STAGE)
     if args.device == "GPU" and not torch.cuda.is_available():
-        # workers decide for themselves (Beam's handler falls back to CPU); say so early when local
-        log.warning("%s: --device GPU but CUDA is not available here; a worker without one uses CPU", STAGE)
+        # the launcher of a Dataflow job needs no GPU; a worker without CUDA fails (GpuTorchHandler)
+        log.warning("%s: --device GPU but CUDA is not available here; a worker without CUDA fails", STAGE)
 
     # the torch model's precision (auto: bf16 or fp32 on a CPU), and what a worker on this machine
     # runs (auto: int8 where the CPU has VNNI/AMX); workers decide for themselves and record it
