@@ -15,7 +15,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from model import schema, tags
-from pipelines import common, index
+from pipelines import common, index, manifests
 from tests.conftest import write_jsonl
 
 
@@ -23,7 +23,7 @@ from tests.conftest import write_jsonl
 # helpers
 # ---------------------------------------------------------------------------
 def read_rows(manifest: Path | str, fmt: str, images_dir: str | None = None) -> list[dict]:
-    fn = index.ReadManifestFn(fmt, images_dir)
+    fn = manifests.ReadManifestFn(fmt, images_dir)
     fn.setup()
     return list(fn.process(str(manifest)))
 
@@ -63,23 +63,23 @@ def test_detect_format(tmp_path: Path) -> None:
     (tmp_path / "folder" / "cat").mkdir(parents=True)
     (tmp_path / "m.txt").write_text("?")
 
-    assert index.detect_format(str(tmp_path / "m.jsonl")) == index.FORMAT_JSONL
-    assert index.detect_format(str(tmp_path / "p.json")) == index.FORMAT_PROTOTYPE
-    assert index.detect_format(str(tmp_path / "bad_first.jsonl")) == index.FORMAT_PROTOTYPE
-    assert index.detect_format(str(tmp_path / "m.csv")) == index.FORMAT_CSV
-    assert index.detect_format(str(tmp_path / "m.parquet")) == index.FORMAT_PARQUET
-    assert index.detect_format(str(tmp_path / "folder")) == index.FORMAT_FOLDER
+    assert manifests.detect_format(str(tmp_path / "m.jsonl")) == manifests.FORMAT_JSONL
+    assert manifests.detect_format(str(tmp_path / "p.json")) == manifests.FORMAT_PROTOTYPE
+    assert manifests.detect_format(str(tmp_path / "bad_first.jsonl")) == manifests.FORMAT_PROTOTYPE
+    assert manifests.detect_format(str(tmp_path / "m.csv")) == manifests.FORMAT_CSV
+    assert manifests.detect_format(str(tmp_path / "m.parquet")) == manifests.FORMAT_PARQUET
+    assert manifests.detect_format(str(tmp_path / "folder")) == manifests.FORMAT_FOLDER
     with pytest.raises(ValueError, match="cannot tell"):
-        index.detect_format(str(tmp_path / "m.txt"))
+        manifests.detect_format(str(tmp_path / "m.txt"))
 
 
 def test_resolve_uri() -> None:
-    assert index.resolve_uri("a/b.jpg", "/data/crawl") == "/data/crawl/a/b.jpg"
-    assert index.resolve_uri("./b.jpg", "/data/crawl") == "/data/crawl/b.jpg"
-    assert index.resolve_uri("../x/b.jpg", "/data/crawl") == "/data/x/b.jpg"
-    assert index.resolve_uri("/abs/b.jpg", "/data/crawl") == "/abs/b.jpg"
-    assert index.resolve_uri("gs://bucket/b.jpg", "/data/crawl") == "gs://bucket/b.jpg"
-    assert index.resolve_uri("b.jpg", "gs://bucket/crawl") == "gs://bucket/crawl/b.jpg"
+    assert manifests.resolve_uri("a/b.jpg", "/data/crawl") == "/data/crawl/a/b.jpg"
+    assert manifests.resolve_uri("./b.jpg", "/data/crawl") == "/data/crawl/b.jpg"
+    assert manifests.resolve_uri("../x/b.jpg", "/data/crawl") == "/data/x/b.jpg"
+    assert manifests.resolve_uri("/abs/b.jpg", "/data/crawl") == "/abs/b.jpg"
+    assert manifests.resolve_uri("gs://bucket/b.jpg", "/data/crawl") == "gs://bucket/b.jpg"
+    assert manifests.resolve_uri("b.jpg", "gs://bucket/crawl") == "gs://bucket/crawl/b.jpg"
 
 
 def test_read_jsonl_keeps_positions_and_records_malformed_lines(tmp_path: Path) -> None:
@@ -95,18 +95,18 @@ def test_read_jsonl_keeps_positions_and_records_malformed_lines(tmp_path: Path) 
         b"\xff\xfe not utf-8\n"
         b'{"uri": "/abs/d.jpg", "tag": ""}\n'
     )
-    rows = read_rows(manifest, index.FORMAT_JSONL)
+    rows = read_rows(manifest, manifests.FORMAT_JSONL)
     assert [r[schema.ORDINAL] for r in rows] == list(range(8))
-    assert rows[0] == {schema.ORDINAL: 0, schema.URI: str(tmp_path / "a.jpg"), schema.TAG_RAW: "Cat", index._SOURCE_KEY: "a.jpg"}
+    assert rows[0] == {schema.ORDINAL: 0, schema.URI: str(tmp_path / "a.jpg"), schema.TAG_RAW: "Cat", manifests.ROW_SOURCE: "a.jpg"}
     errors = [r.get("error") for r in rows]
     assert errors == [
         None,
-        index.REJECT_BAD_JSON,
-        index.REJECT_NOT_AN_OBJECT,
-        index.REJECT_MISSING_FIELD,
-        index.REJECT_WRONG_TYPE,
-        index.REJECT_MISSING_FIELD,
-        index.REJECT_BAD_ENCODING,
+        manifests.REJECT_BAD_JSON,
+        manifests.REJECT_NOT_AN_OBJECT,
+        manifests.REJECT_MISSING_FIELD,
+        manifests.REJECT_WRONG_TYPE,
+        manifests.REJECT_MISSING_FIELD,
+        manifests.REJECT_BAD_ENCODING,
         None,  # an empty tag is the tag check's business, not the reader's
     ]
     assert "line 3" in rows[1]["message"] and "{broken" in rows[1]["message"]
@@ -121,23 +121,23 @@ def test_read_csv_with_quoted_fields(tmp_path: Path) -> None:
         w.writerow([1, "imgs/a, b.jpg", 'red "sports" car'])
         w.writerow([2, "/abs/c.jpg", "two\nlines"])
         w.writerow([3, "d.jpg"])  # short row: tag missing
-    rows = read_rows(manifest, index.FORMAT_CSV)
+    rows = read_rows(manifest, manifests.FORMAT_CSV)
     assert rows[0] == {
         schema.ORDINAL: 0,
         schema.URI: str(tmp_path / "imgs/a, b.jpg"),
         schema.TAG_RAW: 'red "sports" car',
-        index._SOURCE_KEY: "imgs/a, b.jpg",
+        manifests.ROW_SOURCE: "imgs/a, b.jpg",
     }
     assert rows[1][schema.TAG_RAW] == "two\nlines" and rows[1][schema.URI] == "/abs/c.jpg"
-    assert rows[2]["error"] == index.REJECT_MISSING_FIELD and rows[2][schema.ORDINAL] == 2
+    assert rows[2]["error"] == manifests.REJECT_MISSING_FIELD and rows[2][schema.ORDINAL] == 2
 
 
 def test_read_csv_survives_a_malformed_record(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     # a field over the csv module's size limit makes the reader raise for that record only
     manifest.write_text("uri,tag\na.jpg,cat\nb.jpg," + "x" * (csv.field_size_limit() + 10) + "\nc.jpg,dog\n")
-    rows = read_rows(manifest, index.FORMAT_CSV)
-    assert [r.get("error") for r in rows] == [None, index.REJECT_BAD_CSV, None]
+    rows = read_rows(manifest, manifests.FORMAT_CSV)
+    assert [r.get("error") for r in rows] == [None, manifests.REJECT_BAD_CSV, None]
     assert rows[2][schema.TAG_RAW] == "dog" and rows[2][schema.ORDINAL] == 2
 
 
@@ -148,11 +148,11 @@ def test_read_gzipped_manifests(tmp_path: Path) -> None:
     # a spreadsheet's BOM and a quoted field across two lines
     csv_gz.write_bytes(gzip.compress('\ufeffuri,tag\nb.jpg,"two\nlines"\nc.jpg,dog\n'.encode("utf-8")))
 
-    assert index.detect_format(str(jsonl)) == index.FORMAT_JSONL
-    assert index.detect_format(str(csv_gz)) == index.FORMAT_CSV
-    rows = read_rows(jsonl, index.FORMAT_JSONL)
-    assert rows[0][schema.TAG_RAW] == "Cat" and rows[1]["error"] == index.REJECT_BAD_JSON
-    rows = read_rows(csv_gz, index.FORMAT_CSV)
+    assert manifests.detect_format(str(jsonl)) == manifests.FORMAT_JSONL
+    assert manifests.detect_format(str(csv_gz)) == manifests.FORMAT_CSV
+    rows = read_rows(jsonl, manifests.FORMAT_JSONL)
+    assert rows[0][schema.TAG_RAW] == "Cat" and rows[1]["error"] == manifests.REJECT_BAD_JSON
+    rows = read_rows(csv_gz, manifests.FORMAT_CSV)
     assert [(Path(r[schema.URI]).name, r[schema.TAG_RAW], r[schema.ORDINAL]) for r in rows] == [
         ("b.jpg", "two\nlines", 0),
         ("c.jpg", "dog", 1),
@@ -166,9 +166,9 @@ def test_read_parquet(tmp_path: Path) -> None:
         manifest,
         row_group_size=2,  # rows span two row groups: positions must run on across them
     )
-    rows = read_rows(manifest, index.FORMAT_PARQUET)
-    assert rows[0] == {schema.ORDINAL: 0, schema.URI: str(tmp_path / "a.jpg"), schema.TAG_RAW: "Cat", index._SOURCE_KEY: "a.jpg"}
-    assert [r.get("error") for r in rows[1:]] == [index.REJECT_MISSING_FIELD] * 2
+    rows = read_rows(manifest, manifests.FORMAT_PARQUET)
+    assert rows[0] == {schema.ORDINAL: 0, schema.URI: str(tmp_path / "a.jpg"), schema.TAG_RAW: "Cat", manifests.ROW_SOURCE: "a.jpg"}
+    assert [r.get("error") for r in rows[1:]] == [manifests.REJECT_MISSING_FIELD] * 2
     assert [r[schema.ORDINAL] for r in rows] == [0, 1, 2]
 
 
@@ -188,13 +188,13 @@ def test_read_prototype_resolves_pic_ids(tmp_path: Path) -> None:
             {"pic_id": True, "tags_term": "cat"},
         ],
     )
-    rows = read_rows(manifest, index.FORMAT_PROTOTYPE, str(images))
+    rows = read_rows(manifest, manifests.FORMAT_PROTOTYPE, str(images))
     assert rows[0][schema.URI] == str(images / "1001.jpg")
     assert rows[1][schema.URI] == str(images / "1002.png")
     assert rows[2][schema.URI] == str(images / "1003.jpeg")
-    assert rows[3]["error"] == index.REJECT_UNRESOLVED_PIC_ID and "9999" in rows[3]["message"]
-    assert rows[4]["error"] == index.REJECT_MISSING_FIELD
-    assert rows[5]["error"] == index.REJECT_WRONG_TYPE
+    assert rows[3]["error"] == manifests.REJECT_UNRESOLVED_PIC_ID and "9999" in rows[3]["message"]
+    assert rows[4]["error"] == manifests.REJECT_MISSING_FIELD
+    assert rows[5]["error"] == manifests.REJECT_WRONG_TYPE
 
 
 def test_read_folder_in_sorted_path_order(tmp_path: Path) -> None:
@@ -203,7 +203,7 @@ def test_read_folder_in_sorted_path_order(tmp_path: Path) -> None:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"x")
     (root / "loose.jpg").write_bytes(b"x")  # not inside a tag folder
-    rows = read_rows(root, index.FORMAT_FOLDER)
+    rows = read_rows(root, manifests.FORMAT_FOLDER)
     assert [(r[schema.ORDINAL], r[schema.TAG_RAW], Path(r[schema.URI]).name) for r in rows] == [
         (0, "Fire Truck", "1.jpg"),
         (1, "cat", "a.jpg"),
@@ -284,7 +284,7 @@ def test_composites_under_test_pipeline(tmp_path: Path) -> None:
         {schema.TAG: "dog", schema.COUNT: 2, schema.IMAGE_IDS: [id_b, id_a], schema.ORDINAL: 1},
     ]
     with test_pipeline.TestPipeline(runner=common.LOCAL_RUNNER) as p:
-        outputs = p | index.ReadManifest(str(manifest), index.FORMAT_JSONL) | index.IndexRows()
+        outputs = p | manifests.ReadManifest(str(manifest), manifests.FORMAT_JSONL) | index.IndexRows()
         assert_that(outputs["images"], equal_to(expected_images), label="Images")
         assert_that(
             outputs["failures"] | beam.Map(lambda f: (f[schema.URI], f[schema.ERROR])),
@@ -320,7 +320,7 @@ def test_run_jsonl_end_to_end(tmp_path: Path, image_collection) -> None:
     assert report.rows_in == n_manifest
     assert report.rows_skipped == 2 and report.details[index.SKIPPED_DUPLICATE] == 2
     assert report.rows_failed == 4
-    for reason in (tags.REJECT_EMPTY, tags.REJECT_TOO_LONG, tags.REJECT_NO_WORD, index.REJECT_BAD_JSON):
+    for reason in (tags.REJECT_EMPTY, tags.REJECT_TOO_LONG, tags.REJECT_NO_WORD, manifests.REJECT_BAD_JSON):
         assert report.details[f"failed_{reason}"] == 1
     assert report.rows_out == len(rows) + 1
     assert_accounted(report)
@@ -335,7 +335,7 @@ def test_run_jsonl_end_to_end(tmp_path: Path, image_collection) -> None:
 
     failures = read_failures(out)
     assert sorted(f[schema.ERROR] for f in failures) == sorted(
-        [tags.REJECT_EMPTY, tags.REJECT_TOO_LONG, tags.REJECT_NO_WORD, index.REJECT_BAD_JSON]
+        [tags.REJECT_EMPTY, tags.REJECT_TOO_LONG, tags.REJECT_NO_WORD, manifests.REJECT_BAD_JSON]
     )
     too_long = next(f for f in failures if f[schema.ERROR] == tags.REJECT_TOO_LONG)
     assert "zzzz" in too_long[schema.MESSAGE] and len(too_long[schema.MESSAGE]) < 200
@@ -392,7 +392,7 @@ def test_run_prototype_format_with_images_dir(tmp_path: Path) -> None:
     )
     out = tmp_path / "out"
     report = run_index("--input", manifest, "--out", out, "--images-dir", pics, "--max-failure-rate", "1")
-    assert report.details["format"] == index.FORMAT_PROTOTYPE
+    assert report.details["format"] == manifests.FORMAT_PROTOTYPE
     assert (report.rows_in, report.rows_out, report.rows_failed) == (4, 3, 1)
     assert_accounted(report)
     images = read_dir(out, schema.IMAGES_DIR).to_pylist()
@@ -402,7 +402,7 @@ def test_run_prototype_format_with_images_dir(tmp_path: Path) -> None:
         ("13.jpg", "sun"),
     ]
     (failure,) = read_failures(out)
-    assert failure[schema.ERROR] == index.REJECT_UNRESOLVED_PIC_ID
+    assert failure[schema.ERROR] == manifests.REJECT_UNRESOLVED_PIC_ID
     tag2picid = json.loads((out / schema.TAG2PICID_JSON).read_text())
     assert tag2picid == {
         "sun": [tags.image_id_for(str(pics / "11.jpg")), tags.image_id_for(str(pics / "13.jpg"))],
@@ -421,7 +421,7 @@ def test_run_csv_and_parquet_agree(tmp_path: Path) -> None:
     pq.write_table(pa.table({"uri": [u for u, _ in rows], "tag": [t for _, t in rows]}), parquet_path)
 
     tables = []
-    for manifest, fmt in [(csv_path, index.FORMAT_CSV), (parquet_path, index.FORMAT_PARQUET)]:
+    for manifest, fmt in [(csv_path, manifests.FORMAT_CSV), (parquet_path, manifests.FORMAT_PARQUET)]:
         out = tmp_path / f"out-{fmt}"
         report = run_index("--input", manifest, "--out", out)
         assert report.details["format"] == fmt
@@ -442,7 +442,7 @@ def test_run_folder_manifest_with_test_pipeline(tmp_path: Path) -> None:
         (root / rel).write_bytes(b"x")
     out = tmp_path / "out"
     report = index.run(["--input", str(root), "--out", str(out)], test_pipeline=test_pipeline.TestPipeline(runner=common.LOCAL_RUNNER))
-    assert report.details["format"] == index.FORMAT_FOLDER
+    assert report.details["format"] == manifests.FORMAT_FOLDER
     assert (report.rows_in, report.rows_out) == (3, 3)
     tag2picid = json.loads((out / schema.TAG2PICID_JSON).read_text())
     assert tag2picid == {

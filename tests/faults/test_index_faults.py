@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from model import schema, tags
-from pipelines import cli, index
+from pipelines import cli, index, manifests
 from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.faults
@@ -100,7 +100,7 @@ def test_dotdot_and_300_byte_tags_are_data(indexed):
 def test_uris_outside_the_allowed_roots_are_failure_rows(indexed, key: str):
     uri = HOSTILE_URIS[key]
     row = _failure_for(indexed, uri)
-    assert row[schema.ERROR] == index.REJECT_OUTSIDE_ROOT and "--allow-root" in row[schema.MESSAGE]
+    assert row[schema.ERROR] == manifests.REJECT_OUTSIDE_ROOT and "--allow-root" in row[schema.MESSAGE]
     leaked = [r[schema.URI] for r in indexed["images"] if r[schema.URI].endswith(("/etc/passwd", "/etc/hostname", "outside.jpg"))]
     assert not leaked
 
