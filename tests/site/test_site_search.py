@@ -8,6 +8,8 @@ import time
 
 from playwright.sync_api import expect
 
+from export import site_data
+
 from model.tags import tag_key
 from tests import site_fixture as sf
 from tests.site.helpers import (
@@ -20,6 +22,8 @@ from tests.site.helpers import (
     type_query,
     wait_tile_count,
 )
+
+PAGE = site_data.PAGE_SIZE  # the published page size, from the code
 
 
 def test_header_shows_collection_size_and_model(site_page, small_site):
@@ -65,7 +69,7 @@ def test_arrow_keys_and_enter_pick_a_suggestion(site_page, small_site):
     expect(page.locator("#results-title")).to_have_text("“red”")
     expect(page).to_have_url(query_url(small_site.url, "red"))
     expect(page.locator("#suggestions")).to_be_hidden()
-    wait_tile_count(page, 60)
+    wait_tile_count(page, PAGE)
 
 
 def test_clicking_a_suggestion_shows_its_images(site_page, small_site):
@@ -83,7 +87,7 @@ def test_results_are_in_rank_order_and_scrolling_loads_more(site_page, small_sit
     page = site_page
     open_query(page, small_site.url, "red car")
     expect(page.locator("#results-note")).to_contain_text("150 images")
-    wait_tile_count(page, 60)
+    wait_tile_count(page, PAGE)
     for expected in (120, 150):
         page.locator("#sentinel").scroll_into_view_if_needed()
         wait_tile_count(page, expected)
@@ -121,7 +125,7 @@ def test_query_link_is_normalised_and_back_forward_rerender(site_page, small_sit
     page.go_back()
     expect(page.locator("#results-title")).to_have_text("“red car”")
     expect(page.locator("#q")).to_have_value("red car")
-    wait_tile_count(page, 60)
+    wait_tile_count(page, PAGE)
     page.go_forward()
     expect(page.locator("#results-title")).to_have_text("“dog”")
     expect(page.locator("#q")).to_have_value("dog")

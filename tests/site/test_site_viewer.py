@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
+from export import site_data
+from tests import site_fixture as sf
 from tests.site.helpers import TILE, open_home, open_query, wait_tile_count
+
+PAGE = site_data.PAGE_SIZE  # the published page size, from the code
 
 
 def test_click_opens_viewer_with_tag_score_rank_and_source(site_page, small_site):
@@ -45,16 +49,16 @@ def test_viewer_arrows_escape_and_focus_return(site_page, small_site):
 def test_viewer_next_past_the_loaded_page_loads_it(site_page, small_site):
     page = site_page
     open_query(page, small_site.url, "red car")
-    wait_tile_count(page, 60)
-    page.locator(TILE).nth(59).click()
+    wait_tile_count(page, PAGE)
+    page.locator(TILE).nth(PAGE - 1).click()
     meta = page.locator("#viewer-meta")
-    expect(meta).to_have_attribute("data-rank", "60")
+    expect(meta).to_have_attribute("data-rank", str(PAGE))
     page.keyboard.press("ArrowRight")
-    expect(meta).to_have_attribute("data-rank", "61")
-    expect(meta).to_contain_text("Rank 61 of 150")
-    wait_tile_count(page, 120)
+    expect(meta).to_have_attribute("data-rank", str(PAGE + 1))
+    expect(meta).to_contain_text(f"Rank {PAGE + 1} of {sf.SMALL_COUNTS['red car']}")
+    wait_tile_count(page, 2 * PAGE)
     page.keyboard.press("Escape")
-    expect(page.locator(f"{TILE}[data-index='60']")).to_be_focused()
+    expect(page.locator(f"{TILE}[data-index='{PAGE}']")).to_be_focused()
 
 
 def test_keyboard_only_flow(site_page, small_site):
@@ -72,7 +76,7 @@ def test_keyboard_only_flow(site_page, small_site):
     page.keyboard.press("ArrowDown")
     page.keyboard.press("Enter")
     expect(page.locator("#results-title")).to_have_text("“red car”")
-    wait_tile_count(page, 60)
+    wait_tile_count(page, PAGE)
 
     page.keyboard.press("Tab")  # the Search button
     page.keyboard.press("Tab")  # the first tile
