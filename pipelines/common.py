@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -76,6 +76,51 @@ def failure_row(stage: str, image_id: str | None, uri: str | None, error: str, m
         schema.ERROR: error,
         schema.MESSAGE: message[:MAX_MESSAGE_CHARS],
     }
+
+
+def error_name(exc: BaseException | type | str) -> str:
+    """A failure's `error`: the exception's class name (or the name given)."""
+    if isinstance(exc, str):
+        return exc
+    return exc.__name__ if isinstance(exc, type) else type(exc).__name__
+
+
+def record_failure(
+    stage: str, image_id: str | None, uri: str | None, exc: BaseException | type | str, message: str, rows: int = 1
+) -> dict[str, Any]:
+    """Count a failure (rows_failed and failed_<error>, `rows` rows of the stage's input) and
+    build its failure row: every stage records failures this one way."""
+    error = error_name(exc)
+    counter(stage, ROWS_FAILED).inc(rows)
+    counter(stage, f"failed_{error}").inc(rows)
+    return failure_row(stage, image_id, uri, error, message)
+
+
+def dead_letter_rows(dead_letter: tuple[Sequence[tuple[Any, Any]], tuple]) -> Iterator[tuple[Any, str, str]]:
+    """RunInference's dead letter (the failed batch, (exception class, repr, traceback)) ->
+    (key, error, message) for each element of the batch."""
+    batch, (exc_type, exc_repr, _traceback) = dead_letter
+    for key, _example in batch:
+        yield key, error_name(exc_type), exc_repr
+
+
+class WriteFailures(beam.PTransform):
+    """Failure rows -> OUT/failures/<name>-SSSSS-of-NNNNN.parquet (schema.FAILURES_SCHEMA).
+
+    `name` is the stage, or a staging path's prefix when the stage swaps its failures in later."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self._prefix = prefix
+
+    @classmethod
+    def for_stage(cls, out: str, stage: str) -> "WriteFailures":
+        return cls(schema.out_path(out, schema.FAILURES_DIR, stage))
+
+    def expand(self, rows: beam.PCollection) -> Any:
+        return rows | "WriteParquet" >> beam.io.WriteToParquet(
+            self._prefix, schema.FAILURES_SCHEMA, file_name_suffix=schema.PARQUET_SUFFIX
+        )
 
 
 def run_id() -> str:

@@ -78,13 +78,10 @@ class NormalizeTagFn(beam.DoFn):
 
     FAILURES = "failures"
 
-    def __init__(self):
-        self.rows_failed = common.counter(STAGE, common.ROWS_FAILED)
-
     def _fail(self, uri: str | None, error: str, message: str, source_uri: str | None = None) -> beam.pvalue.TaggedOutput:
-        self.rows_failed.inc()
-        common.counter(STAGE, f"failed_{error}").inc()
-        return beam.pvalue.TaggedOutput(self.FAILURES, manifests.failure_record(uri, error, message, source_uri))
+        source = source_uri or uri
+        image_id = tags.image_id_for(source) if source else None
+        return beam.pvalue.TaggedOutput(self.FAILURES, common.record_failure(STAGE, image_id, uri, error, message))
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
         uri = row.get(schema.URI)
@@ -305,12 +302,7 @@ class WriteIndex(beam.PTransform):
             "tag_folds": outputs["folds"]
             | "FoldExamples" >> beam.combiners.Top.Of(MAX_FOLD_EXAMPLES, key=_fold_rank)
             | "WriteTagFolds" >> beam.ParDo(WriteJsonFn(schema.out_path(out, schema.TAG_FOLDS_JSON))),
-            "failures": outputs["failures"]
-            | "WriteFailures" >> beam.io.WriteToParquet(
-                schema.out_path(out, schema.FAILURES_DIR, STAGE),
-                schema=schema.FAILURES_SCHEMA,
-                file_name_suffix=schema.PARQUET_SUFFIX,
-            ),
+            "failures": outputs["failures"] | "WriteFailures" >> common.WriteFailures.for_stage(out, STAGE),
         }
 
 

@@ -32,7 +32,7 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from model import schema, tags
+from model import schema
 from pipelines import common
 
 log = logging.getLogger(__name__)
@@ -212,12 +212,6 @@ def _row(ordinal: int, uri: str, tag_raw: str, source_uri: str | None = None) ->
 
 def bad_row(ordinal: int, error: str, message: str, uri: str | None = None) -> dict[str, Any]:
     return {schema.ORDINAL: ordinal, schema.URI: uri, ROW_ERROR: error, ROW_MESSAGE: message}
-
-
-def failure_record(uri: str | None, error: str, message: str, source_uri: str | None = None) -> dict[str, Any]:
-    """A row of schema.FAILURES_SCHEMA for this stage."""
-    source = source_uri or uri
-    return common.failure_row(STAGE, tags.image_id_for(source) if source else None, uri, error, message)
 
 
 def row_from_fields(

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
 
-from export import evaluate, publish, site_data
+from export import discovery, evaluate, publish, related_words, similar, site_data
 from model import schema, scoring, storage
 from pipelines import common, image_store, ranking, thumbnails, towers
 
@@ -246,6 +246,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-versions", type=int, default=publish.DEFAULT_KEEP_VERSIONS, help="published versions kept (the live one included)"
     )
+    # beyond the rankings: copies folded, related words, more like this (export/discovery.py)
+    parser.add_argument(
+        "--related-vocab",
+        type=int,
+        default=related_words.DEFAULT_VOCAB,
+        help="precompute the nearest tags of this many most frequent words of the word vectors (0: none)",
+    )
+    parser.add_argument(
+        "--word-vectors", default=None, help="the word vectors for related words (default: those extract-text read)"
+    )
+    parser.add_argument(
+        "--duplicate-similarity",
+        type=float,
+        default=similar.DEFAULT_NEAR_THRESHOLD,
+        help="neighbours at or above this cosine are copies of one picture, shown once (same content hash always is)",
+    )
     return parser
 
 
@@ -340,16 +356,22 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         codec="snappy",
         file_name_suffix=schema.PARQUET_SUFFIX,
     )
-    _ = ranked["failures"] | "WriteFailures" >> WriteToParquet(
-        schema.out_path(staged_failures, STAGE),
-        schema.FAILURES_SCHEMA,
-        file_name_suffix=schema.PARQUET_SUFFIX,
-    )
+    _ = ranked["failures"] | "WriteFailures" >> common.WriteFailures(schema.out_path(staged_failures, STAGE))
     _result, counters, seconds = common.run_pipeline(pipeline, STAGE)
+    # copies of one picture appear once in a tag's ranking, their copies listed (export/discovery.py)
+    duplicates = discovery.fold_duplicates(
+        out,
+        site_root=site_root,
+        data_root=data_root,
+        rankings_dir=staged_rankings,
+        page_size=args.page_size,
+        near_threshold=args.duplicate_similarity,
+    )
 
     rankings = publish.read_rankings(common.glob(schema.out_path(staged_rankings, f"{schema.RANKINGS_PREFIX}-*")))
     entries, by_index_tags, ranked_images = publish.tag_entries_from_rankings(rankings, args.page_size)
     details = dict(tags=len(entries), oov_tags=by_index_tags, ranked_images=ranked_images, ranker=args.ranker, version=version)
+    details["duplicates"] = duplicates
     report = common.report_from_counters(STAGE, counters, seconds, **details)
     health = publish.check_health(
         report,
@@ -381,6 +403,21 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     failures[STAGE] = sum(
         storage.open_parquet(p).metadata.num_rows for p in common.glob(schema.out_path(staged_failures, f"{STAGE}-*"))
     )
+    # the home page, related words, more like this, "probably" strips (export/discovery.py)
+    extras = discovery.publish_extras(
+        out,
+        site_root=site_root,
+        data_root=data_root,
+        rankings=rankings,
+        entries=entries,
+        folds=folds,
+        related_vocab=args.related_vocab,
+        word_vectors=args.word_vectors,
+        ground_truth=args.ground_truth,
+    )
+    report.details.update(extras.facts)
+    if extras.strip_metrics is not None:
+        evaluate.record_metrics(out, "probably_strips", extras.strip_metrics)
     manifest = publish.publish_site(
         site_root,
         version=version,
@@ -393,6 +430,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         page_size=args.page_size,
         failures=failures,
         report=f"{data_root}/{schema.REPORT_DIR}/index.html",
+        extra=extras.manifest,
     )
     # the site is live; the rankings and failures that describe it follow
     _swap_in(staged_rankings, schema.out_path(out, schema.RANKINGS_DIR), schema.RANKINGS_PREFIX)

@@ -112,9 +112,7 @@ class ScoreImageFn(beam.DoFn):
         failures = list(grouped["failed"])
         if failures:
             error, message = failures[0]
-            common.counter(STAGE, common.ROWS_FAILED).inc(len(rows))
-            common.counter(STAGE, f"failed_{error}").inc(len(rows))
-            yield beam.pvalue.TaggedOutput(FAILURES, common.failure_row(STAGE, image_id, uri, error, message))
+            yield beam.pvalue.TaggedOutput(FAILURES, common.record_failure(STAGE, image_id, uri, error, message, rows=len(rows)))
             return
         common.counter(STAGE, common.ROWS_SKIPPED).inc(len(rows))
         common.counter(STAGE, SKIPPED_NO_FEATURES).inc(len(rows))

@@ -116,11 +116,10 @@ class ProjectTagsFn(beam.DoFn):
 # ---------------------------------------------------------------------------
 # Composite transforms
 # ---------------------------------------------------------------------------
-def _batch_failures(dead_letter: tuple[Sequence[tuple[str, Any]], tuple]) -> Iterator[tuple[str, tuple[str, str]]]:
-    """RunInference's dead letter (failed batch, (exc class, repr, traceback)) -> per image."""
-    batch, (exc_type, exc_repr, _traceback) = dead_letter
-    for image_id, _example in batch:
-        yield image_id, (exc_type.__name__, exc_repr)
+def _image_failures(dead_letter: tuple) -> Iterator[tuple[str, tuple[str, str]]]:
+    """A failed batch of the image tower -> (image_id, (error, message)) per image."""
+    for image_id, error, message in common.dead_letter_rows(dead_letter):
+        yield image_id, (error, message)
 
 
 def image_tower_inference(model_uri: str, batch_size: int) -> beam.PTransform:
@@ -157,7 +156,7 @@ class ProjectImages(beam.PTransform):
             self._model_uri, self._batch_size
         )
         embeddings = predictions | "TakeEmbedding" >> beam.MapTuple(_take_embedding)
-        tower_failed = dead_letters.failed_inferences | "PerImageFailures" >> beam.FlatMap(_batch_failures)
+        tower_failed = dead_letters.failed_inferences | "PerImageFailures" >> beam.FlatMap(_image_failures)
         failed = (inputs[FAILURES], tower_failed) | "MergeImageFailures" >> beam.Flatten()
         return {"embeddings": embeddings, "failed": failed}
 
