@@ -135,6 +135,16 @@ SIGNALS_SCHEMA = pa.schema(
     ]
 )
 
+# duplicates (rank, from content hashes and the neighbour lists): each image that has a copy,
+# and its group's representative (the group's smallest image id)
+DUPLICATE_OF = "duplicate_of"
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        pa.field(IMAGE_ID, pa.string(), nullable=False),
+        pa.field(DUPLICATE_OF, pa.string(), nullable=False),
+    ]
+)
+
 FOLDS_SCHEMA = pa.schema(
     [
         pa.field(IMAGE_ID, pa.string(), nullable=False),
@@ -192,6 +202,7 @@ EXPORT_JSON = "model/export.json"
 RANKINGS_DIR = "rankings"
 NEIGHBOURS_DIR = "neighbours"  # neighbours-SSSSS-of-NNNNN.parquet (NEIGHBOURS_SCHEMA)
 SIGNALS_DIR = "signals"  # signals-SSSSS-of-NNNNN.parquet (SIGNALS_SCHEMA)
+DUPLICATES_DIR = "duplicates"  # duplicates-00000-of-00001.parquet (DUPLICATES_SCHEMA), written by rank
 FOLDS_DIR = "model/folds"  # folds-SSSSS-of-NNNNN.parquet: the images each fold held out
 REPORT_DIR = "report"  # the evaluation of what was published: metrics.json, index.html, plots
 SITE_DIR = "site"
@@ -216,6 +227,7 @@ RANKINGS_PREFIX = "rankings"
 NEIGHBOURS_PREFIX = "neighbours"
 SIGNALS_PREFIX = "signals"
 FOLDS_PREFIX = "folds"
+DUPLICATES_PREFIX = "duplicates"
 
 
 def shard_pattern(out: str, directory: str, prefix: str) -> str:
