@@ -427,6 +427,20 @@ _CAPTION_CONTEXT: dict[str, tuple[str, ...]] = {
     "fire truck": ("with a long ladder", "rushing to a fire", "with firefighters on board", "at the fire station"),
     "traffic light": ("at the crossing", "showing red to stop", "turning green for go", "on a busy street corner"),
 }
+# Words that are not tags but name one (synonyms, plurals), written into the captions in the
+# tag's own contexts so the word vectors place them near it: the site's "related" answer to a
+# query outside the tag set ("automobile" -> car, "fire engine" -> fire truck).
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "car": ("automobile", "cars"),
+    "tree": ("trees", "oak"),
+    "fish": ("fishes", "goldfish"),
+    "flower": ("flowers", "blossom"),
+    "house": ("houses", "cottage"),
+    "apple": ("apples",),
+    "star": ("stars",),
+    "cloud": ("clouds",),
+    "fire truck": ("fire engine",),
+}
 _ADJECTIVES = ("big", "small", "bright", "dark", "little", "large", "colourful", "simple", "old", "new", "red", "blue", "green", "yellow")
 _OPENINGS = ("a {adj} {tag} {ctx}", "the {tag} {ctx}", "a photo of a {tag} {ctx}", "there is a {adj} {tag} here", "my {tag} {ctx}")
 
@@ -552,7 +566,21 @@ def make_captions(n_lines: int, seed: int = 0) -> list[str]:
         tag = described[i % len(described)]  # round robin: every tag word is frequent
         template = rng.choice(_OPENINGS)
         lines.append(template.format(adj=rng.choice(_ADJECTIVES), tag=tag, ctx=rng.choice(_CAPTION_CONTEXT[tag])))
+    lines.extend(synonym_captions(n_lines, seed))
     rng.shuffle(lines)
+    return lines
+
+
+def synonym_captions(n_lines: int, seed: int = 0) -> list[str]:
+    """A few captions per synonym (SYNONYMS), each in its tag's contexts."""
+    rng = random.Random(f"synonyms:{seed}")
+    per_word = max(8, n_lines // 150)
+    lines = []
+    for tag, words in SYNONYMS.items():
+        for word in words:
+            for _ in range(per_word):
+                template = rng.choice(_OPENINGS)
+                lines.append(template.format(adj=rng.choice(_ADJECTIVES), tag=word, ctx=rng.choice(_CAPTION_CONTEXT[tag])))
     return lines
 
 
