@@ -307,6 +307,14 @@ def evaluate(
     return outcome
 
 
+def record_metrics(out: str, section: str, values: dict[str, Any]) -> None:
+    """Add one section to OUT/report/metrics.json (rank's "probably" strips measured, for one)."""
+    path = schema.out_path(out, schema.METRICS_JSON)
+    result = storage.read_json(path) if storage.exists(path) else {}
+    result[section] = values
+    storage.write_json(path, result)
+
+
 def _published_ranker(out: str) -> str:
     """The ranker rank used, from its report (evaluate run alone)."""
     path = schema.out_path(out, schema.REPORTS_DIR, "rank.json")

@@ -308,8 +308,11 @@ def publish_site(
     page_size: int,
     failures: dict[str, int],
     report: str | None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The version's tag shards, the front end, then the manifest (the pointer) last."""
+    """The version's tag shards, the front end, then the manifest (the pointer) last.
+
+    `extra`: what the manifest says about the version's other data files (export/discovery.py)."""
     data_root = site_data.version_root(version)
     shard_index, shard_files = site_data.tag_shards(entries, data_root=data_root)
     for relpath, body in shard_files:
@@ -335,6 +338,7 @@ def publish_site(
         extra_counts={"failures": sum(failures.values())},
         report=report,
         data_root=data_root,
+        extra=extra,
     )
     storage.write_bytes(
         schema.out_path(site_root, site_data.MANIFEST_PATH),

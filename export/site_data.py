@@ -166,8 +166,11 @@ def build_manifest(
     extra_counts: dict[str, int] | None = None,
     report: str | None = None,
     data_root: str = DATA_DIR,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest object; `build` changes whenever any published content does (cache key).
+
+    `extra` adds top-level objects (export/discovery.py: home, related, similar, probably).
 
     `extra_counts` (e.g. {"failures": n}) are added to "counts" after the four standard ones;
     `report`, the evaluation page's path relative to the site root, is linked from the header.
@@ -190,6 +193,7 @@ def build_manifest(
     }
     if report:
         body["report"] = report  # the evaluation page, relative to the site root
+    body.update(extra or {})
     body["build"] = hashlib.sha256(encode_json(body)).hexdigest()[:CONTENT_HASH_CHARS]
     return body
 
