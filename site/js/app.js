@@ -1,12 +1,14 @@
 // Wires the components to the hub and runs queries: URL <-> query, data -> results, and
 // stale answers dropped (each query has a sequence number and an AbortController).
 import { createHub } from './hub.js';
-import { createData } from './data.js';
+import { createData, thumbFor } from './data.js';
 import { normalizeTag } from './text.js';
 import { mountHeader } from './header.js';
 import { mountSearchBox } from './searchbox.js';
 import { mountResults } from './results.js';
 import { mountViewer } from './viewer.js';
+import { mountHome } from './home.js';
+import { mountProbably } from './probably.js';
 import { EVENTS } from './events.js';
 
 const SUGGESTIONS = 8;
@@ -21,12 +23,18 @@ mountHeader(hub, { line: $('collection'), header: document.querySelector('header
 mountSearchBox(hub, { form: $('search'), input: $('q'), list: $('suggestions') });
 mountResults(hub, {
   section: $('results'), title: $('results-title'), note: $('results-note'), near: $('near'),
+  related: $('related'), instead: $('instead'),
   grid: $('grid'), sentinel: $('sentinel'), status: $('results-status'), siteRoot,
 });
 mountViewer(hub, {
   dialog: $('viewer'), figure: $('viewer-figure'), title: $('viewer-title'), meta: $('viewer-meta'),
-  source: $('viewer-source'), siteRoot,
+  source: $('viewer-source'), copies: $('viewer-copies'), similar: $('viewer-similar'), siteRoot,
 });
+mountHome(hub, {
+  section: $('home'), facts: $('home-facts'), popular: $('popular'), letters: $('az-letters'),
+  list: $('az-list'), pager: $('az-pager'), siteRoot,
+});
+mountProbably(hub, { section: $('probably'), title: $('probably-title'), list: $('probably-list'), siteRoot });
 
 const aborted = (err) => err?.name === 'AbortError';
 const message = (err) => (err?.name === 'HttpError' && err.status === 404
@@ -80,18 +88,27 @@ async function search(text, push) {
   if (!tag) { hub.emit(EVENTS.RESULTS_CLEAR); return; }
   hub.emit(EVENTS.RESULTS_LOADING, { tag });
   try {
-    const entry = await data.findTag(tag);
+    let entry = await data.findTag(tag);
     if (mine !== seq) return;
+    let instead = null;
     if (!entry) {
-      const suggestions = await data.nearTags(tag);
-      if (mine === seq) hub.emit(EVENTS.RESULTS_UNKNOWN, { query: tag, suggestions });
-      return;
+      // not a tag: tags spelled like it, and tags whose word vectors are close to its words
+      const [suggestions, related] = await Promise.all([
+        data.nearTags(tag), data.relatedTags(tag).catch((err) => { console.warn(err); return []; }),
+      ]);
+      if (mine !== seq) return;
+      const showAt = Number((await data.manifest()).related?.show_at);
+      const best = related[0] && related[0].sim >= showAt ? await data.findTag(related[0].tag) : null;
+      if (mine !== seq) return;
+      if (!best) { hub.emit(EVENTS.RESULTS_UNKNOWN, { query: tag, suggestions, related }); return; }
+      instead = { query: tag, suggestions, related };
+      entry = best;
     }
     const page = await data.rankingPage(entry, 0, signal);
     if (mine !== seq) return;
     const pages = Number(page.pages) || 1;
     current = { seq: mine, entry, next: 1, pages, loading: false, signal };
-    hub.emit(EVENTS.RESULTS_START, { tag: entry.tag, total: Number(page.total) || 0, rankedBy: page.ranked_by, pages });
+    hub.emit(EVENTS.RESULTS_START, { tag: entry.tag, total: Number(page.total) || 0, rankedBy: page.ranked_by, pages, instead });
     hub.emit(EVENTS.RESULTS_PAGE, { items: Array.isArray(page.items) ? page.items : [], more: pages > 1 });
   } catch (err) {
     if (mine === seq && !aborted(err)) { console.warn(err); hub.emit(EVENTS.RESULTS_ERROR, { message: message(err) }); }
@@ -116,6 +133,47 @@ async function loadMore() {
 }
 
 hub.on(EVENTS.SEARCH, ({ text, push }) => search(text, push));
+
+// ---- the home page: popular tags, and every tag A–Z a shard at a time ----
+hub.on(EVENTS.RESULTS_CLEAR, () => {
+  data.home().then((popular) => hub.emit(EVENTS.HOME, { popular }), (err) => console.warn(err));
+});
+hub.on(EVENTS.BROWSE, async ({ prefix, shard }) => {
+  try {
+    const m = await data.manifest();
+    const i = typeof prefix === 'string' ? await data.prefixShard(prefix) : Number(shard);
+    if (!Number.isInteger(i) || i < 0 || i >= m.tag_shards.length) return;
+    const entries = await data.shard(i);
+    hub.emit(EVENTS.BROWSE_PAGE, { shard: i, shards: m.tag_shards.length, entries, prefix });
+  } catch (err) { console.warn(err); }
+});
+
+// ---- the viewer's "more like this" and copies, one small file per image opened ----
+hub.on(EVENTS.VIEWER_SHOWN, async ({ imageId }) => {
+  try {
+    const m = await data.manifest();
+    const record = await data.similar(imageId);
+    if (!record) return;
+    const item = (id, tag, extra) => ({ image_id: id, tag, thumb: thumbFor(m, id, extra?.uri), ...extra });
+    const similar = (Array.isArray(record.similar) ? record.similar : []).filter(Array.isArray)
+      .map(([id, tag, sim]) => item(String(id), String(tag), { similarity: Number(sim) }));
+    const copies = (Array.isArray(record.copies) ? record.copies : []).filter(Array.isArray)
+      .map(([id, uri]) => item(String(id), String(record.tag), { uri: String(uri) }));
+    hub.emit(EVENTS.SIMILAR, { imageId, record: { tag: String(record.tag ?? ''), uri: record.uri, similar, copies } });
+  } catch (err) { console.warn(err); }
+});
+
+// ---- after the tag's own images: those that probably belong to it, crawled under another ----
+hub.on(EVENTS.RESULTS_END, async ({ tag }) => {
+  const c = current;
+  if (!c || c.entry.tag !== tag) return;
+  try {
+    const m = await data.manifest();
+    const items = (await data.probably(c.entry)).filter((it) => it && typeof it.image_id === 'string')
+      .map((it) => ({ ...it, thumb: thumbFor(m, it.image_id, it.uri) }));
+    if (c === current && items.length) hub.emit(EVENTS.PROBABLY, { tag, items });
+  } catch (err) { console.warn(err); }
+});
 hub.on(EVENTS.RESULTS_MORE, loadMore);
 
 const queryFromUrl = () => new URLSearchParams(location.search).get('q') || '';

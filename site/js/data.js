@@ -28,6 +28,32 @@ function lastAtOrBefore(list, value, key) {
   return found;
 }
 
+// 32-bit FNV-1a of the UTF-8 bytes: export/hashed_shards.py names shards the same way.
+export function fnv1a32(text) {
+  let h = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(text)) {
+    h ^= byte;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h;
+}
+
+// The file of a hashed-shard kind (related, similar, probably) that holds `key`, or null.
+export function hashedShardPath(m, kind, key) {
+  const n = Number(m?.[kind]?.shards);
+  if (!Number.isInteger(n) || n < 1) return null;
+  return `${dataRoot(m)}/${kind}/${String(fnv1a32(key) % n).padStart(5, '0')}.json`;
+}
+
+const IMAGE_ID = /^[0-9a-f]{4,64}$/;
+const HOME = /^data(\/v\/[0-9A-Za-z._-]+)?\/home\.json$/;
+
+// Where an image's thumbnail is: ours when the site has thumbnails, else its http(s) source.
+export function thumbFor(m, imageId, uri) {
+  if (m?.thumbnails && IMAGE_ID.test(imageId)) return `thumbs/${imageId.slice(0, 2)}/${imageId}.jpg`;
+  return typeof uri === 'string' && /^https?:\/\//i.test(uri) ? uri : null;
+}
+
 const toEntry = (row) => ({ tag: String(row[0]), count: Number(row[1]) || 0, key: String(row[2]), pages: Number(row[3]) || 1 });
 
 export function createData(siteRoot) {
@@ -137,8 +163,51 @@ export function createData(siteRoot) {
     return getJSON(path, { signal, version: m.build });
   }
 
+  // The home page's popular tags ([{tag, count, key, pages, thumb, imageId}]), [] if none published.
+  async function home() {
+    const m = await manifest();
+    if (typeof m.home !== 'string' || !HOME.test(m.home)) return [];
+    const body = await getJSON(m.home, { version: m.build });
+    return (Array.isArray(body?.popular) ? body.popular : []).filter(Array.isArray).map((row) => ({
+      ...toEntry(row), thumb: typeof row[4] === 'string' ? row[4] : null, imageId: String(row[5] ?? ''),
+    }));
+  }
+
+  async function hashed(kind, key, field) {
+    const m = await manifest();
+    const path = hashedShardPath(m, kind, key);
+    if (!path) return null;
+    const body = await getJSON(path, { version: m.build });
+    const map = body?.[field];
+    return map && typeof map === 'object' && Object.hasOwn(map, key) ? map[key] : null;
+  }
+
+  // Tags related to a query that is not a tag: the phrase's own entry, else its words' entries
+  // merged (each tag's similarity averaged over the words). [{tag, sim}] best first.
+  async function relatedTags(query, limit = 5) {
+    const m = await manifest();
+    if (!m.related) return [];
+    const words = [...new Set(query.split(' ').filter(Boolean))];
+    const asList = (rows) => (Array.isArray(rows) ? rows : [])
+      .filter((r) => Array.isArray(r) && typeof r[0] === 'string' && Number.isFinite(r[1]))
+      .map((r) => ({ tag: r[0], sim: r[1] }));
+    const phrase = asList(await hashed('related', query, 'words'));
+    if (phrase.length || words.length < 2) return phrase.slice(0, limit);
+    const lists = await Promise.all(words.map((w) => hashed('related', w, 'words').then(asList)));
+    const sum = new Map();
+    for (const list of lists) for (const { tag, sim } of list) sum.set(tag, (sum.get(tag) || 0) + sim);
+    return [...sum].map(([tag, s]) => ({ tag, sim: s / words.length }))
+      .sort((a, b) => b.sim - a.sim || (a.tag < b.tag ? -1 : 1)).slice(0, limit);
+  }
+
+  // An image's record for the viewer: {tag, uri, similar: [[id, tag, cosine]], copies: [[id, uri]]}.
+  const similar = (imageId) => (IMAGE_ID.test(imageId) ? hashed('similar', imageId, 'images') : Promise.resolve(null));
+  // A tag's "probably" strip: [{image_id, tag, uri, score, neighbours, matcher, own_score}].
+  const probably = async (entry) => (KEY.test(entry.key) ? (await hashed('probably', entry.key, 'tags')) || [] : []);
+
   return {
     manifest, shard, shardFor, prefixShard, findTag, matches, nearTags, rankingPage,
+    home, relatedTags, similar, probably,
     hasShard: (i) => shards.has(i),
   };
 }

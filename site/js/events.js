@@ -17,6 +17,14 @@ export const EVENTS = Object.freeze({
   RESULTS_ERROR: 'results:error', // { message }
   VIEW: 'view', // open the viewer on a result: { index }
   VIEWER_CLOSED: 'viewer:closed', // { index }
+  HOME: 'home', // the home page's data: { popular: [{tag, count, key, pages, thumb}] }
+  BROWSE: 'browse', // show a page of the A–Z list: { prefix } or { shard }
+  BROWSE_PAGE: 'browse:page', // one tag shard to list: { shard, shards, entries }
+  VIEW_ITEM: 'view:item', // open the viewer on a list outside the ranking: { items, index, label }
+  VIEWER_SHOWN: 'viewer:shown', // the viewer shows an image: { imageId }
+  SIMILAR: 'similar', // an image's record (more like this, copies): { imageId, record }
+  RESULTS_END: 'results:end', // the ranking's last page is shown: { tag }
+  PROBABLY: 'probably', // a tag's "probably" strip: { tag, items }
 });
 
 export const EVENT_NAMES = new Set(Object.values(EVENTS));

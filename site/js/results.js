@@ -36,7 +36,26 @@ export function placeholder() {
   return ph;
 }
 
-export function mountResults(hub, { section, title, note, near, grid, sentinel, status, siteRoot }) {
+// Links to tags, for the spelling suggestions and the related tags of a query that is no tag.
+function tagLinks(list, entries, label) {
+  list.replaceChildren(...entries.map((s) => {
+    const li = document.createElement('li');
+    const a = document.createElement('a');
+    a.href = `?${new URLSearchParams({ q: s.tag })}`;
+    a.textContent = s.tag;
+    a.dataset.tag = s.tag;
+    const c = document.createElement('span');
+    c.className = 'count';
+    c.textContent = label(s);
+    li.append(a, ' ', c);
+    return li;
+  }));
+  list.hidden = !entries.length;
+}
+
+const similarity = (s) => `${Math.round(s.sim * 100)}% alike`;
+
+export function mountResults(hub, { section, title, note, near, related, instead, grid, sentinel, status, siteRoot }) {
   let tag = '';
   let count = 0;
   let more = false;
@@ -56,6 +75,10 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
     grid.replaceChildren();
     near.replaceChildren();
     near.hidden = true;
+    related.replaceChildren();
+    related.hidden = true;
+    instead.replaceChildren();
+    instead.hidden = true;
     note.textContent = '';
     status.textContent = '';
     title.textContent = heading;
@@ -88,6 +111,15 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
       cap.append(s);
     }
     btn.append(cap);
+    const copies = Array.isArray(item.copies) ? item.copies.length : 0;
+    if (copies) {
+      // the same picture crawled more than once: shown once, its copies listed in the viewer
+      const badge = document.createElement('span');
+      badge.className = 'copies';
+      badge.textContent = `${copies + 1} copies`;
+      btn.append(badge);
+      btn.setAttribute('aria-label', `${btn.getAttribute('aria-label')} (${copies + 1} copies)`);
+    }
     li.append(btn);
     return li;
   }
@@ -101,9 +133,18 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
     status.textContent = 'Loading…';
   });
 
-  hub.on(EVENTS.RESULTS_START, ({ tag: t, total, rankedBy }) => {
+  hub.on(EVENTS.RESULTS_START, ({ tag: t, total, rankedBy, instead: asked }) => {
     tag = t;
     reset(`“${t}”`);
+    if (asked) {
+      // the query is no tag, but its best related tag is close: its results, said so
+      title.textContent = `Showing results for “${t}”`;
+      instead.append(`No tag “${asked.query}”. `);
+      const others = asked.related.filter((r) => r.tag !== t);
+      if (others.length) instead.append('Also related:');
+      instead.hidden = false;
+      tagLinks(related, others, similarity);
+    }
     section.hidden = false;
     const how = Object.hasOwn(RANKED_BY, rankedBy) ? RANKED_BY[rankedBy] : '';
     note.textContent = rankedBy === 'index'
@@ -118,29 +159,23 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
     more = hasMore;
     status.textContent = more ? '' : (count ? 'End of results.' : 'No images for this tag.');
     rearm();
+    if (!more && count) hub.emit(EVENTS.RESULTS_END, { tag });
   });
 
   hub.on(EVENTS.RESULTS_LOADING_MORE, () => { status.textContent = 'Loading more…'; });
 
-  hub.on(EVENTS.RESULTS_UNKNOWN, ({ query, suggestions }) => {
+  hub.on(EVENTS.RESULTS_UNKNOWN, ({ query, suggestions, related: close = [] }) => {
     section.hidden = false;
     reset(`No tag “${query}”`);
+    if (close.length) {
+      instead.append('Related: ');
+      instead.hidden = false;
+    }
+    tagLinks(related, close, similarity);
     note.textContent = suggestions.length
       ? 'That tag is not in the collection. Tags spelled like it:'
       : 'That tag is not in the collection, and no tag is spelled like it.';
-    near.replaceChildren(...suggestions.map((s) => {
-      const li = document.createElement('li');
-      const a = document.createElement('a');
-      a.href = `?${new URLSearchParams({ q: s.tag })}`;
-      a.textContent = s.tag;
-      a.dataset.tag = s.tag;
-      const c = document.createElement('span');
-      c.className = 'count';
-      c.textContent = formatCount(s.count);
-      li.append(a, ' ', c);
-      return li;
-    }));
-    near.hidden = !suggestions.length;
+    tagLinks(near, suggestions, (s) => formatCount(s.count));
   });
 
   hub.on(EVENTS.RESULTS_ERROR, ({ message }) => {
@@ -148,12 +183,14 @@ export function mountResults(hub, { section, title, note, near, grid, sentinel, 
     status.textContent = message;
   });
 
-  near.addEventListener('click', (ev) => {
+  const follow = (ev) => {
     const a = ev.target.closest('a[data-tag]');
     if (!a || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
     ev.preventDefault();
     hub.emit(EVENTS.SEARCH, { text: a.dataset.tag, push: true });
-  });
+  };
+  near.addEventListener('click', follow);
+  related.addEventListener('click', follow);
 
   grid.addEventListener('click', (ev) => {
     const btn = ev.target.closest('button.tile');

@@ -102,6 +102,10 @@ export function mountSearchBox(hub, { form, input, list }) {
   hub.on(EVENTS.SUGGESTIONS, ({ text, items }) => {
     if (text === awaiting && text === input.value) render(items);
   });
+  // the placeholder names a real tag: the collection's most popular
+  hub.on(EVENTS.HOME, ({ popular }) => {
+    if (popular[0]?.tag) input.placeholder = `Search a tag, e.g. ${popular[0].tag}`;
+  });
   hub.on(EVENTS.QUERY, ({ tag }) => {
     if (normalizeTag(input.value) !== tag) input.value = tag;
     awaiting = null;
