@@ -21,6 +21,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from export import site_data
@@ -175,7 +176,9 @@ def write_ranking(
                 write_thumbnail(root, item[site_data.ITEM_IMAGE_ID])
 
 
-def write_index(root: Path, entries: list[tuple[str, int, int]], *, per_shard: int, oov_tags: int) -> dict[str, Any]:
+def write_index(
+    root: Path, entries: list[tuple[str, int, int]], *, per_shard: int, oov_tags: int, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Tag shards, then the manifest (written last, as rank does). Returns the manifest."""
     shard_index, shard_files = site_data.tag_shards(entries, per_shard=per_shard)
     for rel, body in shard_files:
@@ -190,6 +193,7 @@ def write_index(root: Path, entries: list[tuple[str, int, int]], *, per_shard: i
         model=MODEL_INFO,
         thumbnails=True,
         generated_at=GENERATED_AT,
+        extra=extra,
     )
     write_file(root, site_data.MANIFEST_PATH, site_data.encode_json(manifest))
     return manifest
@@ -268,8 +272,87 @@ def build_small_site(root: Path, base_url: str) -> tuple[dict[str, Any], dict[st
     write_ranking(root, HOSTILE_URLS_TAG, hostile)
     counts[HOSTILE_URLS_TAG] = len(hostile)
     entries = [(tag, n, site_data.page_count(n)) for tag, n in counts.items()]
-    manifest = write_index(root, entries, per_shard=SMALL_PER_SHARD, oov_tags=1)
+    extra = write_discovery(root, entries)
+    manifest = write_index(root, entries, per_shard=SMALL_PER_SHARD, oov_tags=1, extra=extra)
     return manifest, counts
+
+
+# ---------------------------------------------------------------------------
+# Beyond the rankings (export/discovery.py): home, related words, more like this, copies, strips
+# ---------------------------------------------------------------------------
+RELATED = {  # a word that is not a tag -> its related tags (show_at 0.7: automobile shows "car")
+    "automobile": [["car", 0.91], ["red car", 0.64], ["blue car", 0.6]],
+    "kitten": [["cat", 0.62], ["dog", 0.55]],
+    "crimson": [["red", 0.66], ["reddish", 0.58]],
+    "vehicle": [["car", 0.64], ["blue car", 0.6]],
+    XSS_TAG + "x": [[XSS_TAG, 0.6]],
+}
+COPIES_TAG = "apple"  # its first item has two copies folded into it
+STRIP_TAG = "dog"  # a one-page tag with a "probably" strip of images crawled as "cat"
+STRIP_ITEMS = 5
+
+
+def _write(root: Path):
+    return lambda rel, body: write_file(root, rel, body)
+
+
+def write_discovery(root: Path, entries: list[tuple[str, int, int]], data_root: str = site_data.DATA_DIR) -> dict[str, Any]:
+    """home.json, related-word, more-like-this and "probably" shards, and copies on one item,
+    written with export/'s own functions; returns the manifest's extra objects."""
+    from export import hashed_shards, home, probably, related_words, similar
+
+    write = _write(root)
+    extra: dict[str, Any] = {}
+    extra["home"], _ = home.publish_home(write, lambda rel: (root / rel).read_bytes(), data_root, entries)
+    extra["related"] = related_words.publish(write, data_root, RELATED, vocab=len(RELATED)).manifest
+
+    # every published item, in a ring of neighbours across tags
+    published: dict[str, tuple[str, str]] = {}
+    for tag, count, _pages in sorted(entries):
+        if tag == HOSTILE_URLS_TAG:
+            continue
+        for item in make_items(tag, count):
+            published[item[site_data.ITEM_IMAGE_ID]] = (tag, item[site_data.ITEM_URI])
+    ids = list(published)
+    lists = {
+        image_id: ([ids[(i + k * 7) % len(ids)] for k in range(1, 16)], np.linspace(0.95, 0.6, 15, dtype=np.float32))
+        for i, image_id in enumerate(ids)
+    }
+    neighbours = similar.Neighbours({k: v[0] for k, v in lists.items()}, {k: v[1] for k, v in lists.items()})
+
+    # copies: the first apple has two, further down its ranking
+    apple = make_items(COPIES_TAG, dict((t, c) for t, c, _ in entries)[COPIES_TAG])
+    group = [apple[0][site_data.ITEM_IMAGE_ID], apple[5][site_data.ITEM_IMAGE_ID], apple[9][site_data.ITEM_IMAGE_ID]]
+    group_of = {image_id: min(group) for image_id in group}
+    apple[0]["copies"] = [{k: apple[j][k] for k in ("image_id", "thumb", "uri")} for j in (5, 9)]
+    folded = [it for j, it in enumerate(apple) if j not in (5, 9)]
+    for rank, item in enumerate(folded, start=1):
+        item[site_data.ITEM_RANK] = rank
+    write_ranking(root, COPIES_TAG, folded)
+    extra["similar"], _ = similar.publish_similar(write, data_root, similar.similar_entries(neighbours, published, group_of))
+
+    cats = make_items("cat", STRIP_ITEMS, start=40)
+    strip = probably.Strips(
+        {
+            STRIP_TAG: [
+                {
+                    "image_id": it[site_data.ITEM_IMAGE_ID], "tag": "cat", "uri": it[site_data.ITEM_URI],
+                    "score": round(1.5 - 0.2 * i, 3), "neighbours": [16 - i, 20], "matcher": round(1.2 - 0.1 * i, 2),
+                    "own_score": -1.5,
+                }
+                for i, it in enumerate(cats)
+            ],
+            "red car": [
+                {"image_id": it[site_data.ITEM_IMAGE_ID], "tag": "car", "uri": it[site_data.ITEM_URI], "score": 0.5,
+                 "neighbours": [12, 20], "matcher": 0.4, "own_score": -0.5}
+                for it in make_items("car", 2, start=30)
+            ],
+        },
+        {},
+    )
+    extra["probably"], _ = probably.publish_strips(write, data_root, strip)
+    assert hashed_shards.fnv1a32("") == hashed_shards.FNV_OFFSET
+    return extra
 
 
 # ---------------------------------------------------------------------------
@@ -326,20 +409,24 @@ class FullShapeSite:
     samples: dict[str, str]  # what -> tag, e.g. "most images" -> tag
     counts: dict[str, int]
     shard_bytes: list[int]
+    words: dict[str, str] = field(default_factory=dict)  # what -> a query that is not a tag
 
     @property
     def url(self) -> str:
         return self.server.url
 
 
-def build_full_shape_site(root: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, int], list[int]]:
-    """The collection at full size: all tag shards, ranking pages for a few sample tags."""
+def build_full_shape_site(root: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, int], list[int], dict[str, str]]:
+    """The collection at full size: all tag shards, ranking pages for a few sample tags, the
+    home page's data, related words for 200,000 words, and more-like-this files for the sample
+    tags' first images (at the size and shard count 1.7M images give)."""
     write_front_end(root)
     names = tag_names(FULL_TAGS)
     counts = zipf_counts(FULL_TAGS, FULL_IMAGES)
     by_tag = dict(zip(names, counts))  # names are in random order, so popular tags spread out
     entries = [(t, c, site_data.page_count(c)) for t, c in by_tag.items()]
-    manifest = write_index(root, entries, per_shard=site_data.TAGS_PER_SHARD, oov_tags=0)
+    extra, words = write_full_shape_discovery(root, names, by_tag, entries)
+    manifest = write_index(root, entries, per_shard=site_data.TAGS_PER_SHARD, oov_tags=0, extra=extra)
     mid = sorted(by_tag, key=lambda t: (by_tag[t], t))[FULL_TAGS // 2]
     samples = {
         "most images": names[0],
@@ -360,7 +447,77 @@ def build_full_shape_site(root: Path) -> tuple[dict[str, Any], dict[str, str], d
             for item in page["items"]:
                 write_thumbnail(root, item[site_data.ITEM_IMAGE_ID])
     shard_bytes = [(root / s["file"]).stat().st_size for s in manifest["tag_shards"]]
-    return manifest, samples, {t: by_tag[t] for t in samples.values()}, shard_bytes
+    write_similar_for(root, manifest, [make_items(tag, 1)[0] for tag in samples.values()], names)
+    return manifest, samples, {t: by_tag[t] for t in samples.values()}, shard_bytes, words
+
+
+FULL_WORDS = 200_000
+FULL_RELATED: dict[str, list[list[Any]]] = {}
+SIMILAR_ENTRY_BYTES = 560  # a published image's more-like-this record: 12 neighbours, a public link
+
+
+def write_full_shape_discovery(
+    root: Path, names: list[str], by_tag: dict[str, int], entries: list[tuple[str, int, int]]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """home.json (the 48 most popular tags, their first pages and thumbnails) and 200,000 words'
+    related tags (five each, the largest case)."""
+    from export import home, related_words, similar
+
+    write = lambda rel, body: write_file(root, rel, body)  # noqa: E731
+    for tag, count, _pages in home.popular_tags(entries):
+        items = make_items(tag, min(count, site_data.PAGE_SIZE))
+        rel, page = next(iter(site_data.ranking_pages(tag, items, ranked_by=site_data.RANKED_BY_MATCHER)))
+        page["pages"], page["total"] = site_data.page_count(count), count
+        write_file(root, rel, site_data.encode_json(page))
+        write_thumbnail(root, items[0][site_data.ITEM_IMAGE_ID])
+    extra: dict[str, Any] = {}
+    extra["home"], _ = home.publish_home(write, lambda rel: (root / rel).read_bytes(), site_data.DATA_DIR, entries)
+    rng = random.Random(11)
+    tags = set(names)
+    popular = sorted(names, key=lambda t: -by_tag[t])[:2000]
+    FULL_RELATED.clear()
+    while len(FULL_RELATED) < FULL_WORDS:
+        word = "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 3, 3, 4, 5))))
+        if word in tags or word in FULL_RELATED:
+            continue
+        sims = sorted((round(rng.uniform(0.5, 0.8), 3) for _ in range(5)), reverse=True)
+        FULL_RELATED[word] = [[rng.choice(popular), s] for s in sims]
+    # a word close enough to show its best tag's results: that tag's first page is published
+    shown = next(w for w, rel in FULL_RELATED.items() if rel[0][1] >= related_words.DEFAULT_SHOW_AT)
+    FULL_RELATED[shown][0][0] = popular[0]
+    extra["related"] = related_words.publish(write, site_data.DATA_DIR, FULL_RELATED, vocab=FULL_WORDS).manifest
+    shards = -(-SIMILAR_ENTRY_BYTES * FULL_IMAGES // similar.SIMILAR_TARGET_BYTES)
+    extra["similar"] = {"shards": shards}
+    unknown = next(w for w, rel in FULL_RELATED.items() if rel[0][1] < related_words.DEFAULT_SHOW_AT)
+    return extra, {"related only": unknown, "results shown": shown}
+
+
+def write_similar_for(root: Path, manifest: dict[str, Any], items: list[dict[str, Any]], names: list[str]) -> None:
+    """The more-like-this files holding these items, each as full as 1.7M images make one."""
+    from export import hashed_shards, similar
+
+    shards = manifest["similar"]["shards"]
+    per_file = FULL_IMAGES / shards
+    rng = random.Random(13)
+
+    def record(uri: str) -> dict[str, Any]:
+        return {
+            "tag": rng.choice(names),
+            "uri": uri,
+            "similar": [[f"{rng.getrandbits(64):016x}", rng.choice(names), round(rng.uniform(0.5, 0.98), 3)] for _ in range(similar.SIMILAR_PER_IMAGE)],
+        }
+
+    for item in items:
+        image_id = item[site_data.ITEM_IMAGE_ID]
+        shard = hashed_shards.shard_of(image_id, shards)
+        opened = record(item[site_data.ITEM_URI])
+        for neighbour in opened["similar"]:
+            write_thumbnail(root, neighbour[0])  # the strip the viewer shows
+        body = {"v": site_data.SITE_SCHEMA_VERSION, "images": {image_id: opened}}
+        # the fullest files: the mean plus four standard deviations of a Poisson count
+        while len(body["images"]) < int(per_file + 4 * per_file**0.5):
+            body["images"][f"{rng.getrandbits(64):016x}"] = record(f"https://images.example.org/crawl/{rng.getrandbits(32):08x}.jpg")
+        write_file(root, hashed_shards.shard_path(site_data.DATA_DIR, similar.SIMILAR_KIND, shard), site_data.encode_json(body))
 
 
 def start_site(root: Path, build: Callable[[Path, str], Any]) -> tuple[SiteServer, Any]:

@@ -13,6 +13,7 @@ from export import site_data
 from tests.site.helpers import TILE, open_home, query_url, type_query
 
 MAX_DATA_FILES = 3
+HOME_DATA = f"/{site_data.DATA_DIR}/home.json"
 MAX_BYTES = 150 * 1024
 
 
@@ -67,7 +68,8 @@ def measure(open_page, site, how: str, what: str, tag: str) -> Measured:
     for res in responses:
         path = urlparse(res.url).path
         k = kind(path)
-        if k is None:
+        if k is None or (how == "typed" and path == HOME_DATA):
+            # typing starts on the home page: its own file is measured by test_home_page_fits_the_budget
             continue
         assert res.status == 200, res.url
         bytes_by_kind[k] = bytes_by_kind.get(k, 0) + len(res.body())
@@ -109,3 +111,89 @@ def test_first_results_fit_the_data_budget(open_page, full_site, capsys, how):
         assert sum(p.startswith("/data/tags/") for p in r.data_files) == 1, r.data_files
         assert sum(p.startswith("/data/rank/") for p in r.data_files) == 1, r.data_files
         assert r.total <= MAX_BYTES, (r.what, r.bytes_by_kind)
+
+
+# ---------------------------------------------------------------------------
+# Beyond a tag's first results: the home page, a word that is no tag, the viewer
+# ---------------------------------------------------------------------------
+HOME_MAX_DATA_FILES = 3
+RELATED_FILE_MAX = 20 * 1024
+SIMILAR_FILE_MAX = 10 * 1024
+# manifest, up to 3 tag shards (spellings), 1 related file, and when the best related tag's
+# results are shown, its tag shard and its first ranking page
+UNKNOWN_MAX_DATA_FILES = 7
+
+
+def watch(page):
+    responses = []
+    page.on("response", lambda res: responses.append(res))
+    return responses
+
+
+def tally(site, responses) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    data_files, by_kind = [], {}
+    for res in responses:
+        path = urlparse(res.url).path
+        k = kind(path)
+        if k is None:
+            continue
+        assert res.status == 200, res.url
+        size = len(res.body())
+        by_kind[k] = by_kind.get(k, 0) + size
+        if k == "data":
+            data_files.append((path, size))
+    return data_files, by_kind
+
+
+def test_home_page_fits_the_budget(open_page, full_site, capsys):
+    page = open_page().page
+    responses = watch(page)
+    page.goto(full_site.url)
+    page.wait_for_selector("#popular .pop img")
+    page.wait_for_load_state("networkidle")
+    assert page.locator("#popular .pop").count() == 48
+    data_files, by_kind = tally(full_site, responses)
+    total = sum(by_kind.values())
+    with capsys.disabled():
+        print(f"\nhome page: {len(data_files)} data files {data_files}, {total} B total ({by_kind})")
+    assert len(data_files) <= HOME_MAX_DATA_FILES
+    assert [p for p, _ in data_files] == [f"/{site_data.MANIFEST_PATH}", f"/{site_data.DATA_DIR}/home.json"]
+    assert total <= MAX_BYTES
+
+
+@pytest.mark.parametrize("what", ["related only", "results shown"])
+def test_a_word_that_is_no_tag_costs_one_small_related_file(open_page, full_site, capsys, what):
+    word = full_site.words[what]
+    page = open_page().page
+    responses = watch(page)
+    page.goto(query_url(full_site.url, word))
+    if what == "results shown":
+        page.wait_for_selector(TILE)
+        assert page.locator("#results-title").text_content().startswith("Showing results for")
+    else:
+        page.wait_for_selector("#related a")
+    page.wait_for_load_state("networkidle")
+    data_files, by_kind = tally(full_site, responses)
+    related = [(p, s) for p, s in data_files if "/related/" in p]
+    with capsys.disabled():
+        print(f"\nunknown word ({what}): {len(data_files)} data files, related file {related}, "
+              f"{sum(by_kind.values())} B total ({by_kind})")
+    assert len(related) == 1 and related[0][1] <= RELATED_FILE_MAX
+    assert len(data_files) <= UNKNOWN_MAX_DATA_FILES
+
+
+def test_opening_the_viewer_costs_one_small_more_like_this_file(open_page, full_site, capsys):
+    tag = full_site.samples["most images"]
+    page = open_page().page
+    page.goto(query_url(full_site.url, tag))
+    page.wait_for_selector(TILE)
+    page.wait_for_load_state("networkidle")
+    responses = watch(page)
+    page.locator(TILE).first.click()
+    page.wait_for_selector("#viewer-similar .mini")
+    page.wait_for_load_state("networkidle")
+    data_files, _ = tally(full_site, responses)
+    with capsys.disabled():
+        print(f"\nviewer: {data_files}")
+    assert len(data_files) == 1 and "/similar/" in data_files[0][0]
+    assert data_files[0][1] <= SIMILAR_FILE_MAX
