@@ -235,3 +235,59 @@ def test_home_lists_the_most_popular_tags_with_their_top_image():
     body = home.build_home(entries, pages.__getitem__, "data/v/x", limit=3)
     assert [row[0] for row in body["popular"]] == ["dog", "ant", "cat"]
     assert body["popular"][0] == ["dog", 30, tag_key("dog"), 1, "thumbs/dog.jpg", "dogdog"]
+
+
+def test_fold_duplicates_rewrites_pages_and_rankings_consistently(tmp_path):
+    """Two copies of one picture under one tag: one item, its copy listed, ranks 1..n, and the
+    published site still reads back against the rankings (export/publish_check.py)."""
+    import pyarrow.parquet as pq
+
+    from export import discovery, publish_check
+
+    out, data_root = tmp_path / "out", "data/v/x"
+    site = out / schema.SITE_DIR
+    ids = [f"{i:016x}" for i in range(5)]  # ids[1] and ids[3] are copies (same content hash)
+    rows = [("cat", r + 1, image_id, 1.0 - r / 10, 0.5, 0.5) for r, image_id in enumerate(ids)]
+    table = _rankings(rows)
+    (out / "staged").mkdir(parents=True)
+    pq.write_table(table, out / "staged" / "rankings-00000-of-00001.parquet")
+    items = [
+        {"rank": r + 1, "image_id": i, "score": round(1.0 - r / 10, 4), "thumb": None, "uri": f"https://x/{i}.jpg"}
+        for r, i in enumerate(ids)
+    ]
+    for rel, page in site_data.ranking_pages("cat", items, ranked_by="combined", page_size=2, data_root=data_root):
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(site_data.encode_json(page))
+    features = pa.table(
+        {schema.IMAGE_ID: ids, schema.CONTENT_HASH: ["h0", "hc", "h2", "hc", "h4"]}
+    )
+    (out / schema.IMAGE_FEATURES_DIR).mkdir(parents=True)
+    pq.write_table(features, out / schema.IMAGE_FEATURES_DIR / "features-00000-of-00001.parquet")
+    nb = pa.table(
+        {schema.IMAGE_ID: ids, schema.NEIGHBOUR_IDS: [[j for j in ids if j != i][:2] for i in ids],
+         schema.SIMILARITIES: [[0.5, 0.4]] * 5},
+        schema=schema.NEIGHBOURS_SCHEMA,
+    )
+    (out / schema.NEIGHBOURS_DIR).mkdir(parents=True)
+    pq.write_table(nb, out / schema.NEIGHBOURS_DIR / "neighbours-00000-of-00001.parquet")
+
+    facts = discovery.fold_duplicates(str(out), site_root=str(site), data_root=data_root, rankings_dir=str(out / "staged"), page_size=2)
+    assert (facts["exact_copies"], facts["tags_folded"], facts["rows_folded"]) == (1, 1, 1)
+    folded = pq.read_table(next((out / "staged").glob("rankings-*.parquet"))).sort_by(schema.RANK)
+    assert folded[schema.IMAGE_ID].to_pylist() == [ids[0], ids[1], ids[2], ids[4]]
+    assert folded[schema.RANK].to_pylist() == [1, 2, 3, 4]
+    page0 = json.loads((site / site_data.ranking_page_path(tag_key("cat"), 0, data_root)).read_bytes())
+    assert page0["total"] == 4 and page0["pages"] == 2
+    assert page0["items"][1]["copies"] == [{"image_id": ids[3], "thumb": None, "uri": f"https://x/{ids[3]}.jpg"}]
+    assert not (site / site_data.ranking_page_path(tag_key("cat"), 2, data_root)).exists()
+    assert similar.read_duplicates(str(out)) == {ids[1]: ids[1], ids[3]: ids[1]}
+    # the pages agree with the rankings, item by item
+    manifest = site_data.build_manifest(
+        shard_index=site_data.tag_shards([("cat", 4, 2)], data_root=data_root)[0], images=5, tags=1, ranked_images=4,
+        oov_tags=0, model={}, thumbnails=False, page_size=2, generated_at="x", data_root=data_root,
+    )
+    for rel, body in site_data.tag_shards([("cat", 4, 2)], data_root=data_root)[1]:
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(body)
+    (site / site_data.MANIFEST_PATH).write_bytes(site_data.encode_json(manifest))
+    assert publish_check.check_site(str(site), str(out / "staged")) == []
