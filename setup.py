@@ -48,7 +48,7 @@ setup(
     # these and nothing else, so a worker of those stages never downloads torch and CUDA.
     install_requires=CORE,
     extras_require={
-        "torch": TORCH,  # extract-images, neighbours, train, export (workers: the docker/ images)
+        "torch": TORCH,  # extract-images, train, export (workers: the docker/ images)
         "neighbours": NEIGHBOURS,
         "report": REPORT,  # evaluate's report page (rank runs evaluate on the launcher)
         "gcp": GCP,
