@@ -6,7 +6,7 @@ The parent serves bench's generated JPEG photos from a static HTTP server on 127
 thread of its own process), indexes them by their http uris, and runs one child process
 (`python -m pipelines.bench_fetch ...`) that fetches them twice:
 
-- (raw) fetch.Fetcher on a thread pool alone, no Beam: the download, sniff and row-building cost;
+- (raw) fetcher.Fetcher on a thread pool alone, no Beam: the download, sniff and row-building cost;
 - (stage) the real `fetch` stage end to end into a fresh OUT (Beam, Parquet store, report).
 
 CPU seconds are measured per side: the child's own (getrusage of the process, every thread) for
@@ -83,20 +83,20 @@ def _cpu_self() -> float:
 # ---------------------------------------------------------------------------
 def phase_fetch(index_out: str, out: str, threads: int, per_host: int) -> dict[str, Any]:
     from model import schema
-    from pipelines import fetch
+    from pipelines import fetch, fetcher
 
     shutil.copytree(Path(index_out) / "index", Path(out) / "index")
     import pyarrow.parquet as pq
 
     table = pq.read_table(Path(out) / schema.IMAGES_DIR)
     refs = sorted(set(zip(table[schema.IMAGE_ID].to_pylist(), table[schema.URI].to_pylist())))
-    config = fetch.FetchConfig(threads=threads, per_host=per_host)
-    fetcher = fetch.Fetcher(config)
+    config = fetcher.FetchConfig(threads=threads, per_host=per_host)
+    client = fetcher.Fetcher(config)
     cpu0, t0 = _cpu_self(), time.perf_counter()
     with futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        outcomes = list(pool.map(lambda ref: fetch.fetch_uri(fetcher, *ref), refs))
+        outcomes = list(pool.map(lambda ref: fetcher.fetch_uri(client, *ref), refs))
     raw_seconds, raw_cpu = time.perf_counter() - t0, _cpu_self() - cpu0
-    fetcher.close()
+    client.close()
     raw_ok = sum(1 for o in outcomes if o.row is not None)
     raw_bytes = sum(len(o.row[schema.IMAGE_BYTES]) for o in outcomes if o.row is not None)
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from model import schema, tags
-from pipelines import fetch, image_store
+from pipelines import fetch, fetcher, image_store
 from tests.conftest import draw_image
 from tests.fetch_server import FaultServer, closed_port
 from tests.test_extract_images import _index_rows, write_images_table
@@ -27,26 +27,26 @@ FAST = [
 
 # path -> the reason it must end with (OK: a store row)
 EXPECTED = {
-    "/img/photo.jpg": fetch.OK,
-    "/img/graphic.png": fetch.OK,
-    "/dup/a.jpg": fetch.OK,
-    "/dup/b.jpg": fetch.OK,
-    "/redirect-ok": fetch.OK,
-    "/flaky": fetch.OK,
-    "/busy": fetch.OK,
-    "/scoped": fetch.OK,
-    "/missing": fetch.HTTP_404,
-    "/forbidden": fetch.HTTP_4XX,
-    "/always500": fetch.HTTP_5XX_AFTER_RETRIES,
-    "/slow": fetch.TIMEOUT,
-    "/trickle": fetch.TIMEOUT,
-    "/loop/a": fetch.REDIRECT_LOOP,
-    "/html": fetch.NOT_AN_IMAGE,
-    "/big": fetch.TOO_LARGE,
-    "/big-stream": fetch.TOO_LARGE,
-    "/reset": fetch.CONNECTION,
-    "/noindex": fetch.ROBOTS_NOINDEX,
-    "/noimageindex": fetch.ROBOTS_NOINDEX,
+    "/img/photo.jpg": fetcher.OK,
+    "/img/graphic.png": fetcher.OK,
+    "/dup/a.jpg": fetcher.OK,
+    "/dup/b.jpg": fetcher.OK,
+    "/redirect-ok": fetcher.OK,
+    "/flaky": fetcher.OK,
+    "/busy": fetcher.OK,
+    "/scoped": fetcher.OK,
+    "/missing": fetcher.HTTP_404,
+    "/forbidden": fetcher.HTTP_4XX,
+    "/always500": fetcher.HTTP_5XX_AFTER_RETRIES,
+    "/slow": fetcher.TIMEOUT,
+    "/trickle": fetcher.TIMEOUT,
+    "/loop/a": fetcher.REDIRECT_LOOP,
+    "/html": fetcher.NOT_AN_IMAGE,
+    "/big": fetcher.TOO_LARGE,
+    "/big-stream": fetcher.TOO_LARGE,
+    "/reset": fetcher.CONNECTION,
+    "/noindex": fetcher.ROBOTS_NOINDEX,
+    "/noimageindex": fetcher.ROBOTS_NOINDEX,
 }
 
 
@@ -109,14 +109,14 @@ def test_every_uri_ends_ok_or_with_its_reason(server: FaultServer, first_run: di
     stored, failed = _store(out), _failures(out)
     for path, reason in EXPECTED.items():
         uri = server.url(path)
-        if reason == fetch.OK:
+        if reason == fetcher.OK:
             assert uri in stored and uri not in failed, path
         else:
             assert uri not in stored, path
             assert failed[uri][schema.ERROR] == reason, (path, failed[uri])
             assert failed[uri][schema.STAGE] == fetch.STAGE
             assert failed[uri][schema.IMAGE_ID] == tags.image_id_for(uri)
-    assert failed[first_run["refused"]][schema.ERROR] == fetch.CONNECTION
+    assert failed[first_run["refused"]][schema.ERROR] == fetcher.CONNECTION
     # nothing lost: every distinct uri is in exactly one of the two, and the books balance
     assert set(stored) | set(failed) == set(first_run["uris"])
     assert not set(stored) & set(failed)
@@ -184,14 +184,14 @@ def test_rerun_fetches_nothing_new_and_retry_failed_retries_only_failures(server
     retried = fetch.run(["--out", str(out), *FAST, "--retry-failed"], save_main_session=False)
     asked = server.counts() - before_retry
     # nothing that is stored was asked for again; the failed and skipped ones were
-    assert not [p for p, r in EXPECTED.items() if r == fetch.OK and asked[p]]
+    assert not [p for p, r in EXPECTED.items() if r == fetcher.OK and asked[p]]
     assert asked["/missing"] == 1 and asked["/always500"] == 2 and asked["/noindex"] == 1
     assert retried.rows_in == again.rows_in
     assert retried.details[fetch.SKIPPED_FETCHED] == len(stored_before)
     assert retried.rows_in == retried.rows_out + retried.rows_failed + retried.rows_skipped
     # one failure row per uri still failing: the earlier run's rows were replaced
     failed = _failures(out)
-    assert len(failed) == len([r for r in EXPECTED.values() if r != fetch.OK]) + 1
+    assert len(failed) == len([r for r in EXPECTED.values() if r != fetcher.OK]) + 1
     files = list((out / schema.FAILURES_DIR).glob("fetch-*.parquet"))
     assert sum(pq.read_metadata(f).num_rows for f in files) == len(failed)
     # the store still reads whole: the old shards beside this run's
@@ -222,7 +222,7 @@ def test_resize_to_stores_a_jpeg_and_records_the_original_size(server: FaultServ
     # --copy-local: the local file's bytes are in the store too (resized), the broken one failed
     copied = stored[str(local)]
     assert copied[schema.IMAGE_BYTES] is not None and (copied[schema.WIDTH], copied[schema.HEIGHT]) == (150, 38)
-    assert _failures(out)[str(broken)][schema.ERROR] == fetch.NOT_AN_IMAGE
+    assert _failures(out)[str(broken)][schema.ERROR] == fetcher.NOT_AN_IMAGE
     assert report.details[fetch.RESIZED] == 2 and report.details[fetch.COPIED_LOCAL] == 1
 
 
@@ -230,22 +230,22 @@ def test_resize_to_stores_a_jpeg_and_records_the_original_size(server: FaultServ
 # Helpers, called directly
 # ---------------------------------------------------------------------------
 def test_retry_after_parses_seconds_and_dates():
-    assert fetch.parse_retry_after("7") == 7.0
-    assert fetch.parse_retry_after(None) is None and fetch.parse_retry_after("soon") is None
-    assert fetch.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
-    f = fetch.Fetcher(fetch.FetchConfig(backoff_s=1.0, max_retry_after_s=5.0))
+    assert fetcher.parse_retry_after("7") == 7.0
+    assert fetcher.parse_retry_after(None) is None and fetcher.parse_retry_after("soon") is None
+    assert fetcher.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
+    f = fetcher.Fetcher(fetcher.FetchConfig(backoff_s=1.0, max_retry_after_s=5.0))
     assert f.backoff(1, None) == 1.0 and f.backoff(2, None) == 2.0
     assert f.backoff(1, 3.0) == 3.0 and f.backoff(1, 3600.0) == 5.0  # capped
 
 
 def test_robots_directives():
-    assert fetch.robots_forbids(["noindex"]) == "noindex"
-    assert fetch.robots_forbids(["noarchive, NoImageIndex"]) == "noimageindex"
-    assert fetch.robots_forbids(["none"]) == "none"
-    assert fetch.robots_forbids(["googlebot: noindex"]) is None
-    assert fetch.robots_forbids(["imgsearch: noindex"]) == "noindex"
-    assert fetch.robots_forbids(["unavailable_after: 25 Jun 2010 15:00:00 PST"]) is None
-    assert fetch.robots_forbids([]) is None
+    assert fetcher.robots_forbids(["noindex"]) == "noindex"
+    assert fetcher.robots_forbids(["noarchive, NoImageIndex"]) == "noimageindex"
+    assert fetcher.robots_forbids(["none"]) == "none"
+    assert fetcher.robots_forbids(["googlebot: noindex"]) is None
+    assert fetcher.robots_forbids(["imgsearch: noindex"]) == "noindex"
+    assert fetcher.robots_forbids(["unavailable_after: 25 Jun 2010 15:00:00 PST"]) is None
+    assert fetcher.robots_forbids([]) is None
 
 
 def test_exceptions_are_classified():
@@ -253,13 +253,13 @@ def test_exceptions_are_classified():
 
     import urllib3
 
-    assert fetch.classify_exception(urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out")) == (fetch.TIMEOUT, True)
-    assert fetch.classify_exception(urllib3.exceptions.ConnectTimeoutError()) == (fetch.TIMEOUT, True)
-    assert fetch.classify_exception(socket.gaierror(-2, "Name or service not known")) == (fetch.DNS, False)
+    assert fetcher.classify_exception(urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out")) == (fetcher.TIMEOUT, True)
+    assert fetcher.classify_exception(urllib3.exceptions.ConnectTimeoutError()) == (fetcher.TIMEOUT, True)
+    assert fetcher.classify_exception(socket.gaierror(-2, "Name or service not known")) == (fetcher.DNS, False)
     if hasattr(urllib3.exceptions, "NameResolutionError"):
         exc = urllib3.exceptions.NameResolutionError("nowhere.invalid", None, socket.gaierror(-2, "unknown"))
-        assert fetch.classify_exception(exc) == (fetch.DNS, False)
-    assert fetch.classify_exception(urllib3.exceptions.ProtocolError("reset")) == (fetch.CONNECTION, True)
+        assert fetcher.classify_exception(exc) == (fetcher.DNS, False)
+    assert fetcher.classify_exception(urllib3.exceptions.ProtocolError("reset")) == (fetcher.CONNECTION, True)
 
 
 def test_image_store_bytes_come_from_the_store_or_the_uri():
@@ -328,7 +328,7 @@ def test_demo_corpus_served_over_http_goes_through_fetch(tmp_path: Path):
     # not_an_image, and the truncated JPEG (a sound header) is stored: extract-images fails its decode
     assert report.rows_out == 30 + 1 and report.rows_failed == 2 and report.rows_in == report.rows_out + report.rows_failed + report.rows_skipped
     reasons = {r[schema.ERROR] for r in _failures(out).values()}
-    assert reasons <= {fetch.NOT_AN_IMAGE}, reasons
+    assert reasons <= {fetcher.NOT_AN_IMAGE}, reasons
 
 
 def test_bench_fetch_phase_measures_the_stage_against_a_local_server(tmp_path: Path):
