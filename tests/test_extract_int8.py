@@ -61,6 +61,12 @@ def collection(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.fixture
+def lite_auto_int8(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto may pick int8 for efficientnet_lite0 (whatever inference.INT8_AUTO_ENCODERS holds)."""
+    monkeypatch.setattr(inference, "INT8_AUTO_ENCODERS", (LITE,))
+
+
 @pytest.fixture(scope="module")
 def lite_random() -> tuple[encoders.EncoderSpec, preprocess.CropSpec]:
     spec = encoders.build_encoder(LITE, encoders.WEIGHTS_RANDOM)
@@ -117,10 +123,12 @@ def test_quantised_encoder_takes_uint8_crops_and_keeps_pooled_features_float(lit
 def test_auto_resolves_on_the_worker_by_its_cpu(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: True)
+    for encoder in encoders.ENCODERS:  # an encoder that has not shown the quality bound keeps bf16
+        expected = inference.INT8 if encoder in inference.INT8_AUTO_ENCODERS else inference.BF16
+        assert inference.worker_precision("auto", "CPU", encoder) == expected
+    monkeypatch.setattr(inference, "INT8_AUTO_ENCODERS", (LITE,))
     assert inference.worker_precision("auto", "CPU", LITE) == inference.INT8
     assert inference.worker_precision("auto", "GPU", LITE) == inference.FP16
-    for encoder in set(encoders.ENCODERS) - set(inference.INT8_AUTO_ENCODERS):
-        assert inference.worker_precision("auto", "CPU", encoder) == inference.BF16
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: False)
     assert inference.worker_precision("auto", "CPU", LITE) == inference.BF16
     assert inference.resolve_precision("int8", "CPU") == inference.INT8
@@ -156,7 +164,7 @@ def test_int8_run_writes_features_failures_and_a_reusable_model(collection: Path
     assert again.rows_out == N_GOOD and _int8_models(collection) == models
 
 
-def test_int8_and_float_features_are_not_mixed_without_full(collection: Path, monkeypatch: pytest.MonkeyPatch):
+def test_int8_and_float_features_are_not_mixed_without_full(collection: Path, monkeypatch: pytest.MonkeyPatch, lite_auto_int8):
     ei.run(_argv(collection, "fp32"), save_main_session=False)
     with pytest.raises(ei.IncompatibleFeatures, match="--full"):
         ei.run(_argv(collection, "int8"), save_main_session=False)
@@ -172,7 +180,7 @@ def test_int8_and_float_features_are_not_mixed_without_full(collection: Path, mo
 
 
 @pytest.mark.parametrize("has_int8", [True, False])
-def test_auto_records_what_the_worker_ran(collection: Path, monkeypatch: pytest.MonkeyPatch, has_int8: bool):
+def test_auto_records_what_the_worker_ran(collection: Path, monkeypatch: pytest.MonkeyPatch, has_int8: bool, lite_auto_int8):
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: has_int8)
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
     report = ei.run(_argv(collection, "auto"), save_main_session=False)
@@ -182,7 +190,7 @@ def test_auto_records_what_the_worker_ran(collection: Path, monkeypatch: pytest.
     assert _precisions(collection) == ({b"int8"} if has_int8 else {b"float32"})
 
 
-def test_auto_on_a_remote_runner_prepares_int8_and_the_worker_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_auto_on_a_remote_runner_prepares_int8_and_the_worker_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lite_auto_int8):
     """A launcher without VNNI still calibrates int8 for workers that may have it."""
     rows = write_image_collection(tmp_path / "images", 4, TAGS, seed=6)
     out = tmp_path / "out"
