@@ -330,19 +330,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def remove_stale_outputs(out: str) -> list[str]:
-    """Delete what an earlier index run wrote under OUT, so a rerun never mixes old and new shards."""
-    stale = (
-        common.glob(schema.out_path(out, schema.IMAGES_DIR, "*"))
-        + common.glob(schema.out_path(out, schema.TAG2PICID_DIR, "*"))
-        + common.glob(schema.out_path(out, schema.TAG2PICID_JSON))
-        + common.glob(schema.out_path(out, schema.TAG_FOLDS_JSON))
-        + common.glob(schema.out_path(out, schema.FAILURES_DIR, f"{STAGE}-*"))
-    )
-    common.delete(stale)
-    if stale:
-        log.info("removed %d stale outputs of an earlier index run", len(stale))
-    return stale
+# What an index run writes, relative to OUT: each replaced only once the new run is complete.
+OUTPUT_PATTERNS = (
+    f"{schema.IMAGES_DIR}/*",
+    f"{schema.TAG2PICID_DIR}/*",
+    schema.TAG2PICID_JSON,
+    schema.TAG_FOLDS_JSON,
+    f"{schema.FAILURES_DIR}/{STAGE}-*",
+)
+
+
+def staging_root(out: str) -> str:
+    """Where a run writes its outputs, in OUT's layout, until they replace the previous ones."""
+    return schema.out_path(out, f".staging-{STAGE}-{common.run_id()}")
+
+
+def replace_outputs(out: str, staged: str) -> list[str]:
+    """The previous run's outputs out, the staged ones in (renamed: on gs:// a copy then a delete).
+
+    Called after the pipeline finished, so an interrupted or failed run leaves the previous
+    index whole; returns the previous outputs removed."""
+    old = [p for pattern in OUTPUT_PATTERNS for p in common.glob(schema.out_path(out, pattern))]
+    common.delete(old)
+    new = [p for pattern in OUTPUT_PATTERNS for p in common.glob(schema.out_path(staged, pattern))]
+    targets = [schema.out_path(out, p[len(staged.rstrip("/")) + 1 :]) for p in new]
+    for parent in {t.rsplit("/", 1)[0] for t in targets}:
+        # object stores have no folders; a local one must exist before a rename into it
+        if "://" not in parent and not common.exists(parent):
+            common.FileSystems.mkdirs(parent)
+    if new:
+        common.FileSystems.rename(new, targets)
+    if common.exists(staged):
+        common.delete([staged])  # a local folder goes whole; on gs:// nothing is left under it
+    if old:
+        log.info("replaced %d outputs of an earlier index run", len(old))
+    return old
 
 
 def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipeline: beam.Pipeline | None = None) -> common.StageReport:
@@ -352,15 +374,16 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     fmt = manifests.detect_format(manifest)
     roots = manifests.default_allowed_roots(manifest, fmt, images_dir, [manifests.absolute_input(r) for r in args.allow_root])
     log.info("index: %s manifest %s -> %s (local uris confined to %s)", fmt, manifest, args.out, ", ".join(roots))
-    remove_stale_outputs(args.out)
+    staged = staging_root(args.out)
 
     pipeline = test_pipeline or beam.Pipeline(
         options=common.make_options(beam_options, save_main_session)
     )
     outputs = pipeline | "ReadManifest" >> manifests.ReadManifest(manifest, fmt, images_dir) | "IndexRows" >> IndexRows(roots)
-    _ = outputs | "WriteIndex" >> WriteIndex(args.out)
+    _ = outputs | "WriteIndex" >> WriteIndex(staged)
 
     _, counters, seconds = common.run_pipeline(pipeline, STAGE)
+    replace_outputs(args.out, staged)
     folds_path = schema.out_path(args.out, schema.TAG_FOLDS_JSON)
     examples = json.loads(common.read_bytes(folds_path)) if common.exists(folds_path) else []
     report = common.report_from_counters(STAGE, counters, seconds, format=fmt, **{FOLD_EXAMPLES: examples})

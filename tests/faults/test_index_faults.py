@@ -143,3 +143,26 @@ def test_a_manifest_of_only_bad_rows_exits_non_zero(tmp_path: Path, capsys):
     rc = cli.main(["index", "--input", str(manifest), "--out", str(tmp_path / "out")])
     assert rc == cli.EXIT_REFUSED
     assert "4 of 4 rows failed" in capsys.readouterr().err
+
+
+def test_a_failed_rerun_keeps_the_previous_index_whole(tmp_path: Path, monkeypatch):
+    out = tmp_path / "out"
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"uri": f"img{i}.jpg", "tag": "cat" if i % 2 else "dog"} for i in range(6)])
+    index.run(["--input", str(manifest), "--out", str(out)], save_main_session=False)
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and "reports" not in p.parts)
+    assert any(p.startswith(schema.IMAGES_DIR) for p in before)
+
+    def killed(pipeline, stage):
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(index.common, "run_pipeline", killed)
+    write_jsonl(manifest, [{"uri": "other.jpg", "tag": "bird"}])
+    with pytest.raises(RuntimeError, match="worker lost"):
+        index.run(["--input", str(manifest), "--out", str(out)], save_main_session=False)
+    after = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and "reports" not in p.parts and not p.parts[len(out.parts)].startswith(".staging"))
+    assert after == before  # the previous images table, inverted index and failures, untouched
+    monkeypatch.undo()
+    report = index.run(["--input", str(manifest), "--out", str(out)], save_main_session=False)
+    images = pq.read_table(out / schema.IMAGES_DIR).to_pylist()
+    assert report.rows_out == 1 and [r[schema.TAG] for r in images] == ["bird"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
