@@ -62,6 +62,7 @@ ROWS_OUT = "rows_out"
 ROWS_FAILED = "rows_failed"
 ROWS_SKIPPED = "rows_skipped"
 STANDARD_COUNTERS = (ROWS_IN, ROWS_OUT, ROWS_FAILED, ROWS_SKIPPED)
+INDEX_ROWS = "index_rows"  # rows of the images table a per-image stage read (several may name one image)
 
 
 MAX_MESSAGE_CHARS = 2000  # a failure's message is for a person: the start says what went wrong
@@ -120,6 +121,36 @@ class WriteFailures(beam.PTransform):
     def expand(self, rows: beam.PCollection) -> Any:
         return rows | "WriteParquet" >> beam.io.WriteToParquet(
             self._prefix, schema.FAILURES_SCHEMA, file_name_suffix=schema.PARQUET_SUFFIX
+        )
+
+
+class ReadImageRefs(beam.PTransform):
+    """OUT/index/images -> distinct (image_id, uri) for a stage that works per image.
+
+    Counts the images table's rows as `index_rows` and each distinct image as the stage's rows_in.
+    Finished shards only (schema.shard_pattern), never a running index's files.
+    """
+
+    def __init__(self, out: str, stage: str):
+        super().__init__()
+        self._pattern = schema.shard_pattern(out, schema.IMAGES_DIR, schema.IMAGES_PREFIX)
+        self._stage = stage
+
+    def _ref(self, row: dict[str, Any]) -> tuple[str, str]:
+        counter(self._stage, INDEX_ROWS).inc()
+        return row[schema.IMAGE_ID], row[schema.URI]
+
+    def _count_in(self, ref: tuple[str, str]) -> tuple[str, str]:
+        counter(self._stage, ROWS_IN).inc()
+        return ref
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pbegin
+            | "ReadImages" >> beam.io.ReadFromParquet(self._pattern, columns=[schema.IMAGE_ID, schema.URI])
+            | "ImageRef" >> beam.Map(self._ref)
+            | "DistinctImages" >> beam.Distinct()
+            | "CountImages" >> beam.Map(self._count_in)
         )
 
 

@@ -91,7 +91,7 @@ UNREADABLE_SUBDIR = "unreadable"
 ROW_GROUP_BYTES = 16 * 1024 * 1024
 SKIPPED_EXTRACTED = "skipped_already_extracted"
 PROGRESS_EVERY_S = 10.0
-INDEX_ROWS = "index_rows"  # rows listed in the index, before keeping each image once
+INDEX_ROWS = common.INDEX_ROWS  # rows listed in the index, before keeping each image once
 FAILED = "failed"  # tag of the failure outputs
 DEFAULT_IMAGE_TIMEOUT_S = 30.0
 DEFAULT_COMMIT_EVERY = 2000
@@ -125,7 +125,7 @@ class ImageKey(NamedTuple):
 # Helpers
 # ---------------------------------------------------------------------------
 def images_pattern(out: str) -> str:
-    return schema.out_path(out, schema.IMAGES_DIR, "*" + schema.PARQUET_SUFFIX)
+    return schema.shard_pattern(out, schema.IMAGES_DIR, schema.IMAGES_PREFIX)
 
 
 def features_prefix(out: str) -> str:
@@ -645,12 +645,6 @@ def device_decodable(data: bytes) -> tuple[bool, int, int]:
         return ok, width, height
 
 
-def image_ref(row: dict[str, Any]) -> tuple[str, str]:
-    """An images row -> (image_id, uri), counting it as one of the index's listed rows."""
-    common.counter(STAGE, INDEX_ROWS).inc()
-    return row[schema.IMAGE_ID], row[schema.URI]
-
-
 # ---------------------------------------------------------------------------
 # DoFns
 # ---------------------------------------------------------------------------
@@ -834,28 +828,6 @@ class InferenceFailureFn(beam.DoFn):
 # ---------------------------------------------------------------------------
 # Composite transforms
 # ---------------------------------------------------------------------------
-class ReadImageRefs(beam.PTransform):
-    """OUT/index/images -> distinct (image_id, uri); counts the listed rows as index_rows."""
-
-    def __init__(self, out: str):
-        super().__init__()
-        self._out = out
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "ReadImages" >> beam.io.ReadFromParquet(images_pattern(self._out), columns=[schema.IMAGE_ID, schema.URI])
-            | "ImageRef" >> beam.Map(image_ref)
-            | "DistinctImages" >> beam.Distinct()
-            | "CountImages" >> beam.Map(_count_image)
-        )
-
-
-def _count_image(ref: tuple[str, str]) -> tuple[str, str]:
-    common.counter(STAGE, common.ROWS_IN).inc()
-    return ref
-
-
 def _not_yet_extracted(joined: tuple[str, dict[str, list]]) -> Iterator[tuple[str, str]]:
     image_id, groups = joined
     for uri in groups["refs"]:
@@ -1152,7 +1124,7 @@ def run(
     )
     extracted = (
         pipeline
-        | "ReadImageRefs" >> ReadImageRefs(args.out)
+        | "ReadImageRefs" >> common.ReadImageRefs(args.out, STAGE)
         | "SkipExtracted" >> SkipExtracted(existing)
         | "ExtractImageFeatures" >> ExtractImageFeatures(
             args.image_model,

@@ -60,7 +60,7 @@ SKIPPED = "skipped"  # tag of the skip rows (written with the failures: the reas
 # counters (besides the standard four and failed_<reason> / skipped_<reason>)
 SKIPPED_FETCHED = "skipped_already_fetched"
 SKIPPED_FAILED_BEFORE = "skipped_failed_before"
-INDEX_ROWS = "index_rows"
+INDEX_ROWS = common.INDEX_ROWS
 HTTP_REQUESTS = "http_requests"
 HTTP_RETRIES = "http_retries"
 BYTES_FETCHED = "bytes_fetched"
@@ -78,10 +78,6 @@ DEFAULT_MAX_FAILURE_RATE = 0.5
 # ---------------------------------------------------------------------------
 # Helpers: paths
 # ---------------------------------------------------------------------------
-def images_pattern(out: str) -> str:
-    return schema.out_path(out, schema.IMAGES_DIR, "*" + schema.PARQUET_SUFFIX)
-
-
 def store_shards(out: str) -> list[str]:
     """The finished store shards under OUT (never a running job's temporary files)."""
     return image_store.store_shards(out)
@@ -103,11 +99,6 @@ def remove_empty_shards(paths: Sequence[str]) -> None:
             if pq.ParquetFile(f).metadata.num_rows == 0:
                 empty.append(path)
     common.delete(empty)
-
-
-def image_ref(row: dict[str, Any]) -> tuple[str, str]:
-    common.counter(STAGE, INDEX_ROWS).inc()
-    return row[schema.IMAGE_ID], row[schema.URI]
 
 
 # ---------------------------------------------------------------------------
@@ -188,11 +179,6 @@ class FetchFn(beam.DoFn):
                 yield WindowedValue(item, MIN_TIMESTAMP, [GlobalWindow()])
 
 
-def _count_in(ref: tuple[str, str]) -> tuple[str, str]:
-    common.counter(STAGE, common.ROWS_IN).inc()
-    return ref
-
-
 def _not_yet_fetched(joined: tuple[str, dict[str, list]]) -> Iterator[tuple[str, str]]:
     image_id, groups = joined
     for uri in groups["refs"]:
@@ -224,23 +210,6 @@ def _keyed_true(row: dict[str, Any]) -> tuple[str, bool]:
 # ---------------------------------------------------------------------------
 # Composite transforms
 # ---------------------------------------------------------------------------
-class ReadFetchRefs(beam.PTransform):
-    """OUT/index/images -> distinct (image_id, uri), counted as rows_in."""
-
-    def __init__(self, out: str):
-        super().__init__()
-        self._out = out
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "ReadImages" >> beam.io.ReadFromParquet(images_pattern(self._out), columns=[schema.IMAGE_ID, schema.URI])
-            | "ImageRef" >> beam.Map(image_ref)
-            | "DistinctImages" >> beam.Distinct()
-            | "CountIn" >> beam.Map(_count_in)
-        )
-
-
 class SkipFetched(beam.PTransform):
     """(image_id, uri) -> those with no store row in `stored_shards` and no failure row in
     `failed_shards` (an anti-join in the pipeline: no id set held by the driver)."""
@@ -402,7 +371,7 @@ def run(
     pipeline = test_pipeline or beam.Pipeline(options=common.make_options(beam_options, save_main_session))
     fetched = (
         pipeline
-        | "ReadFetchRefs" >> ReadFetchRefs(args.out)
+        | "ReadFetchRefs" >> common.ReadImageRefs(args.out, STAGE)
         | "SkipFetched" >> SkipFetched(stored, [] if args.retry_failed else failed_before)
         | "FetchImages" >> FetchImages(config)
     )
