@@ -74,12 +74,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model import encoders, inference, preprocess, quantize, schema
-from pipelines import common, image_store
+from pipelines import common, feature_shards, image_store
 
 log = logging.getLogger(__name__)
 
 STAGE = "extract-images"
-SHARD_PREFIX = schema.IMAGE_FEATURES_PREFIX
 ENCODERS_SUBDIR = "encoders"  # under schema.MODEL_DIR: the state dicts the workers load
 DEVICES = ("CPU", "GPU")
 # chosen by measurement (ResNet50 bf16 on 2 cores: batch 16 ran 15% faster than 32); a GPU needs
@@ -87,7 +86,6 @@ DEVICES = ("CPU", "GPU")
 DEFAULT_BATCH_SIZE = {"CPU": 16, "GPU": 256}
 DECODE_AUTO, DECODE_PILLOW, DECODE_DEVICE = "auto", "pillow", "device"
 DECODERS = (DECODE_AUTO, DECODE_PILLOW, DECODE_DEVICE)
-UNREADABLE_SUBDIR = "unreadable"
 ROW_GROUP_BYTES = 16 * 1024 * 1024
 SKIPPED_EXTRACTED = "skipped_already_extracted"
 PROGRESS_EVERY_S = 10.0
@@ -96,8 +94,6 @@ FAILED = "failed"  # tag of the failure outputs
 DEFAULT_IMAGE_TIMEOUT_S = 30.0
 DEFAULT_COMMIT_EVERY = 2000
 # a chunk's name while it is written: no reader's pattern (features-*.parquet, *.parquet) matches it
-INPROGRESS_PREFIX = ".inprogress-"
-INPROGRESS_SUFFIX = ".tmp"
 # reasons of this stage's own failure rows (the `error` column)
 NOT_A_REGULAR_FILE = "NotARegularFile"
 NON_FINITE_EMBEDDING = "NonFiniteEmbedding"
@@ -128,33 +124,12 @@ def images_pattern(out: str) -> str:
     return schema.shard_pattern(out, schema.IMAGES_DIR, schema.IMAGES_PREFIX)
 
 
-def features_prefix(out: str) -> str:
-    return schema.out_path(out, schema.IMAGE_FEATURES_DIR, SHARD_PREFIX)
-
-
 def failures_prefix(out: str) -> str:
     return schema.out_path(out, schema.FAILURES_DIR, STAGE)
 
 
-def feature_shards(out: str) -> list[str]:
-    """The finished image-feature shards under OUT (never a running job's temporary files)."""
-    return common.glob(schema.shard_pattern(out, schema.IMAGE_FEATURES_DIR, SHARD_PREFIX))
-
-
 def failure_shards(out: str) -> list[str]:
     return common.glob(failures_prefix(out) + "-*" + schema.PARQUET_SUFFIX)
-
-
-def run_prefix(out: str) -> str:
-    """A new run's shard prefix, features-<UTC time>-<random>: never clashes with earlier runs'."""
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-    return f"{features_prefix(out)}-{run_id}"
-
-
-def read_shard_metadata(path: str) -> dict[bytes, bytes]:
-    # the footer only: Beam's file objects seek, so a large shard is not read whole
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return dict(pq.ParquetFile(f).schema_arrow.metadata or {})
 
 
 class ImageTimeout(TimeoutError):
@@ -167,77 +142,13 @@ class NotARegularFile(OSError):
     or never end."""
 
 
-class ShardWriteError(OSError):
-    """A feature chunk could not be written (disk full, permissions): nothing of it was committed."""
-
-
-class IncompatibleFeatures(ValueError):
-    """Existing features were made by another encoder: appending would mix two vector spaces."""
-
-
-def usable_feature_shards(out: str, metadata: dict[bytes, bytes]) -> list[str]:
-    """Existing shards this run can add to; unreadable ones are moved aside, never half-read.
-
-    Beam writes a shard to a temporary folder and renames it into place, so a shard under its
-    final name is whole; one that is not (copied in by hand, or a store that broke mid-copy) is
-    moved to features/image/unreadable/ where no reader looks, with a warning.
-    """
-    usable = []
-    for path in feature_shards(out):
-        try:
-            found = read_shard_metadata(path)
-        except Exception as exc:
-            aside = schema.out_path(out, schema.IMAGE_FEATURES_DIR, UNREADABLE_SUBDIR, path.rsplit("/", 1)[-1])
-            log.warning("%s: %s is unreadable (%s); moved to %s", STAGE, path, exc, aside)
-            if not common.exists(aside.rsplit("/", 1)[0]):
-                FileSystems.mkdirs(aside.rsplit("/", 1)[0])
-            FileSystems.rename([path], [aside])
-            continue
-        for key in (schema.META_ENCODER, schema.META_WEIGHTS, schema.META_DIM):
-            if found.get(key) != metadata[key]:
-                raise IncompatibleFeatures(
-                    f"{path} holds {key.decode()}={found.get(key, b'?').decode()!r}, this run makes "
-                    f"{metadata[key].decode()!r}: rerun with --full to re-extract every image"
-                )
-        # int8 features are another vector space than float ones (fp32, bf16 and fp16 differ only
-        # by rounding, and may be mixed as before)
-        made = found.get(schema.META_PRECISION, b"float32")
-        if inference.vector_space(made) != inference.vector_space(metadata[schema.META_PRECISION]):
-            raise IncompatibleFeatures(
-                f"{path} holds precision={made.decode()!r} features, this run makes "
-                f"{metadata[schema.META_PRECISION].decode()!r}: int8 and float features are different vector "
-                "spaces; rerun with --full to re-extract every image"
-            )
-        usable.append(path)
-    return usable
-
-
-def int8_models_of(shards: Sequence[str]) -> list[str]:
-    """The quantised models (file names) that existing int8 feature shards were made with."""
-    names = {read_shard_metadata(p).get(schema.META_INT8_MODEL) for p in shards}
-    return sorted(n.decode("utf-8") for n in names if n)
-
-
 def clear_previous_outputs(out: str, *, features: bool) -> list[str]:
     """Remove the failure shards of an earlier run (its failed images are retried), and with
     features=True (--full) its feature shards too."""
-    stale = failure_shards(out) + (feature_shards(out) if features else [])
+    stale = failure_shards(out) + (feature_shards.feature_shards(out) if features else [])
     common.delete(stale)
     if stale:
         log.info("%s: removed %d shards of a previous run", STAGE, len(stale))
-    return stale
-
-
-def inprogress_pattern(out: str) -> str:
-    return schema.out_path(out, schema.IMAGE_FEATURES_DIR, INPROGRESS_PREFIX + "*" + INPROGRESS_SUFFIX)
-
-
-def clear_inprogress_chunks(out: str) -> list[str]:
-    """Chunks a killed run was writing when it died: never committed, so never read; remove them."""
-    stale = common.glob(inprogress_pattern(out))
-    common.delete(stale)
-    if stale:
-        log.info("%s: removed %d half-written chunks of an interrupted run", STAGE, len(stale))
     return stale
 
 
@@ -287,55 +198,6 @@ def call_with_timeout(fn: Callable[[], Any], timeout_s: float | None, what: str)
     if "error" in box:
         raise box["error"]
     return box["value"]
-
-
-def chunk_name(run_prefix_: str, writer: str, seq: int) -> str:
-    return f"{run_prefix_}-{writer}-{seq:05d}{schema.PARQUET_SUFFIX}"
-
-
-def inprogress_path(final: str) -> str:
-    directory, name = final.rsplit("/", 1)
-    return f"{directory}/{INPROGRESS_PREFIX}{name}{INPROGRESS_SUFFIX}"
-
-
-def features_table(rows: Sequence[dict[str, Any]], table_schema: pa.Schema) -> pa.Table:
-    """Feature rows -> a table; the embeddings stacked once, not converted value by value."""
-    dim = table_schema.field(schema.EMBEDDING).type.list_size
-    flat = np.stack([r[schema.EMBEDDING] for r in rows]).astype(np.float32, copy=False).reshape(-1)
-    columns = {
-        schema.IMAGE_ID: pa.array([r[schema.IMAGE_ID] for r in rows], pa.string()),
-        schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
-        schema.CONTENT_HASH: pa.array([r[schema.CONTENT_HASH] for r in rows], pa.string()),
-        schema.WIDTH: pa.array([r[schema.WIDTH] for r in rows], pa.int32()),
-        schema.HEIGHT: pa.array([r[schema.HEIGHT] for r in rows], pa.int32()),
-    }
-    return pa.Table.from_arrays([columns[name] for name in table_schema.names], schema=table_schema)
-
-
-def write_parquet_file(path: str, table: pa.Table, row_group_rows: int) -> None:
-    """One Parquet file through FileSystems (local or gs://). The fault tests replace this."""
-    with FileSystems.create(path, mime_type="application/octet-stream") as f:
-        pq.write_table(table, f, compression="snappy", row_group_size=row_group_rows)
-
-
-def commit_chunk(final: str, table: pa.Table, row_group_rows: int) -> None:
-    """Write a chunk under a temporary name and rename it into place: a reader sees it whole or
-    not at all. A failed write leaves nothing behind and raises ShardWriteError."""
-    temp = inprogress_path(final)
-    try:
-        write_parquet_file(temp, table, row_group_rows)
-        FileSystems.rename([temp], [final])
-    except Exception as exc:
-        try:
-            if common.exists(temp):
-                common.delete([temp])
-        except Exception:  # the store may be failing as a whole; the original error matters
-            log.warning("%s: could not remove %s", STAGE, temp)
-        raise ShardWriteError(
-            getattr(exc, "errno", None) or errno.EIO,
-            f"could not write feature chunk {final} ({type(exc).__name__}: {exc}); nothing of it was "
-            "committed, and a rerun extracts its images again",
-        ) from exc
 
 
 def crop_spec(spec: encoders.EncoderSpec) -> preprocess.CropSpec:
@@ -790,13 +652,13 @@ class CommitFeaturesFn(beam.DoFn):
         self._rows = []
 
     def _commit(self) -> str:
-        final = chunk_name(self._run_prefix, self._writer, self._seq)
+        final = feature_shards.chunk_name(self._run_prefix, self._writer, self._seq)
         self._seq += 1
         table_schema = self._schema
         if self._precision:  # what the worker ran, which --precision auto decides there
             base = dict(self._schema.metadata or {})
             table_schema = self._schema.with_metadata(chunk_metadata(base, self._precision, self._int8_model))
-        commit_chunk(final, features_table(self._rows, table_schema), self._row_group_rows)
+        feature_shards.commit_chunk(final, feature_shards.features_table(self._rows, table_schema), self._row_group_rows)
         self._rows = []
         self._chunks.inc()
         return final
@@ -1055,7 +917,7 @@ def runs_here(beam_options: Any) -> bool:
 def int8_model_for_run(spec: encoders.EncoderSpec, args: argparse.Namespace, existing: Sequence[str]) -> str:
     """The int8 model of this run: the one the existing int8 features came from (so an incremental
     run stays in their vector space) where it is still there, else one calibrated on the index."""
-    previous = int8_models_of(existing)
+    previous = feature_shards.int8_models_of(existing)
     if len(previous) == 1:
         path = schema.out_path(encoders_dir(args.out), previous[0])
         if common.exists(path):
@@ -1070,7 +932,7 @@ def precisions_ran(prefix: str) -> list[str]:
     names = {v: k for k, v in inference.METADATA_NAMES.items()}
     found = set()
     for path in common.glob(prefix + "-*" + schema.PARQUET_SUFFIX):
-        made = read_shard_metadata(path).get(schema.META_PRECISION, b"").decode("utf-8", "replace")
+        made = feature_shards.read_shard_metadata(path).get(schema.META_PRECISION, b"").decode("utf-8", "replace")
         found.add(names.get(made, made))
     return sorted(found)
 
@@ -1107,8 +969,8 @@ def run(
     spec = encoders.build_encoder(args.image_model, args.weights)
     state_dict_path = None if precision == inference.INT8 else save_encoder_state(spec, args.out)
     clear_previous_outputs(args.out, features=args.full)
-    clear_inprogress_chunks(args.out)
-    existing = [] if args.full else usable_feature_shards(args.out, features_metadata(spec, expected))
+    feature_shards.clear_inprogress_chunks(args.out)
+    existing = [] if args.full else feature_shards.usable_feature_shards(args.out, features_metadata(spec, expected))
     if existing:
         log.info("%s: %d feature shards exist; extracting only images they lack (--full redoes all)", STAGE, len(existing))
     int8_path = None
@@ -1117,7 +979,7 @@ def run(
         and (expected == inference.INT8 or not runs_here(beam_options))
     ):
         int8_path = int8_model_for_run(spec, args, existing)
-    prefix = run_prefix(args.out)
+    prefix = feature_shards.run_prefix(args.out)
 
     pipeline = test_pipeline or beam.Pipeline(
         options=common.make_options(beam_options, save_main_session)
@@ -1153,7 +1015,7 @@ def run(
         STAGE,
         counters,
         seconds,
-        feature_shards=len(feature_shards(args.out)),
+        feature_shards=len(feature_shards.feature_shards(args.out)),
         encoder=spec.name,
         weights=spec.weights,
         dim=spec.dim,

@@ -20,7 +20,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from model import encoders, inference, preprocess, schema, tags
-from pipelines import common
+from pipelines import common, feature_shards
 from pipelines import extract_images as ei
 from tests.conftest import write_broken_images, write_image_collection
 
@@ -223,7 +223,7 @@ def test_clear_previous_outputs_only_touches_this_stages_shards(tmp_path: Path):
     temp = tmp_path / schema.IMAGE_FEATURES_DIR / "beam-temp-features-0123abcd" / "part.parquet"
     temp.parent.mkdir(parents=True)
     temp.write_bytes(b"half a shard")
-    assert ei.feature_shards(out) == [str(stale[0])]
+    assert feature_shards.feature_shards(out) == [str(stale[0])]
     # a plain rerun keeps the features (it adds to them) but redoes the failures
     assert ei.clear_previous_outputs(out, features=False) == [str(stale[1])]
     assert stale[0].exists() and not stale[1].exists()
@@ -323,7 +323,7 @@ def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
     shards = sorted((out / schema.IMAGE_FEATURES_DIR).glob("*.parquet"))
     assert shards and all(re.fullmatch(r"features-\d{8}T\d{6}-[0-9a-f]{6}-[0-9a-f]{8}-\d{5}\.parquet", p.name) for p in shards)
     assert report.details[ei.FEATURE_CHUNKS] == len(shards)
-    assert (out / schema.IMAGE_FEATURES_DIR / ei.UNREADABLE_SUBDIR / unreadable.name).read_bytes() == b"stale"
+    assert (out / schema.IMAGE_FEATURES_DIR / feature_shards.UNREADABLE_SUBDIR / unreadable.name).read_bytes() == b"stale"
     table = pa.concat_tables([pq.read_table(p) for p in shards])
     assert table.schema.field(schema.EMBEDDING).type == pa.list_(pa.float32(), 1280)
     meta = pq.read_schema(shards[0]).metadata

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from model import encoders, inference, schema
-from pipelines import extract_images as ei
+from pipelines import extract_images as ei, feature_shards
 from tests.conftest import write_broken_images, write_image_collection
 from tests.test_extract_images import _index_rows, write_images_table
 
@@ -95,7 +95,7 @@ def test_adding_images_extracts_only_the_new_ones(collection: dict, counted_forw
 def test_features_of_another_encoder_are_not_mixed_in(collection: dict):
     out = collection["out"]
     _run(out)
-    with pytest.raises(ei.IncompatibleFeatures, match="--full"):
+    with pytest.raises(feature_shards.IncompatibleFeatures, match="--full"):
         ei.run(["--out", str(out), "--image-model", encoders.RESNET50, "--weights", "random"], save_main_session=False)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model import encoders, inference, preprocess, quantize, schema
-from pipelines import extract_images as ei
+from pipelines import extract_images as ei, feature_shards
 from tests.conftest import write_broken_images, write_image_collection
 from tests.test_extract_images import _index_rows, write_images_table
 
@@ -166,16 +166,16 @@ def test_int8_run_writes_features_failures_and_a_reusable_model(collection: Path
 
 def test_int8_and_float_features_are_not_mixed_without_full(collection: Path, monkeypatch: pytest.MonkeyPatch, lite_auto_int8):
     ei.run(_argv(collection, "fp32"), save_main_session=False)
-    with pytest.raises(ei.IncompatibleFeatures, match="--full"):
+    with pytest.raises(feature_shards.IncompatibleFeatures, match="--full"):
         ei.run(_argv(collection, "int8"), save_main_session=False)
     assert _precisions(collection) == {b"float32"}
     ei.run(_argv(collection, "int8", "--full"), save_main_session=False)
     assert _precisions(collection) == {b"int8"}
-    with pytest.raises(ei.IncompatibleFeatures, match="int8"):
+    with pytest.raises(feature_shards.IncompatibleFeatures, match="int8"):
         ei.run(_argv(collection, "fp32"), save_main_session=False)
     # auto on a CPU without int8 makes float features: refused over int8 ones as well
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: False)
-    with pytest.raises(ei.IncompatibleFeatures):
+    with pytest.raises(feature_shards.IncompatibleFeatures):
         ei.run(_argv(collection, "auto"), save_main_session=False)
 
 

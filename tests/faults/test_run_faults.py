@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from model import encoders, inference, schema, tags
-from pipelines import cli
+from pipelines import cli, feature_shards
 from pipelines import extract_images as ei
 from tests.faults import conftest as fc
 
@@ -159,14 +159,14 @@ def test_sigkill_near_the_end_keeps_the_committed_chunks(tmp_path: Path, counted
     assert (report.rows_in, report.rows_skipped, report.rows_out) == (n, len(committed), n - len(committed))
     ids = fc.feature_ids(out)
     assert sorted(ids) == sorted(tags.image_id_for(u) for u in uris)  # every image exactly once
-    assert not list((out / schema.IMAGE_FEATURES_DIR).glob(f"{ei.INPROGRESS_PREFIX}*"))
+    assert not list((out / schema.IMAGE_FEATURES_DIR).glob(f"{feature_shards.INPROGRESS_PREFIX}*"))
 
 
 def test_disk_full_fails_clearly_and_leaves_no_half_written_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     uris = _good_images(tmp_path / "images", 8)
     out = tmp_path / "out"
     fc.write_images_table(out, [(u, "cat") for u in uris])
-    original = ei.write_parquet_file
+    original = feature_shards.write_parquet_file
     writes: list[str] = []
 
     def write_parquet_file(path: str, table, row_group_rows: int) -> None:
@@ -177,14 +177,14 @@ def test_disk_full_fails_clearly_and_leaves_no_half_written_shard(tmp_path: Path
             f.write(b"PAR1 half a shard")
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr(ei, "write_parquet_file", write_parquet_file)
+    monkeypatch.setattr(feature_shards, "write_parquet_file", write_parquet_file)
     with pytest.raises(Exception, match="No space left on device") as raised:
         fc.run_extract(out, "--commit-every", "4")
     assert "could not write feature chunk" in str(raised.value)
     # what readers match is whole: the first chunk, and nothing of the second
     files = fc.feature_files(out)
     assert len(files) == 1 and len(fc.feature_ids(out)) == 4
-    assert not list((out / schema.IMAGE_FEATURES_DIR).glob(f"{ei.INPROGRESS_PREFIX}*"))
+    assert not list((out / schema.IMAGE_FEATURES_DIR).glob(f"{feature_shards.INPROGRESS_PREFIX}*"))
 
 
 def test_a_chunk_committed_twice_is_read_once(tmp_path: Path, counted_forward: list[int]):
