@@ -1,23 +1,18 @@
-"""Evaluation on the held-out split: does a ranker put the images that truly show a tag first?
+"""The measures behind the evaluation of the published rankings (export/evaluate.py).
 
-For every tag with at least one truly-tagged and one mislabelled test image (ground truth from
-the demo corpus), each ranker orders that tag's test images and we measure
+For every tag with at least one truly-tagged and one mislabelled image (ground truth, e.g. the
+demo corpus's), each ranker orders that tag's images and we measure
 
 - ROC-AUC: the chance that a true image is ranked above a mislabelled one (ties count 0.5);
 - precision@10: the fraction of the first min(10, n) images that truly show the tag;
 
-then average over tags. Three rankers on the same features:
-
-- matcher: cosine between the two towers' outputs;
-- index order: ascending ordinal, what the prototype showed without its model;
-- mean feature: cosine between an image's raw feature and the mean raw feature of the tag's
-  training images (a model-free baseline the matcher has to beat to earn its keep).
+then average over tags. The rankers themselves (published, matcher, neighbours, baselines) are
+export/evaluate.py's; index order, the prototype's ranking without its model, is defined here.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -26,15 +21,8 @@ from scipy.stats import rankdata
 from model import schema, storage
 from model.tags import image_id_for, normalize_tag
 
-MATCHER = "matcher"
 INDEX_ORDER = "index_order"
 MEAN_FEATURE = "mean_feature"
-RANKERS = (MATCHER, INDEX_ORDER, MEAN_FEATURE)
-RANKER_LABELS = {
-    MATCHER: "matcher (two towers)",
-    INDEX_ORDER: "index order (baseline)",
-    MEAN_FEATURE: "cosine to tag's mean feature (baseline)",
-}
 AUC = "auc"
 P_AT_10 = "p_at_10"
 TOP_K = 10
@@ -95,32 +83,6 @@ def index_order_scores(ordinals: np.ndarray) -> np.ndarray:
     return -np.asarray(ordinals, dtype=np.float64)
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
-class TagMeanAccumulator:
-    """Running per-tag sums of raw features, fed batch by batch (features never sit in memory)."""
-
-    def __init__(self, n_tags: int, dim: int):
-        self.sums = np.zeros((n_tags, dim), dtype=np.float64)
-        self.counts = np.zeros(n_tags, dtype=np.int64)
-
-    def add(self, features: np.ndarray, tag_index: np.ndarray) -> None:
-        np.add.at(self.sums, tag_index, features.astype(np.float64))
-        np.add.at(self.counts, tag_index, 1)
-
-    def means(self) -> np.ndarray:
-        return self.sums / np.maximum(self.counts, 1)[:, None]
-
-    def cosine(self, features: np.ndarray, tag_index: np.ndarray) -> np.ndarray:
-        """Cosine of each row to its tag's mean; nan where the tag had no training image."""
-        means = _unit_rows(self.means())[tag_index]
-        cos = np.sum(_unit_rows(features.astype(np.float64)) * means, axis=1)
-        return np.where(self.counts[tag_index] > 0, cos, np.nan)
-
-
 # ---------------------------------------------------------------------------
 # Over tags
 # ---------------------------------------------------------------------------
@@ -173,21 +135,3 @@ def _mean_over_tags(per_tag: Iterable[dict[str, Any]], ranker: str) -> dict[str,
         P_AT_10: float(np.mean([v[P_AT_10] for v in values])),
         "tags": len(values),
     }
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-
-
-def format_table(metrics: Mapping[str, Any]) -> str:
-    """ranker | mean AUC | mean P@10 | tags, side by side, or why there is nothing to show."""
-    rankers = metrics.get("rankers") or {}
-    if not rankers:
-        return metrics.get("note") or NEEDS_GROUND_TRUTH
-    names = [RANKER_LABELS.get(r, r) for r in rankers]
-    width = max(len("ranker"), *(len(n) for n in names))
-    lines = [f"{'ranker':<{width}} | mean AUC | mean P@10 | tags", f"{'-' * width}-|----------|-----------|-----"]
-    for name, ranker in zip(names, rankers):
-        m = rankers[ranker]
-        lines.append(f"{name:<{width}} | {_fmt(m[AUC]):>8} | {_fmt(m[P_AT_10]):>9} | {m['tags']:>4}")
-    return "\n".join(lines)
