@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -44,7 +43,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from model import synthetic_images
 
 # torch, Beam and the stages are imported inside the phases, not here: each phase runs in its own
 # process and its peak RSS should hold only what that phase needs (phase (a) never loads Beam).
@@ -88,111 +89,11 @@ PHASE_NAMES = {
 # ---------------------------------------------------------------------------
 # Generated images
 # ---------------------------------------------------------------------------
-GENERATOR_VERSION = 1  # bump when the pictures change, so cached sets are not reused
-JPEG_QUALITY = 85
-# typical web photo sizes (width, height), landscape and portrait
-PHOTO_SIZES = (
-    (640, 480),
-    (800, 600),
-    (1024, 768),
-    (1280, 960),
-    (960, 640),
-    (1200, 800),
-    (480, 640),
-    (600, 800),
-    (768, 1024),
-)
-GRAPHIC_MIN_SIDE, GRAPHIC_MAX_SIDE = 512, 1600
-EXIF_EVERY = 10  # every tenth photo carries an EXIF orientation (cameras and phones write it)
-EXIF_ORIENTATIONS = (6, 8, 3)  # rotate 90 CW, 90 CCW, 180
-_EXIF_ORIENTATION_TAG = 0x0112
+GENERATOR_VERSION = 1  # bump when synthetic_images' photos or graphics change, so cached sets are not reused
 BENCH_TAGS = ("cat", "dog", "red car", "tree", "house", "flower", "boat", "logo")
-
-
-def _rng(kind: str, index: int, seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, KINDS.index(kind), index])
-
-
-def planned_size(kind: str, index: int, seed: int = SEED) -> tuple[int, int]:
-    """The stored (width, height) of generated image `index` of `kind` (before any EXIF rotation)."""
-    rng = _rng(kind, index, seed)
-    if kind == KIND_JPEG:
-        return PHOTO_SIZES[int(rng.integers(len(PHOTO_SIZES)))]
-    w, h = rng.integers(GRAPHIC_MIN_SIDE, GRAPHIC_MAX_SIDE + 1, size=2)
-    return int(w), int(h)
-
-
-def planned_orientation(kind: str, index: int) -> int | None:
-    if kind != KIND_JPEG or index % EXIF_EVERY != EXIF_EVERY - 1:
-        return None
-    return EXIF_ORIENTATIONS[(index // EXIF_EVERY) % len(EXIF_ORIENTATIONS)]
-
-
-def _random_colour(rng: np.random.Generator, alpha: int | None = None) -> tuple[int, ...]:
-    rgb = tuple(int(v) for v in rng.integers(0, 256, size=3))
-    return rgb if alpha is None else rgb + (alpha,)
-
-
-def _random_box(rng: np.random.Generator, w: int, h: int) -> list[int]:
-    x0, y0 = int(rng.integers(0, w * 3 // 4)), int(rng.integers(0, h * 3 // 4))
-    x1 = x0 + int(rng.integers(w // 10, w // 2))
-    y1 = y0 + int(rng.integers(h // 10, h // 2))
-    return [x0, y0, x1, y1]
-
-
-def make_photo(index: int, seed: int = SEED) -> bytes:
-    """A photographic-looking JPEG: smooth colour fields, a few soft shapes, sensor-like noise."""
-    rng = _rng(KIND_JPEG, index, seed)
-    w, h = planned_size(KIND_JPEG, index, seed)
-    # low-frequency colour field: a tiny random grid upscaled with a smooth filter
-    grid = rng.integers(0, 256, size=(int(rng.integers(3, 7)), int(rng.integers(3, 7)), 3), dtype=np.uint8)
-    img = Image.fromarray(grid, "RGB").resize((w, h), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(2, 6))):
-        box = _random_box(rng, w, h)
-        if rng.random() < 0.5:
-            draw.ellipse(box, fill=_random_colour(rng))
-        else:
-            draw.rectangle(box, fill=_random_colour(rng))
-    pixels = np.asarray(img, dtype=np.float32)
-    pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * 6.0
-    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    exif = Image.Exif()
-    orientation = planned_orientation(KIND_JPEG, index)
-    if orientation:
-        exif[_EXIF_ORIENTATION_TAG] = orientation
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=JPEG_QUALITY, exif=exif.tobytes())
-    return buf.getvalue()
-
-
-def make_graphic(index: int, seed: int = SEED) -> bytes:
-    """A clip-art-like RGBA PNG: flat-colour shapes with outlines on a transparent background."""
-    rng = _rng(KIND_PNG, index, seed)
-    w, h = planned_size(KIND_PNG, index, seed)
-    img = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(img)
-    outline = max(2, min(w, h) // 100)
-    for _ in range(int(rng.integers(3, 9))):
-        box = _random_box(rng, w, h)
-        alpha = 255 if rng.random() < 0.8 else int(rng.integers(96, 255))
-        fill, edge = _random_colour(rng, alpha), _random_colour(rng, 255)
-        shape = int(rng.integers(3))
-        if shape == 0:
-            draw.ellipse(box, fill=fill, outline=edge, width=outline)
-        elif shape == 1:
-            draw.rounded_rectangle(box, radius=min(w, h) // 20, fill=fill, outline=edge, width=outline)
-        else:
-            x0, y0, x1, y1 = box
-            draw.polygon([(x0, y1), ((x0 + x1) // 2, y0), (x1, y1)], fill=fill, outline=edge, width=outline)
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
 GENERATORS: dict[str, tuple[Callable[[int, int], bytes], str]] = {
-    KIND_JPEG: (make_photo, ".jpg"),
-    KIND_PNG: (make_graphic, ".png"),
+    KIND_JPEG: (synthetic_images.make_photo, ".jpg"),
+    KIND_PNG: (synthetic_images.make_graphic, ".png"),
 }
 
 

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from model import schema, tags
+from model import schema, synthetic_images, tags
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,9 @@ IMAGES_DIRNAME = "images"
 OOV_TAG = "hourglass"
 MULTI_WORD_TAGS = ("fire truck", "traffic light")
 
-BROKEN_TRUNCATED = "broken-truncated.jpg"
-BROKEN_EMPTY = "broken-empty.jpg"
-BROKEN_TEXT = "broken-text.jpg"
-BROKEN_FILES = (BROKEN_TRUNCATED, BROKEN_EMPTY, BROKEN_TEXT)
+BROKEN_PREFIX = "broken-"
+BROKEN_FILES = synthetic_images.broken_file_names(BROKEN_PREFIX)
+BROKEN_TRUNCATED, BROKEN_EMPTY, BROKEN_TEXT = BROKEN_FILES
 
 Colour = tuple[int, int, int]
 Point = tuple[float, float]
@@ -539,12 +538,7 @@ def _encode(img: Image.Image, rng: random.Random, as_png: bool) -> tuple[bytes, 
 def _write_broken_files(images_dir: Path, rng: random.Random) -> list[Path]:
     good = io.BytesIO()
     draw_picture(TAGS[0], rng, (200, 150)).save(good, "JPEG", quality=90)
-    data = good.getvalue()
-    paths = [images_dir / name for name in BROKEN_FILES]
-    paths[0].write_bytes(data[: len(data) // 3])
-    paths[1].write_bytes(b"")
-    paths[2].write_text("<html><body>404 not found</body></html>\n")
-    return paths
+    return synthetic_images.write_broken_files(images_dir, good.getvalue(), BROKEN_PREFIX)
 
 
 # ---------------------------------------------------------------------------

@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
-BROKEN_FILES = ("truncated.jpg", "empty.jpg", "text.jpg")
+from model.synthetic_images import broken_file_names, draw_image, write_broken_files
 
-
-def draw_image(seed: int, size: tuple[int, int] = (96, 72), fmt: str = "JPEG") -> bytes:
-    """A seeded picture: a coloured shape on a coloured background, encoded as fmt."""
-    rng = random.Random(seed)
-    mode = "RGBA" if fmt == "PNG" and seed % 2 else "RGB"
-    bg = tuple(rng.randrange(256) for _ in range(3)) + ((rng.randrange(256),) if mode == "RGBA" else ())
-    img = Image.new(mode, size, bg)
-    d = ImageDraw.Draw(img)
-    w, h = size
-    x0, y0 = rng.randrange(w // 2), rng.randrange(h // 2)
-    fill = tuple(rng.randrange(256) for _ in range(len(bg)))
-    d.ellipse([x0, y0, x0 + w // 3, y0 + h // 3], fill=fill)
-    buf = io.BytesIO()
-    img.save(buf, fmt)
-    return buf.getvalue()
+BROKEN_FILES = broken_file_names()
 
 
 def write_broken_images(folder: Path) -> list[Path]:
-    """A truncated JPEG, a zero-byte file and a text file named .jpg."""
-    folder.mkdir(parents=True, exist_ok=True)
-    good = draw_image(0, (200, 150))
-    (folder / BROKEN_FILES[0]).write_bytes(good[: len(good) // 3])
-    (folder / BROKEN_FILES[1]).write_bytes(b"")
-    (folder / BROKEN_FILES[2]).write_text("this is not an image\n")
-    return [folder / name for name in BROKEN_FILES]
+    """A truncated JPEG, a zero-byte file and an error page named .jpg (BROKEN_FILES)."""
+    return write_broken_files(folder)
 
 
 def write_image_collection(folder: Path, n: int, tags: list[str], seed: int = 0) -> list[dict]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from model import synthetic_images as si
 from pipelines import bench
 
 LITE = "efficientnet_lite0"
@@ -33,23 +34,23 @@ def test_generator_is_deterministic(kind: str) -> None:
 
 
 def test_photos_are_jpegs_of_web_sizes_some_with_exif_orientation() -> None:
-    for i in (0, 1, bench.EXIF_EVERY - 1):
-        with Image.open(io.BytesIO(bench.make_photo(i))) as img:
+    for i in (0, 1, si.EXIF_EVERY - 1):
+        with Image.open(io.BytesIO(si.make_photo(i))) as img:
             assert img.format == "JPEG" and img.mode == "RGB"
-            assert img.size == bench.planned_size(bench.KIND_JPEG, i)
-            assert img.size in bench.PHOTO_SIZES
+            assert img.size == si.photo_size(i)
+            assert img.size in si.PHOTO_SIZES
             orientation = img.getexif().get(0x0112)
-            assert orientation == bench.planned_orientation(bench.KIND_JPEG, i)
-    assert bench.planned_orientation(bench.KIND_JPEG, 0) is None
-    assert bench.planned_orientation(bench.KIND_JPEG, bench.EXIF_EVERY - 1) in bench.EXIF_ORIENTATIONS
+            assert orientation == si.photo_orientation(i)
+    assert si.photo_orientation(0) is None
+    assert si.photo_orientation(si.EXIF_EVERY - 1) in si.EXIF_ORIENTATIONS
 
 
 def test_graphics_are_rgba_pngs_with_transparency() -> None:
     for i in range(3):
-        with Image.open(io.BytesIO(bench.make_graphic(i))) as img:
+        with Image.open(io.BytesIO(si.make_graphic(i))) as img:
             assert img.format == "PNG" and img.mode == "RGBA"
-            assert img.size == bench.planned_size(bench.KIND_PNG, i)
-            assert all(bench.GRAPHIC_MIN_SIDE <= side <= bench.GRAPHIC_MAX_SIDE for side in img.size)
+            assert img.size == si.graphic_size(i)
+            assert all(si.GRAPHIC_MIN_SIDE <= side <= si.GRAPHIC_MAX_SIDE for side in img.size)
             alpha_min, alpha_max = img.getchannel("A").getextrema()
             assert alpha_min == 0 and alpha_max == 255  # transparent background, opaque shapes
 
@@ -66,7 +67,7 @@ def test_ensure_images_caches_sets_and_shares_pictures(tmp_path: Path) -> None:
     larger = bench.manifest_uris(bench.ensure_images(tmp_path, bench.KIND_PNG, 4))
     assert larger[:3] == uris  # a larger set reuses the smaller set's pictures
     assert [Path(u).stat().st_mtime_ns for u in uris] == mtimes
-    assert Path(larger[3]).read_bytes() == bench.make_graphic(3)
+    assert Path(larger[3]).read_bytes() == si.make_graphic(3)
 
 
 # ---------------------------------------------------------------------------
