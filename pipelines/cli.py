@@ -32,7 +32,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "rank": ("pipelines.rank", "run", "score, rank, evaluate and publish rankings and the site"),
     "evaluate": ("export.evaluate", "run", "evaluate the published rankings and write the report"),
     "build": ("pipelines.build", "run", "run every stage in order on a manifest and word vectors"),
-    "demo": ("pipelines.demo", "run", "generate the demo corpus and run every stage on it"),
+    "demo": ("pipelines.demo.command", "run", "generate the demo corpus and run every stage on it"),
     "bench": ("pipelines.bench", "run", "measure image feature extraction"),
 }
 

