@@ -22,19 +22,30 @@ def shard_name(prefix: str, index: int = 0, count: int = 1) -> str:
     return f"{prefix}-{index:05d}-of-{count:05d}{schema.PARQUET_SUFFIX}"
 
 
-def write_table(out: Path, directory: str, prefix: str, rows: Sequence[dict], table_schema: pa.Schema, **parquet) -> Path:
-    path = Path(out) / directory / shard_name(prefix)
+def write_table(
+    out: Path, directory: str, prefix: str, rows: Sequence[dict], table_schema: pa.Schema, *, index: int = 0, count: int = 1, **parquet
+) -> Path:
+    """One finished shard (index of count) of a stage's table."""
+    path = Path(out) / directory / shard_name(prefix, index, count)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(list(rows), schema=table_schema), path, **parquet)
     return path
 
 
-def image_rows(uris_and_tags: Iterable[tuple[str, str]], split: str | None = None) -> list[dict]:
+def image_rows(
+    uris_and_tags: Iterable[tuple[str, str]],
+    split: str | None = None,
+    *,
+    ids: Sequence[str] | None = None,
+    ordinals: Sequence[int] | None = None,
+) -> list[dict]:
     """Rows of the images table, as index writes them: id from the uri, split from the id
-    (or the one given), ordinal in the order given."""
+    (or the one given), ordinal in the order given. `ids` and `ordinals`, one per row, replace
+    the id from the uri and the order given."""
     rows = []
-    for ordinal, (uri, tag) in enumerate(uris_and_tags):
-        image_id = image_id_for(uri)
+    for i, (uri, tag) in enumerate(uris_and_tags):
+        image_id = image_id_for(uri) if ids is None else ids[i]
+        ordinal = i if ordinals is None else ordinals[i]
         rows.append(
             {
                 schema.IMAGE_ID: image_id,
@@ -48,8 +59,8 @@ def image_rows(uris_and_tags: Iterable[tuple[str, str]], split: str | None = Non
     return rows
 
 
-def write_images(out: Path, rows: Sequence[dict]) -> Path:
-    return write_table(out, schema.IMAGES_DIR, schema.IMAGES_PREFIX, rows, schema.IMAGES_SCHEMA)
+def write_images(out: Path, rows: Sequence[dict], *, index: int = 0, count: int = 1) -> Path:
+    return write_table(out, schema.IMAGES_DIR, schema.IMAGES_PREFIX, rows, schema.IMAGES_SCHEMA, index=index, count=count)
 
 
 def write_image_features(
@@ -60,23 +71,18 @@ def write_image_features(
     weights: str = "random",
     content_hashes: Mapping[str, str] | None = None,
     row_group_size: int | None = None,
+    width: int = 64,
+    height: int = 48,
+    index: int = 0,
+    count: int = 1,
 ) -> Path:
     """image_id -> vector, as extract-images writes them (fixed-size lists, metadata)."""
     dim = len(next(iter(vectors.values())))
     meta = {schema.META_ENCODER: encoder.encode(), schema.META_WEIGHTS: weights.encode(), schema.META_DIM: str(dim).encode()}
-    rows = [
-        {
-            schema.IMAGE_ID: image_id,
-            schema.EMBEDDING: [float(x) for x in np.asarray(vec, dtype=np.float32)],
-            schema.CONTENT_HASH: (content_hashes or {}).get(image_id, image_id),
-            schema.WIDTH: 64,
-            schema.HEIGHT: 48,
-        }
-        for image_id, vec in vectors.items()
-    ]
+    rows = image_feature_rows(vectors, content_hashes=content_hashes, width=width, height=height)
     return write_table(
         out, schema.IMAGE_FEATURES_DIR, schema.IMAGE_FEATURES_PREFIX, rows, schema.image_features_schema(dim, meta),
-        row_group_size=row_group_size,
+        index=index, count=count, row_group_size=row_group_size,
     )
 
 
@@ -86,7 +92,35 @@ def write_text_features(out: Path, vectors: Mapping[str, Sequence[float] | None]
     meta = {schema.META_WORD_VECTORS: word_vectors.encode()}
     if dims:
         meta[schema.META_DIM] = str(dims.pop()).encode()
-    rows = [
+    rows = text_feature_rows(vectors)
+    dim = int(meta.get(schema.META_DIM, b"0"))
+    return write_table(out, schema.TEXT_FEATURES_DIR, schema.TEXT_FEATURES_PREFIX, rows, schema.text_features_schema(dim, meta))
+
+
+def image_feature_rows(
+    vectors: Mapping[str, Sequence[float]],
+    *,
+    content_hashes: Mapping[str, str] | None = None,
+    width: int = 64,
+    height: int = 48,
+) -> list[dict]:
+    """Rows of the image features (image_id -> vector), as extract-images emits them; the content
+    hash defaults to the image id (no two images are copies)."""
+    return [
+        {
+            schema.IMAGE_ID: image_id,
+            schema.EMBEDDING: [float(x) for x in np.asarray(vec, dtype=np.float32)],
+            schema.CONTENT_HASH: (content_hashes or {}).get(image_id, image_id),
+            schema.WIDTH: width,
+            schema.HEIGHT: height,
+        }
+        for image_id, vec in vectors.items()
+    ]
+
+
+def text_feature_rows(vectors: Mapping[str, Sequence[float] | None]) -> list[dict]:
+    """Rows of the text features (tag -> vector, None: oov), as extract-text emits them."""
+    return [
         {
             schema.TAG: normalize_tag(tag),
             schema.EMBEDDING: None if vec is None else [float(x) for x in vec],
@@ -95,5 +129,3 @@ def write_text_features(out: Path, vectors: Mapping[str, Sequence[float] | None]
         }
         for tag, vec in vectors.items()
     ]
-    dim = int(meta.get(schema.META_DIM, b"0"))
-    return write_table(out, schema.TEXT_FEATURES_DIR, schema.TEXT_FEATURES_PREFIX, rows, schema.text_features_schema(dim, meta))

@@ -14,8 +14,10 @@ import pytest
 
 from model import neighbours, schema
 from model.tags import image_id_for
+from tests import builders
 
-META = {schema.META_ENCODER: b"tiny", schema.META_WEIGHTS: b"random", schema.META_DIM: b"3"}
+ENCODER = "tiny"
+META = {schema.META_ENCODER: ENCODER.encode(), schema.META_WEIGHTS: b"random", schema.META_DIM: b"3"}
 
 
 def image_id(name: str) -> str:
@@ -44,47 +46,26 @@ ROWS = [("a", "cat"), ("b", "cat"), ("c", "cat"), ("c", "dog"), ("d", "dog"), ("
 
 
 def write_images(out: Path, rows) -> None:
-    table = pa.Table.from_pylist(
-        [
-            {
-                schema.IMAGE_ID: image_id(name),
-                schema.URI: f"/images/{name}.jpg",
-                schema.TAG: tag,
-                schema.TAG_RAW: tag,
-                schema.SPLIT: schema.SPLIT_TRAIN,
-                schema.ORDINAL: i,
-            }
-            for i, (name, tag) in enumerate(rows)
-        ],
-        schema=schema.IMAGES_SCHEMA,
-    )
-    path = out / schema.IMAGES_DIR / "images-00000-of-00001.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    builders.write_images(out, builders.image_rows(((f"/images/{name}.jpg", tag) for name, tag in rows), schema.SPLIT_TRAIN))
 
 
-def write_features(out: Path, vectors: dict, shards: int = 1, meta=META, row_group: int = 2) -> None:
+def write_features(out: Path, vectors: dict, shards: int = 1, row_group: int = 2) -> None:
+    """name -> (raw feature, content hash), dealt round-robin over `shards` files."""
     names = list(vectors)
-    dim = len(next(iter(vectors.values()))[0])
-    folder = out / schema.IMAGE_FEATURES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     for s in range(shards):
         part = names[s::shards]
-        table = pa.Table.from_pylist(
-            [
-                {
-                    schema.IMAGE_ID: image_id(n),
-                    schema.EMBEDDING: [float(v) for v in vectors[n][0]],
-                    schema.CONTENT_HASH: vectors[n][1],
-                    schema.WIDTH: 10,
-                    schema.HEIGHT: 10,
-                }
-                for n in part
-            ],
-            schema=schema.image_features_schema(dim, {**meta, schema.META_DIM: str(dim).encode()}),
-        )
         # small row groups by default: the stream crosses row groups and files
-        pq.write_table(table, folder / f"features-{s:05d}-of-{shards:05d}.parquet", row_group_size=row_group)
+        builders.write_image_features(
+            out,
+            {image_id(n): vectors[n][0] for n in part},
+            encoder=ENCODER,
+            content_hashes={image_id(n): vectors[n][1] for n in part},
+            row_group_size=row_group,
+            width=10,
+            height=10,
+            index=s,
+            count=shards,
+        )
 
 
 def read_dir(out: Path, directory: str) -> pa.Table:
@@ -286,11 +267,10 @@ def test_an_image_listed_twice_in_the_features_counts_once_first_row_wins(tmp_pa
     write_images(tmp_path, [("x", "cat"), ("y", "cat"), ("z", "dog")])
     write_features(tmp_path, {"x": (unit_angle(0), "hx"), "y": (unit_angle(10), "hy"), "z": (unit_angle(90), "hz")})
     # a later shard repeats x with another vector (next to y's opposite): the first row is the one used
-    later = pa.Table.from_pylist(
-        [{schema.IMAGE_ID: image_id("x"), schema.EMBEDDING: unit_angle(190), schema.CONTENT_HASH: "hx2", schema.WIDTH: 1, schema.HEIGHT: 1}],
-        schema=schema.image_features_schema(3, META),
+    later = builders.image_feature_rows({image_id("x"): unit_angle(190)}, content_hashes={image_id("x"): "hx2"}, width=1, height=1)
+    builders.write_table(
+        tmp_path, schema.IMAGE_FEATURES_DIR, f"{schema.IMAGE_FEATURES_PREFIX}-zz", later, schema.image_features_schema(3, META)
     )
-    pq.write_table(later, tmp_path / schema.IMAGE_FEATURES_DIR / "features-zz-00000-of-00001.parquet")
     stale_temp = tmp_path / schema.NEIGHBOURS_DIR / "neighbours-00000-of-00001.parquet.tmp-dead"
     stale_temp.parent.mkdir(parents=True)
     stale_temp.write_bytes(b"left by an interrupted run")

@@ -133,43 +133,22 @@ def image_id(name: str) -> str:
 
 
 def image_rows(uris: dict[str, str], rows=ROWS) -> list[dict]:
-    return [
-        {
-            schema.IMAGE_ID: image_id(name),
-            schema.URI: uris[name],
-            schema.TAG: normalize_tag(tag),
-            schema.TAG_RAW: tag,
-            schema.SPLIT: schema.SPLIT_TRAIN,
-            schema.ORDINAL: ordinal,
-        }
-        for name, tag, ordinal in rows
-    ]
+    """The images table of (name, tag, ordinal) rows: ids from the names, uris from the files."""
+    return builders.image_rows(
+        [(uris[name], tag) for name, tag, _ in rows],
+        schema.SPLIT_TRAIN,
+        ids=[image_id(name) for name, _, _ in rows],
+        ordinals=[ordinal for _, _, ordinal in rows],
+    )
 
 
 def feature_rows(vectors=VECTORS) -> list[dict]:
-    return [
-        {
-            schema.IMAGE_ID: image_id(name),
-            schema.EMBEDDING: [float(x) for x in vec],
-            schema.CONTENT_HASH: "0" * 16,
-            schema.WIDTH: 300,
-            schema.HEIGHT: 200,
-        }
-        for name, vec in vectors.items()
-        if vec is not None
-    ]
+    known = {image_id(name): vec for name, vec in vectors.items() if vec is not None}
+    return builders.image_feature_rows(known, content_hashes=dict.fromkeys(known, "0" * 16), width=300, height=200)
 
 
 def text_rows(text=TEXT) -> list[dict]:
-    return [
-        {
-            schema.TAG: normalize_tag(tag),
-            schema.EMBEDDING: None if vec is None else [float(x) for x in vec],
-            schema.STATUS: schema.TEXT_OOV if vec is None else schema.TEXT_OK,
-            schema.KNOWN_WORDS: 0 if vec is None else 1,
-        }
-        for tag, vec in text.items()
-    ]
+    return builders.text_feature_rows(text)
 
 
 def write_inputs(out: Path, uris: dict[str, str], rows=ROWS, vectors=VECTORS, text=TEXT) -> None:
@@ -568,8 +547,7 @@ def test_rerun_without_torch_no_thumbnails_removes_stale_pages(published, tmp_pa
     shutil.copytree(published["out"], out)
     # "dog" and the hostile tags leave the index: their pages must go
     rows = [r for r in ROWS if r[1] != "dog"]
-    images = out / schema.IMAGES_DIR / "images-00000-of-00001.parquet"
-    pq.write_table(pa.Table.from_pylist(image_rows(published["uris"], rows), schema=schema.IMAGES_SCHEMA), images)
+    builders.write_images(out, image_rows(published["uris"], rows))
     script = (
         "import sys\n"
         "class NoTorch:  # any 'import torch' raises ImportError, as on a worker without torch\n"

@@ -14,7 +14,8 @@ import torch
 
 from model import schema, storage, train
 from model.matcher import MatcherConfig, Matcher, contrastive_loss, load_checkpoint
-from model.tags import image_id_for, split_for
+from model.tags import image_id_for
+from tests import builders
 
 IMAGE_DIM = 24
 TEXT_DIM = 12
@@ -34,58 +35,28 @@ def write_corpus(out: Path, n: int = 720, seed: int = 0, files: int = 2, row_gro
     tags = [TAGS[c] for c in crawled]
     tags[-12:] = [OOV_TAG] * 12  # a tag with no vector: never trained on
     ordinals = rng.permutation(n)  # index order knows nothing about the truth
-    images = pa.table(
-        {
-            schema.IMAGE_ID: ids,
-            schema.URI: uris,
-            schema.TAG: tags,
-            schema.TAG_RAW: tags,
-            schema.SPLIT: [split_for(i) for i in ids],
-            schema.ORDINAL: ordinals.astype(np.int64),
-        },
-        schema=schema.IMAGES_SCHEMA,
-    )
-    (out / schema.IMAGES_DIR).mkdir(parents=True)
-    pq.write_table(images, out / schema.IMAGES_DIR / "images-00000-of-00001.parquet")
+    images = builders.image_rows(zip(uris, tags), ordinals=ordinals.tolist())
+    builders.write_images(out, images)
 
     features = (directions[true] * 3.0 + rng.standard_normal((n, IMAGE_DIM))).astype(np.float32)
     without_features = set(ids[:5])  # e.g. unreadable images: no feature row
-    meta = {schema.META_ENCODER: b"test-encoder", schema.META_WEIGHTS: b"random", schema.META_DIM: str(IMAGE_DIM).encode()}
-    feat_schema = schema.image_features_schema(IMAGE_DIM, meta)
-    (out / schema.IMAGE_FEATURES_DIR).mkdir(parents=True)
     keep = [i for i in range(n) if ids[i] not in without_features]
     for f, part in enumerate(np.array_split(np.asarray(keep), files)):
-        table = pa.table(
-            {
-                schema.IMAGE_ID: [ids[i] for i in part],
-                schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(features[part].ravel()), IMAGE_DIM),
-                schema.CONTENT_HASH: ["h"] * len(part),
-                schema.WIDTH: pa.array([64] * len(part), pa.int32()),
-                schema.HEIGHT: pa.array([48] * len(part), pa.int32()),
-            },
-            schema=feat_schema,
+        builders.write_image_features(
+            out,
+            {ids[i]: features[i] for i in part},
+            content_hashes=dict.fromkeys((ids[i] for i in part), "h"),
+            row_group_size=row_group,
+            index=f,
+            count=files,
         )
-        pq.write_table(table, out / schema.IMAGE_FEATURES_DIR / f"features-{f:05d}-of-{files:05d}.parquet", row_group_size=row_group)
 
     text = rng.standard_normal((len(TAGS), TEXT_DIM)).astype(np.float32)
-    text_meta = {schema.META_WORD_VECTORS: b"generated", schema.META_DIM: str(TEXT_DIM).encode()}
-    text_table = pa.table(
-        {
-            schema.TAG: TAGS + [OOV_TAG],
-            schema.EMBEDDING: [v.tolist() for v in text] + [None],
-            schema.STATUS: [schema.TEXT_OK] * len(TAGS) + [schema.TEXT_OOV],
-            schema.KNOWN_WORDS: pa.array([1] * len(TAGS) + [0], pa.int32()),
-        },
-        schema=schema.text_features_schema(TEXT_DIM, text_meta),
-    )
-    (out / schema.TEXT_FEATURES_DIR).mkdir(parents=True)
-    pq.write_table(text_table, out / schema.TEXT_FEATURES_DIR / "text-00000-of-00001.parquet")
+    builders.write_text_features(out, {**dict(zip(TAGS, text)), OOV_TAG: None})
 
     gt = out / "ground_truth.jsonl"
     gt.write_text("".join(json.dumps({"uri": u, "tag": t, "true_tag": TAGS[c]}) + "\n" for u, t, c in zip(uris, tags, true)))
-    train_ids = {
-        ids[i] for i in range(n) if images.column(schema.SPLIT)[i].as_py() == schema.SPLIT_TRAIN and tags[i] != OOV_TAG
-    }
+    train_ids = {ids[i] for i in range(n) if images[i][schema.SPLIT] == schema.SPLIT_TRAIN and tags[i] != OOV_TAG}
     return {"ids": ids, "gt": str(gt), "train_ids": train_ids, "without_features": without_features}
 
 
