@@ -7,12 +7,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from model import schema, text_vectors
-from model.tags import image_id_for, split_for
-from pipelines import common, extract_text
+from pipelines import extract_text
+from tests import builders
 from tests.conftest import make_keyed_vectors
 
 DIM = 6
@@ -25,11 +24,6 @@ EXPECTED = {
     "red zeppelin": (schema.TEXT_PARTIAL, 1),
     "quux": (schema.TEXT_OOV, 0),
 }
-
-
-def _test_pipeline() -> BeamTestPipeline:
-    # Beam's default DirectRunner would try to download Prism first
-    return BeamTestPipeline(runner=common.LOCAL_RUNNER)
 
 
 @pytest.fixture(scope="module")
@@ -45,24 +39,11 @@ def word_vectors(kv, tmp_path: Path) -> str:
 
 
 def write_images(out: Path, tags: list[str]) -> None:
-    uris = [f"https://example.com/{i}.jpg" for i in range(len(tags))]
-    ids = [image_id_for(u) for u in uris]
-    table = pa.table(
-        {
-            schema.IMAGE_ID: ids,
-            schema.URI: uris,
-            schema.TAG: tags,
-            schema.TAG_RAW: tags,
-            schema.SPLIT: [split_for(i) for i in ids],
-            schema.ORDINAL: list(range(len(tags))),
-        },
-        schema=schema.IMAGES_SCHEMA,
-    )
-    folder = out / schema.IMAGES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    half = len(tags) // 2
-    pq.write_table(table.slice(0, half), folder / "images-00000-of-00002.parquet")
-    pq.write_table(table.slice(half), folder / "images-00001-of-00002.parquet")
+    """The images table in two shards, half the rows each."""
+    rows = builders.image_rows((f"https://example.com/{i}.jpg", tag) for i, tag in enumerate(tags))
+    half = len(rows) // 2
+    builders.write_images(out, rows[:half], index=0, count=2)
+    builders.write_images(out, rows[half:], index=1, count=2)
 
 
 def image_tags() -> list[str]:
@@ -88,9 +69,9 @@ def test_dofn_refuses_vectors_of_another_dimension(word_vectors: str):
         fn.setup()
 
 
-def test_tag_vectors_composite_one_row_per_distinct_tag(word_vectors: str):
+def test_tag_vectors_composite_one_row_per_distinct_tag(word_vectors: str, beam_pipeline):
     rows = [{schema.TAG: t} for t in image_tags()]
-    with _test_pipeline() as p:
+    with beam_pipeline as p:
         out = (
             p
             | "Rows" >> beam.Create(rows)
@@ -103,7 +84,7 @@ def test_tag_vectors_composite_one_row_per_distinct_tag(word_vectors: str):
 def test_whole_stage(kv, word_vectors: str, tmp_path: Path):
     out = tmp_path / "out"
     write_images(out, image_tags())
-    stale = out / schema.TEXT_FEATURES_DIR / "text-00000-of-00009.parquet"
+    stale = out / schema.TEXT_FEATURES_DIR / builders.shard_name(schema.TEXT_FEATURES_PREFIX, 0, 9)
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left over from an earlier run")
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from model import schema, text_vectors
-from model.tags import image_id_for, split_for
 from pipelines import cli, extract_text
+from tests import builders
 from tests.conftest import make_keyed_vectors
 
 pytestmark = pytest.mark.faults
@@ -25,21 +23,7 @@ TAGS = ["cat", "dog", "red car", "tree"]
 def out_with_features(tmp_path: Path) -> tuple[Path, list[tuple[str, bytes]]]:
     """OUT with an images table and good text features from word2vec text; the features' bytes."""
     out = tmp_path / "out"
-    uris = [f"https://example.com/{i}.jpg" for i in range(len(TAGS))]
-    ids = [image_id_for(u) for u in uris]
-    table = pa.table(
-        {
-            schema.IMAGE_ID: ids,
-            schema.URI: uris,
-            schema.TAG: TAGS,
-            schema.TAG_RAW: TAGS,
-            schema.SPLIT: [split_for(i) for i in ids],
-            schema.ORDINAL: list(range(len(TAGS))),
-        },
-        schema=schema.IMAGES_SCHEMA,
-    )
-    (out / schema.IMAGES_DIR).mkdir(parents=True)
-    pq.write_table(table, out / schema.IMAGES_DIR / "images-00000-of-00001.parquet")
+    builders.write_images(out, builders.image_rows((f"https://example.com/{i}.jpg", tag) for i, tag in enumerate(TAGS)))
     good = tmp_path / "good.txt"
     make_keyed_vectors(WORDS, dim=DIM, seed=2).save_word2vec_format(str(good), binary=False)
     extract_text.run(["--out", str(out), "--word-vectors", str(good)], save_main_session=False)
