@@ -124,6 +124,53 @@ class WriteFailures(beam.PTransform):
         )
 
 
+def _keyed_true(row: dict[str, Any]) -> tuple[str, bool]:
+    return row[schema.IMAGE_ID], True
+
+
+def _not_done_before(joined: tuple[str, dict[str, list]], stage: str, reasons: Sequence[str]) -> Iterator[tuple[str, str]]:
+    image_id, groups = joined
+    for uri in groups["refs"]:
+        reason = next((r for r in reasons if groups[r]), None)
+        if reason is None:
+            yield image_id, uri
+        else:
+            counter(stage, ROWS_SKIPPED).inc()
+            counter(stage, reason).inc()
+
+
+class SkipDoneBefore(beam.PTransform):
+    """(image_id, uri) -> those whose image_id is in none of the given shards (an anti-join in the
+    pipeline: a collection of any size is compared without the driver holding ids).
+
+    `done` maps a skip counter to the Parquet shards (with an image_id column) of what an earlier
+    run did, checked in order; a skipped ref counts as rows_skipped and under the first counter
+    whose shards hold its id.
+    """
+
+    def __init__(self, stage: str, done: dict[str, Sequence[str]]):
+        super().__init__()
+        self._stage = stage
+        self._done = {reason: list(shards) for reason, shards in done.items() if shards}
+
+    def expand(self, refs: beam.PCollection) -> beam.PCollection:
+        if not self._done:
+            return refs
+        groups = {"refs": refs}
+        for reason, shards in self._done.items():
+            groups[reason] = (
+                refs.pipeline
+                | f"Shards_{reason}" >> beam.Create(shards)
+                | f"ReadIds_{reason}" >> beam.io.ReadAllFromParquet(columns=[schema.IMAGE_ID])
+                | f"Key_{reason}" >> beam.Map(_keyed_true)
+            )
+        return (
+            groups
+            | "JoinEarlierRuns" >> beam.CoGroupByKey()
+            | "NotDoneBefore" >> beam.FlatMap(_not_done_before, self._stage, list(self._done))
+        )
+
+
 class ReadImageRefs(beam.PTransform):
     """OUT/index/images -> distinct (image_id, uri) for a stage that works per image.
 
@@ -188,6 +235,19 @@ def report_from_counters(stage: str, counters: dict[str, int], seconds: float, *
     )
 
 
+def finish_stage(
+    stage: str, out: str, counters: dict[str, int], seconds: float, max_failure_rate: float, **extra: Any
+) -> StageReport:
+    """The end of a per-row stage's run: its report from the counters (extra in its details),
+    saved to OUT/reports/<stage>.json and logged, then the --max-failure-rate gate (after the
+    save: the numbers that explain a refusal are on disk)."""
+    report = report_from_counters(stage, counters, seconds, **extra)
+    report.save(out)
+    log.info(report.summary_line())
+    check_failure_rate(report, max_failure_rate)
+    return report
+
+
 # Shown under every Beam stage's --help (split_args adds it): what a Dataflow run adds to the
 # stage's own flags. README's "Running on Dataflow" has one complete command per stage.
 DATAFLOW_EPILOG = """\
@@ -217,6 +277,14 @@ def split_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple
     how to run the stage on Dataflow."""
     known, beam_args = add_dataflow_epilog(parser).parse_known_args(argv)
     return known, PipelineOptions(beam_args)
+
+
+def stage_parser(stage: str, doc: str) -> argparse.ArgumentParser:
+    """A stage's argument parser: `imgsearch <stage>`, the first paragraph of its module's
+    docstring as the description, and the --out every stage takes."""
+    parser = argparse.ArgumentParser(prog=f"imgsearch {stage}", description=doc.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output root (local path or gs://...)")
+    return parser
 
 
 def failure_rate(text: str) -> float:

@@ -273,8 +273,7 @@ class WriteTextFeatures(beam.PTransform):
 # Entry point
 # ---------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgsearch extract-text", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output root (local path or gs://...)")
+    parser = common.stage_parser(STAGE, __doc__)
     parser.add_argument(
         "--word-vectors",
         required=True,

@@ -35,6 +35,7 @@ the store unreadable. The books balance: rows_in = rows_out + rows_failed + rows
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from concurrent import futures
 from typing import Any, Callable, Iterator, Sequence
@@ -179,19 +180,6 @@ class FetchFn(beam.DoFn):
                 yield WindowedValue(item, MIN_TIMESTAMP, [GlobalWindow()])
 
 
-def _not_yet_fetched(joined: tuple[str, dict[str, list]]) -> Iterator[tuple[str, str]]:
-    image_id, groups = joined
-    for uri in groups["refs"]:
-        if groups["stored"]:
-            common.counter(STAGE, common.ROWS_SKIPPED).inc()
-            common.counter(STAGE, SKIPPED_FETCHED).inc()
-        elif groups["failed"]:
-            common.counter(STAGE, common.ROWS_SKIPPED).inc()
-            common.counter(STAGE, SKIPPED_FAILED_BEFORE).inc()
-        else:
-            yield image_id, uri
-
-
 def _sha_of(row: dict[str, Any]) -> Iterator[tuple[str, int]]:
     if row[schema.SHA256] is not None:
         yield row[schema.SHA256], 1
@@ -203,41 +191,9 @@ def _count_duplicates(item: tuple[str, int]) -> None:
         common.counter(STAGE, DUPLICATE_CONTENT).inc(count - 1)
 
 
-def _keyed_true(row: dict[str, Any]) -> tuple[str, bool]:
-    return row[schema.IMAGE_ID], True
-
-
 # ---------------------------------------------------------------------------
 # Composite transforms
 # ---------------------------------------------------------------------------
-class SkipFetched(beam.PTransform):
-    """(image_id, uri) -> those with no store row in `stored_shards` and no failure row in
-    `failed_shards` (an anti-join in the pipeline: no id set held by the driver)."""
-
-    def __init__(self, stored_shards: Sequence[str], failed_shards: Sequence[str]):
-        super().__init__()
-        self._stored = list(stored_shards)
-        self._failed = list(failed_shards)
-
-    def _ids(self, pipeline: beam.Pipeline, label: str, shards: list[str]):
-        return (
-            pipeline
-            | f"{label}Shards" >> beam.Create(shards)
-            | f"Read{label}Ids" >> beam.io.ReadAllFromParquet(columns=[schema.IMAGE_ID])
-            | f"Key{label}" >> beam.Map(_keyed_true)
-        )
-
-    def expand(self, refs):
-        if not self._stored and not self._failed:
-            return refs
-        groups = {
-            "refs": refs,
-            "stored": self._ids(refs.pipeline, "Stored", self._stored),
-            "failed": self._ids(refs.pipeline, "Failed", self._failed),
-        }
-        return groups | "JoinEarlierRuns" >> beam.CoGroupByKey() | "NotYetFetched" >> beam.FlatMap(_not_yet_fetched)
-
-
 class FetchImages(beam.PTransform):
     """(image_id, uri) -> {"rows": store rows, "failures": failure and skip rows}."""
 
@@ -278,17 +234,6 @@ class WriteStore(beam.PTransform):
         )
 
 
-class WriteFailures(beam.PTransform):
-    def __init__(self, prefix: str):
-        super().__init__()
-        self._prefix = prefix
-
-    def expand(self, rows):
-        return rows | "WriteParquet" >> beam.io.WriteToParquet(
-            self._prefix, schema.FAILURES_SCHEMA, file_name_suffix=schema.PARQUET_SUFFIX
-        )
-
-
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
@@ -313,8 +258,7 @@ def _non_negative(kind: type) -> Callable[[str], Any]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgsearch fetch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output root (local path or gs://...)")
+    parser = common.stage_parser(STAGE, __doc__)
     parser.add_argument("--threads", type=_positive(int), default=fetcher.DEFAULT_THREADS, help="downloads in flight per worker")
     parser.add_argument("--per-host", type=_positive(int), default=fetcher.DEFAULT_PER_HOST, help="requests in flight to one host, per worker")
     parser.add_argument("--connect-timeout", type=_positive(float), default=fetcher.DEFAULT_CONNECT_TIMEOUT_S, help="seconds to connect")
@@ -336,21 +280,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> fetcher.FetchConfig:
-    return fetcher.FetchConfig(
-        connect_timeout_s=args.connect_timeout,
-        read_timeout_s=args.read_timeout,
-        timeout_s=args.timeout,
-        retries=args.retries,
-        backoff_s=args.backoff,
-        max_retry_after_s=args.max_retry_after,
-        max_bytes=args.max_bytes,
-        max_redirects=args.max_redirects,
-        per_host=args.per_host,
-        threads=args.threads,
-        user_agent=args.user_agent,
-        resize_to=args.resize_to,
-        copy_local=args.copy_local,
-    )
+    """Every FetchConfig field from the flag of its name (less the _s that says seconds)."""
+    fields = dataclasses.fields(fetcher.FetchConfig)
+    return fetcher.FetchConfig(**{f.name: getattr(args, f.name.removesuffix("_s")) for f in fields})
 
 
 def run(
@@ -372,11 +304,13 @@ def run(
     fetched = (
         pipeline
         | "ReadFetchRefs" >> common.ReadImageRefs(args.out, STAGE)
-        | "SkipFetched" >> SkipFetched(stored, [] if args.retry_failed else failed_before)
+        | "SkipFetched" >> common.SkipDoneBefore(
+            STAGE, {SKIPPED_FETCHED: stored, SKIPPED_FAILED_BEFORE: [] if args.retry_failed else failed_before}
+        )
         | "FetchImages" >> FetchImages(config)
     )
     _ = fetched["rows"] | "WriteStore" >> WriteStore(store_prefix, args.num_shards)
-    _ = fetched["failures"] | "WriteFailures" >> WriteFailures(f"{failures_prefix(args.out)}-{run_id}")
+    _ = fetched["failures"] | "WriteFailures" >> common.WriteFailures(f"{failures_prefix(args.out)}-{run_id}")
 
     _, counters, seconds = common.run_pipeline(pipeline, STAGE)
     # a rerun that found nothing new leaves no empty shards behind
@@ -385,19 +319,17 @@ def run(
     if args.retry_failed and failed_before:
         # their uris were all tried again: this run's failure rows say how they ended now
         common.delete(failed_before)
-    report = common.report_from_counters(
+    return common.finish_stage(
         STAGE,
+        args.out,
         counters,
         seconds,
+        args.max_failure_rate,
         store_shards=len(store_shards(args.out)),
         threads=config.threads,
         per_host=config.per_host,
         resize_to=config.resize_to,
     )
-    report.save(args.out)
-    log.info(report.summary_line())
-    common.check_failure_rate(report, args.max_failure_rate)
-    return report
 
 
 if __name__ == "__main__":
