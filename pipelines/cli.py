@@ -33,7 +33,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "evaluate": ("export.evaluate", "run", "evaluate the published rankings and write the report"),
     "build": ("pipelines.build", "run", "run every stage in order on a manifest and word vectors"),
     "demo": ("pipelines.demo.command", "run", "generate the demo corpus and run every stage on it"),
-    "bench": ("pipelines.bench", "run", "measure image feature extraction"),
+    "bench": ("pipelines.bench.command", "run", "measure image feature extraction"),
 }
 
 

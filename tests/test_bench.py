@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model import synthetic_images as si
-from pipelines import bench
+from pipelines.bench import command, harness, images, phases, results
 
 LITE = "efficientnet_lite0"
 TINY = ["--image-model", LITE, "--weights", "random", "--batch-size", "2", "--model-seconds", "0.2"]
@@ -25,9 +25,9 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---------------------------------------------------------------------------
 # Generated images
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", bench.KINDS)
+@pytest.mark.parametrize("kind", images.KINDS)
 def test_generator_is_deterministic(kind: str) -> None:
-    make, _ = bench.GENERATORS[kind]
+    make, _ = images.GENERATORS[kind]
     assert make(3, 0) == make(3, 0)
     assert make(3, 0) != make(4, 0)
     assert make(3, 0) != make(3, 1)
@@ -56,15 +56,15 @@ def test_graphics_are_rgba_pngs_with_transparency() -> None:
 
 
 def test_ensure_images_caches_sets_and_shares_pictures(tmp_path: Path) -> None:
-    manifest = bench.ensure_images(tmp_path, bench.KIND_PNG, 3)
-    uris = bench.manifest_uris(manifest)
+    manifest = images.ensure_images(tmp_path, images.KIND_PNG, 3)
+    uris = images.manifest_uris(manifest)
     assert len(uris) == 3 and all(Path(u).is_absolute() and u.endswith(".png") for u in uris)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    assert all(r["tag"] in bench.BENCH_TAGS for r in rows)
+    assert all(r["tag"] in images.BENCH_TAGS for r in rows)
     mtimes = [Path(u).stat().st_mtime_ns for u in uris]
 
-    assert bench.ensure_images(tmp_path, bench.KIND_PNG, 3) == manifest  # cached: nothing regenerated
-    larger = bench.manifest_uris(bench.ensure_images(tmp_path, bench.KIND_PNG, 4))
+    assert images.ensure_images(tmp_path, images.KIND_PNG, 3) == manifest  # cached: nothing regenerated
+    larger = images.manifest_uris(images.ensure_images(tmp_path, images.KIND_PNG, 4))
     assert larger[:3] == uris  # a larger set reuses the smaller set's pictures
     assert [Path(u).stat().st_mtime_ns for u in uris] == mtimes
     assert Path(larger[3]).read_bytes() == si.make_graphic(3)
@@ -74,23 +74,23 @@ def test_ensure_images_caches_sets_and_shares_pictures(tmp_path: Path) -> None:
 # The whole run, phases in this process (each phase's own process is tested once, below)
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def throughput(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[bench.BenchResult, Path]:
+def throughput(work_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[results.BenchResult, Path]:
     saved = tmp_path_factory.mktemp("bench-json") / "bench.json"
     argv = ["--images", "4", "--kinds", "png", "--work-dir", str(work_dir), "--json", str(saved), *TINY]
-    return bench.run(argv, phase_runner=bench.run_phase_in_process), saved
+    return command.run(argv, phase_runner=harness.run_phase_in_process), saved
 
 
-def test_each_phase_returns_a_positive_rate(throughput: tuple[bench.BenchResult, Path]) -> None:
+def test_each_phase_returns_a_positive_rate(throughput: tuple[results.BenchResult, Path]) -> None:
     result, _ = throughput
     assert result.mode == "throughput"
     (row,) = result.rows
-    assert row["kind"] == bench.KIND_PNG and row["images"] == 4
-    for phase in bench.PHASES:
+    assert row["kind"] == images.KIND_PNG and row["images"] == 4
+    for phase in phases.PHASES:
         assert row[phase]["images_per_s"] > 0
         assert row[phase]["peak_rss_mib"] > 0
     assert row["a"]["images"] == 4
     assert row["c"]["images"] == 4 and row["c"]["rows_failed"] == 0
-    assert row["b"]["batches"] >= bench.MIN_TIMED_BATCHES and row["b"]["batch_size"] == 2
+    assert row["b"]["batches"] >= phases.MIN_TIMED_BATCHES and row["b"]["batch_size"] == 2
     from model import inference
 
     # auto resolved for this CPU as a stage's worker would (int8 where it has VNNI or AMX)
@@ -99,9 +99,12 @@ def test_each_phase_returns_a_positive_rate(throughput: tuple[bench.BenchResult,
     assert row["c/b"] == pytest.approx(row["c"]["images_per_s"] / row["b"]["images_per_s"])
 
 
-def test_table_shows_rates_ratios_memory_targets_and_machine(throughput: tuple[bench.BenchResult, Path]) -> None:
+def test_table_shows_rates_ratios_memory_targets_and_machine(throughput: tuple[results.BenchResult, Path]) -> None:
     result, _ = throughput
-    text = result.summary_line()
+    text = result.table()
+    # one line, like every command's result; the CLI prints report() (the table and a blank line) above it
+    assert result.summary_line() == f"bench took {result.seconds:.0f} s"
+    assert result.report() == text + "\n"
     row = result.rows[0]
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("kind"))
@@ -110,14 +113,14 @@ def test_table_shows_rates_ratios_memory_targets_and_machine(throughput: tuple[b
     table_row = next(line for line in lines if line.startswith("png "))
     assert f"{row['c/a']:.2f}" in table_row.split() and f"{row['c/b']:.2f}" in table_row.split()
     assert len(table_row) <= len(header)  # aligned under the header
-    targets = bench.INT8_TARGETS if row["precision"] == "int8" else bench.TARGETS  # auto may run int8 here
+    targets = results.INT8_TARGETS if row["precision"] == "int8" else results.TARGETS  # auto may run int8 here
     prefix = "int8 " if row["precision"] == "int8" else ""
     assert f"{prefix}c/a >= {targets['c/a']}: png" in text and f"{prefix}c/b >= {targets['c/b']}: png" in text
     assert result.machine["cpu"] in text and f"{result.machine['cores']} cores" in text
     assert f"torch {result.machine['torch']}" in text and LITE in text
 
 
-def test_json_is_saved(throughput: tuple[bench.BenchResult, Path]) -> None:
+def test_json_is_saved(throughput: tuple[results.BenchResult, Path]) -> None:
     result, saved = throughput
     data = json.loads(saved.read_text())
     assert data["mode"] == "throughput" and data["config"]["image_model"] == LITE
@@ -126,11 +129,11 @@ def test_json_is_saved(throughput: tuple[bench.BenchResult, Path]) -> None:
 
 def test_memory_sizes_prints_both_sizes_side_by_side(work_dir: Path) -> None:
     argv = ["--memory-sizes", "3,5", "--kinds", "png", "--work-dir", str(work_dir), *TINY]
-    result = bench.run(argv, phase_runner=bench.run_phase_in_process)
+    result = command.run(argv, phase_runner=harness.run_phase_in_process)
     assert result.mode == "memory"
     assert [(r["kind"], r["images"]) for r in result.rows] == [("png", 3), ("png", 5)]
     assert [r["c"]["images"] for r in result.rows] == [3, 5]
-    text = result.summary_line()
+    text = result.table()
     header = next(line for line in text.splitlines() if line.startswith("kind"))
     assert "3 images" in header and "5 images" in header
     rss_row = next(line for line in text.splitlines() if "peak RSS MiB" in line)
@@ -142,8 +145,8 @@ def test_memory_sizes_prints_both_sizes_side_by_side(work_dir: Path) -> None:
 # A phase in its own process, and what goes wrong
 # ---------------------------------------------------------------------------
 def test_phase_in_a_child_process_reports_its_own_peak_rss(work_dir: Path) -> None:
-    manifest = bench.ensure_images(work_dir, bench.KIND_PNG, 4)
-    result = bench.run_phase_subprocess(["--phase", "b", f"--manifest={manifest}", "--precision", "fp32", *TINY])
+    manifest = images.ensure_images(work_dir, images.KIND_PNG, 4)
+    result = harness.run_phase_subprocess(["--phase", "b", f"--manifest={manifest}", "--precision", "fp32", *TINY])
     assert result["images_per_s"] > 0 and result["precision"] == "fp32"
     assert result["peak_rss_own_process"] is True
     assert result["peak_rss_mib"] > 100  # torch and an encoder are loaded in that process
@@ -151,8 +154,8 @@ def test_phase_in_a_child_process_reports_its_own_peak_rss(work_dir: Path) -> No
 
 def test_failed_child_raises_with_its_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.jsonl"
-    with pytest.raises(bench.BenchError, match="FileNotFoundError"):
-        bench.run_phase_subprocess(["--phase", "a", f"--manifest={missing}", *TINY])
+    with pytest.raises(harness.BenchError, match="FileNotFoundError"):
+        harness.run_phase_subprocess(["--phase", "a", f"--manifest={missing}", *TINY])
 
 
 @pytest.mark.parametrize(
@@ -161,25 +164,25 @@ def test_failed_child_raises_with_its_error(tmp_path: Path) -> None:
 )
 def test_bad_flags_are_rejected(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
-        bench.get_args_parser().parse_args(argv)
+        command.get_args_parser().parse_args(argv)
 
 
 def test_flag_lists_are_parsed() -> None:
-    args = bench.get_args_parser().parse_args(["--kinds", "PNG, jpeg,png", "--memory-sizes", "8000,1000"])
+    args = command.get_args_parser().parse_args(["--kinds", "PNG, jpeg,png", "--memory-sizes", "8000,1000"])
     assert args.kinds == ["png", "jpeg"] and args.memory_sizes == [1000, 8000]
-    defaults = bench.get_args_parser().parse_args([])
-    assert defaults.kinds == list(bench.KINDS) and defaults.weights == "random" and defaults.precision == "auto"
+    defaults = command.get_args_parser().parse_args([])
+    assert defaults.kinds == list(images.KINDS) and defaults.weights == "random" and defaults.precision == "auto"
 
 
 def test_precisions_measure_int8_beside_fp32_on_the_same_images(work_dir: Path) -> None:
     argv = ["--images", "4", "--kinds", "png", "--work-dir", str(work_dir), "--precisions", "fp32,int8", "--calibration-images", "4", *TINY]
-    result = bench.run(argv, phase_runner=bench.run_phase_in_process)
+    result = command.run(argv, phase_runner=harness.run_phase_in_process)
     assert [(r["kind"], r["precision"]) for r in result.rows] == [("png", "fp32"), ("png", "int8")]
     fp32, int8 = result.rows
     assert fp32["a"] is int8["a"]  # one prototype loop per kind, the same images
     assert int8["b"]["precision"] == "int8" and int8["c"]["precision"] == "int8"
     assert int8["c"]["images"] == 4 and int8["b"]["images_per_s"] > 0 and int8["b"]["decode_images_per_s"] > 0
-    text = result.summary_line()
+    text = result.table()
     assert "precision" in next(line for line in text.splitlines() if line.startswith("kind"))
     assert any(line.startswith("png") and " int8 " in line for line in text.splitlines())
     assert "int8 c/a >= 4.0: png" in text and "c/a >= 2.5: png" in text

@@ -332,12 +332,12 @@ def test_demo_corpus_served_over_http_goes_through_fetch(tmp_path: Path):
 
 
 def test_bench_fetch_phase_measures_the_stage_against_a_local_server(tmp_path: Path):
-    from pipelines import bench
+    from pipelines.bench import command
 
-    result = bench.run(["--fetch", "only", "--images", "6", "--work-dir", str(tmp_path), "--fetch-threads", "4"])
+    result = command.run(["--fetch", "only", "--images", "6", "--work-dir", str(tmp_path), "--fetch-threads", "4"])
     assert result.mode == "fetch" and result.rows == []
     fetched = result.fetch
     assert fetched["images"] == 6 and fetched["raw"]["ok"] == 6 and fetched["stage"]["ok"] == 6
     assert fetched["stage"]["requests"] == 6 and fetched["server_cpu_seconds"] >= 0
-    text = result.summary_line()
+    text = result.table()
     assert "img/s/core" in text and "what bounds it:" in text and "not the internet" in text

@@ -4,7 +4,7 @@
 
 The parent serves bench's generated JPEG photos from a static HTTP server on 127.0.0.1 (in a
 thread of its own process), indexes them by their http uris, and runs one child process
-(`python -m pipelines.bench_fetch ...`) that fetches them twice:
+(`python -m pipelines.bench.fetch ...`) that fetches them twice:
 
 - (raw) fetcher.Fetcher on a thread pool alone, no Beam: the download, sniff and row-building cost;
 - (stage) the real `fetch` stage end to end into a fresh OUT (Beam, Parquet store, report).
@@ -27,7 +27,6 @@ import os
 import resource
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,6 +34,8 @@ import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
+
+from pipelines.bench import harness
 
 DEFAULT_THREADS = 16
 DEFAULT_PER_HOST = 16  # one host here: the cap would otherwise be the whole pool's limit
@@ -147,20 +148,11 @@ def measure(work_dir: str, manifest: Path, threads: int = DEFAULT_THREADS, per_h
     index_out = _http_index(work, manifest, base_url)
     out = index_out / "out"
     try:
-        cmd = [sys.executable, "-m", "pipelines.bench_fetch", "--index-out", str(index_out), "--out", str(out),
-               "--threads", str(threads), "--per-host", str(per_host)]  # fmt: skip
+        argv = ["--index-out", str(index_out), "--out", str(out), "--threads", str(threads), "--per-host", str(per_host)]
         server_cpu0, machine0 = _cpu_self(), machine_cpu()
-        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-            proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr)
-            _, status, usage = os.wait4(proc.pid, 0)
-            server_cpu, machine1 = _cpu_self() - server_cpu0, machine_cpu()
-            stdout.seek(0)
-            stderr.seek(0)
-            text, err = stdout.read().decode("utf-8", "replace"), stderr.read().decode("utf-8", "replace")
-        lines = [line for line in text.splitlines() if line.startswith("{")]
-        if os.waitstatus_to_exitcode(status) != 0 or not lines:
-            raise RuntimeError(f"bench fetch phase failed:\n{err[-4000:]}")
-        result = json.loads(lines[-1])
+        # the server's CPU: this process's while the child runs (its main thread only waits)
+        result, usage = harness.run_json_child("pipelines.bench.fetch", argv, "bench fetch phase")
+        server_cpu, machine1 = _cpu_self() - server_cpu0, machine_cpu()
     finally:
         server.shutdown()
         server.server_close()
@@ -223,7 +215,7 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench_fetch", description="the child of bench's fetch phase")
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.fetch", description="the child of bench's fetch phase")
     parser.add_argument("--index-out", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
