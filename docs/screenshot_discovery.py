@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import io
 import sys
-import threading
 from pathlib import Path
 
 from PIL import Image
-from playwright.sync_api import sync_playwright
+from screenshot import site_page  # docs/screenshot.py: this folder is on sys.path when run as a script
 
-from pipelines.serve import make_server
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 VIEWPORT = {"width": 1100, "height": 720}
 COLOURS = 128
 
@@ -34,37 +29,27 @@ def save_small(png: bytes, target: Path) -> Path:
 
 
 def main(site_dir: str, word: str = "automobile", tag: str = "fish") -> list[Path]:
-    server = make_server(site_dir, port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
     docs = Path(__file__).resolve().parent
     saved = []
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-            page = browser.new_page(viewport=VIEWPORT)
-            page.goto(base)
-            page.wait_for_selector("#popular .pop img", timeout=15000)
-            page.locator("#az-letters button[data-prefix=f]").click()
-            page.wait_for_selector("#az-list a")
-            page.wait_for_load_state("networkidle")
-            saved.append(save_small(page.screenshot(), docs / "home.png"))
+    with site_page(site_dir, VIEWPORT) as (page, base):
+        page.goto(base)
+        page.wait_for_selector("#popular .pop img", timeout=15000)
+        page.locator("#az-letters button[data-prefix=f]").click()
+        page.wait_for_selector("#az-list a")
+        page.wait_for_load_state("networkidle")
+        saved.append(save_small(page.screenshot(), docs / "home.png"))
 
-            page.goto(f"{base}?q={word}")
-            page.wait_for_selector(".tile img", timeout=15000)
-            page.wait_for_load_state("networkidle")
-            saved.append(save_small(page.screenshot(), docs / "related.png"))
+        page.goto(f"{base}?q={word}")
+        page.wait_for_selector(".tile img", timeout=15000)
+        page.wait_for_load_state("networkidle")
+        saved.append(save_small(page.screenshot(), docs / "related.png"))
 
-            page.goto(f"{base}?q={tag}")
-            page.wait_for_selector(".tile img", timeout=15000)
-            page.locator(".tile").nth(1).click()
-            page.wait_for_selector("#viewer-similar .mini img")
-            page.wait_for_load_state("networkidle")
-            saved.append(save_small(page.screenshot(), docs / "viewer.png"))
-            browser.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+        page.goto(f"{base}?q={tag}")
+        page.wait_for_selector(".tile img", timeout=15000)
+        page.locator(".tile").nth(1).click()
+        page.wait_for_selector("#viewer-similar .mini img")
+        page.wait_for_load_state("networkidle")
+        saved.append(save_small(page.screenshot(), docs / "viewer.png"))
     return saved
 
 
