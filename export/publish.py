@@ -295,6 +295,44 @@ def discard_version(site_root: str, version: str) -> None:
     storage.delete_tree(schema.out_path(site_root, site_data.version_root(version)))
 
 
+def site_manifest(
+    *,
+    shard_index: list[dict[str, Any]],
+    entries: list[tuple[str, int, int]],
+    images: int,
+    ranked_images: int,
+    by_index_tags: int,
+    model: dict[str, Any],
+    thumbnails: bool,
+    page_size: int,
+    failures: dict[str, int],
+    report: str | None,
+    data_root: str,
+    extra: dict[str, Any] | None = None,
+    generated_at: str | None = None,
+) -> dict[str, Any]:
+    """The manifest of one publish, from what publish_site is given and the tag shards' index
+    (site_data.tag_shards); `generated_at` is now unless given.
+
+    The browser tests' sites (tests/site_fixture.py) build theirs with it too, so theirs is
+    the published shape."""
+    return site_data.build_manifest(
+        shard_index=shard_index,
+        images=images,
+        tags=len(entries),
+        ranked_images=ranked_images,
+        oov_tags=by_index_tags,
+        model=model,
+        thumbnails=thumbnails,
+        page_size=page_size,
+        generated_at=generated_at or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        extra_counts={"failures": sum(failures.values())},
+        report=report,
+        data_root=data_root,
+        extra=extra,
+    )
+
+
 def publish_site(
     site_root: str,
     *,
@@ -325,17 +363,16 @@ def publish_site(
         )
     for relpath, body in site_data.static_site_files():
         storage.write_bytes(schema.out_path(site_root, relpath), body, content_type=site_data.content_type(relpath))
-    manifest = site_data.build_manifest(
+    manifest = site_manifest(
         shard_index=shard_index,
+        entries=entries,
         images=images,
-        tags=len(entries),
         ranked_images=ranked_images,
-        oov_tags=by_index_tags,
+        by_index_tags=by_index_tags,
         model=model,
         thumbnails=thumbnails,
         page_size=page_size,
-        generated_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        extra_counts={"failures": sum(failures.values())},
+        failures=failures,
         report=report,
         data_root=data_root,
         extra=extra,

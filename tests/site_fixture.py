@@ -1,8 +1,8 @@
 """Generated static sites for the browser tests, and a local HTTP server to serve them.
 
-Everything is written with export/site_data.py's own functions (ranking_pages, tag_shards,
-build_manifest, encode_json, static_site_files), so the tests read exactly what `rank` publishes,
-without running the pipeline. Two sites:
+Everything is written with export's own functions (site_data's ranking_pages, tag_shards,
+encode_json, static_site_files; publish.site_manifest), so the tests read exactly what `rank`
+publishes, without running the pipeline. Two sites:
 
 - build_small_site: a handful of tags, several pages for some, hostile tags and hostile URLs.
 - build_full_shape_site: 1.7M images over 100k tags with Zipf-like counts; the tag list and its
@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from export import site_data
+from export import publish, site_data
 from model.tags import image_id_for, normalize_tag, tag_key
 
 GENERATED_AT = "2026-01-01T00:00:00Z"
@@ -184,16 +184,20 @@ def write_index(
     for rel, body in shard_files:
         write_file(root, rel, body)
     images = sum(count for _, count, _ in entries)
-    manifest = site_data.build_manifest(
+    manifest = publish.site_manifest(
         shard_index=shard_index,
+        entries=entries,
         images=images,
-        tags=len(entries),
         ranked_images=images,
-        oov_tags=oov_tags,
+        by_index_tags=oov_tags,
         model=MODEL_INFO,
         thumbnails=True,
-        generated_at=GENERATED_AT,
+        page_size=site_data.PAGE_SIZE,
+        failures={},
+        report=None,
+        data_root=site_data.DATA_DIR,
         extra=extra,
+        generated_at=GENERATED_AT,
     )
     write_file(root, site_data.MANIFEST_PATH, site_data.encode_json(manifest))
     return manifest
