@@ -2,7 +2,7 @@
 // and every tag A–Z, one tag shard a page. Shown when there is no query.
 import { formatCount, safeUrl } from './text.js';
 import { reportUrl, REPORT_LINK_TEXT } from './header.js';
-import { placeholder } from './results.js';
+import { placeholder, tagWithCount } from './results.js';
 import { EVENTS } from './events.js';
 
 const LETTERS = 'abcdefghijklmnopqrstuvwxyz'.split('');
@@ -64,13 +64,7 @@ export function mountHome(hub, { section, facts, popular, letters, list, pager, 
       } else a.append(placeholder());
       const cap = document.createElement('span');
       cap.className = 'cap';
-      const name = document.createElement('span');
-      name.className = 'tag';
-      name.textContent = entry.tag;
-      const count = document.createElement('span');
-      count.className = 'count';
-      count.textContent = formatCount(entry.count);
-      cap.append(name, count);
+      cap.append(...tagWithCount(entry));
       a.append(cap);
       li.append(a);
       return li;

@@ -36,6 +36,18 @@ export function placeholder() {
   return ph;
 }
 
+// A tag's name and its image count, two spans (.tag, .count): the search box's suggestions and
+// the home page's popular tags show a tag this way.
+export function tagWithCount(entry) {
+  const name = document.createElement('span');
+  name.className = 'tag';
+  name.textContent = entry.tag;
+  const count = document.createElement('span');
+  count.className = 'count';
+  count.textContent = formatCount(entry.count);
+  return [name, count];
+}
+
 // Links to tags, for the spelling suggestions and the related tags of a query that is no tag.
 function tagLinks(list, entries, label) {
   list.replaceChildren(...entries.map((s) => {

@@ -1,5 +1,6 @@
 // The search box: an ARIA combobox whose listbox shows tag suggestions with image counts.
-import { formatCount, normalizeTag } from './text.js';
+import { normalizeTag } from './text.js';
+import { tagWithCount } from './results.js';
 import { EVENTS } from './events.js';
 
 export function mountSearchBox(hub, { form, input, list }) {
@@ -34,13 +35,7 @@ export function mountSearchBox(hub, { form, input, list }) {
       li.id = `suggestion-${i}`;
       li.setAttribute('role', 'option');
       li.setAttribute('aria-selected', 'false');
-      const tag = document.createElement('span');
-      tag.className = 'tag';
-      tag.textContent = item.tag;
-      const count = document.createElement('span');
-      count.className = 'count';
-      count.textContent = formatCount(item.count);
-      li.append(tag, count);
+      li.append(...tagWithCount(item));
       return li;
     }));
     list.hidden = false;
