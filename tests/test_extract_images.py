@@ -15,41 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from apache_beam.ml.inference.base import PredictionResult
-from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from model import encoders, inference, preprocess, schema, tags
-from pipelines import common, feature_shards
+from pipelines import feature_shards
 from pipelines import extract_images as ei
+from tests.builders import image_rows, write_images
 from tests.conftest import write_broken_images, write_image_collection
 
 LITE = encoders.EFFICIENTNET_LITE0
 N_GOOD = 24
 TAGS = ["cat", "dog", "red car", "tree"]
-
-
-def _index_rows(uris_and_tags: list[tuple[str, str]]) -> list[dict]:
-    rows = []
-    for ordinal, (uri, raw) in enumerate(uris_and_tags):
-        image_id = tags.image_id_for(uri)
-        rows.append(
-            {
-                schema.IMAGE_ID: image_id,
-                schema.URI: uri,
-                schema.TAG: tags.normalize_tag(raw),
-                schema.TAG_RAW: raw,
-                schema.SPLIT: tags.split_for(image_id),
-                schema.ORDINAL: ordinal,
-            }
-        )
-    return rows
-
-
-def write_images_table(out: Path, rows: list[dict]) -> None:
-    folder = out / schema.IMAGES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema.IMAGES_SCHEMA), folder / "images-00000-of-00001.parquet")
 
 
 @pytest.fixture
@@ -61,13 +38,8 @@ def corpus(tmp_path: Path) -> dict:
     listed = [(r["uri"], r["tag"]) for r in good] + [(u, "cat") for u in broken] + [(missing, "dog")]
     listed.append((good[0]["uri"], "Kitten"))  # the same picture under a second tag
     out = tmp_path / "out"
-    write_images_table(out, _index_rows(listed))
+    write_images(out, image_rows(listed))
     return {"out": out, "good": [r["uri"] for r in good], "broken": broken, "missing": missing, "listed": listed}
-
-
-def _test_pipeline() -> BeamTestPipeline:
-    # the in-process runner: DirectRunner would first try Prism, which downloads a binary
-    return BeamTestPipeline(runner=common.LOCAL_RUNNER)
 
 
 def _lite_state(tmp_path: Path) -> tuple[encoders.EncoderSpec, str]:
@@ -248,14 +220,14 @@ def test_cli_defaults():
 # Composites under TestPipeline
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("device", ["CPU", "GPU"])
-def test_extract_image_features_composite(corpus: dict, tmp_path: Path, device: str):
+def test_extract_image_features_composite(corpus: dict, tmp_path: Path, device: str, beam_pipeline):
     if device == "GPU" and not torch.cuda.is_available():
         # without CUDA a GPU run fails loudly (tests/test_dataflow_ready.py), never falls back to CPU
         pytest.skip("no CUDA here")
     _, state_path = _lite_state(tmp_path)
     good = corpus["good"][:5]
     refs = [(tags.image_id_for(u), u) for u in good + corpus["broken"] + [corpus["missing"]]]
-    with _test_pipeline() as p:
+    with beam_pipeline as p:
         out = p | beam.Create(refs) | ei.ExtractImageFeatures(LITE, encoders.WEIGHTS_RANDOM, state_path, device, 4)
         dims = out["features"] | "Dims" >> beam.Map(lambda r: (r[schema.IMAGE_ID], len(r[schema.EMBEDDING])))
         assert_that(dims, equal_to([(tags.image_id_for(u), 1280) for u in good]), label="CheckFeatures")
@@ -274,14 +246,14 @@ def test_extract_image_features_composite(corpus: dict, tmp_path: Path, device: 
         )
 
 
-def test_encode_images_sends_failed_batches_to_the_dead_letter_output(tmp_path: Path):
+def test_encode_images_sends_failed_batches_to_the_dead_letter_output(tmp_path: Path, beam_pipeline):
     spec, state_path = _lite_state(tmp_path)
     good = ei.ImageKey("good", "g.jpg", "h", 10, 10)
     bad = ei.ImageKey("bad", "b.jpg", "h", 10, 10)
     # batch size 1 so the bad tensor fails alone: a one-channel crop breaks the extractor's contract
     handler = ei.make_model_handler(LITE, ei.crop_spec(spec), inference.FP32, state_path, "CPU", batch_size=1)
     crop = torch.zeros(3, 224, 224, dtype=torch.uint8)
-    with _test_pipeline() as p:
+    with beam_pipeline as p:
         out = p | beam.Create([(good, crop), (bad, crop[:1])]) | ei.EncodeImages(handler)
         ids = out["features"] | "Ids" >> beam.Map(lambda r: r[schema.IMAGE_ID])
         assert_that(ids, equal_to(["good"]), label="CheckFeatures")

@@ -10,8 +10,8 @@ import pytest
 
 from model import encoders, inference, schema
 from pipelines import extract_images as ei, feature_shards
+from tests.builders import image_rows, write_images
 from tests.conftest import write_broken_images, write_image_collection
-from tests.test_extract_images import _index_rows, write_images_table
 
 LITE = encoders.EFFICIENTNET_LITE0
 TAGS = ["cat", "dog", "tree"]
@@ -51,7 +51,7 @@ def collection(tmp_path: Path) -> dict:
     listed = [(r["uri"], r["tag"]) for r in rows[:FIRST]] + [(u, "cat") for u in broken]
     added = [(r["uri"], r["tag"]) for r in rows[FIRST:]]
     out = tmp_path / "out"
-    write_images_table(out, _index_rows(listed))
+    write_images(out, image_rows(listed))
     return {"out": out, "listed": listed, "added": added}
 
 
@@ -82,7 +82,7 @@ def test_adding_images_extracts_only_the_new_ones(collection: dict, counted_forw
     _run(out)
     before = {r[schema.IMAGE_ID]: r[schema.EMBEDDING] for r in _features(out).to_pylist()}
 
-    write_images_table(out, _index_rows(collection["listed"] + collection["added"]))
+    write_images(out, image_rows(collection["listed"] + collection["added"]))
     counted_forward.clear()
     report = _run(out)
     assert sum(counted_forward) == ADDED

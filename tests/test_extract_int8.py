@@ -15,8 +15,8 @@ import torch
 
 from model import encoders, inference, preprocess, quantize, schema
 from pipelines import extract_images as ei, feature_shards
+from tests.builders import image_rows, write_images
 from tests.conftest import write_broken_images, write_image_collection
-from tests.test_extract_images import _index_rows, write_images_table
 
 LITE = encoders.EFFICIENTNET_LITE0
 TAGS = ["cat", "dog", "tree"]
@@ -57,7 +57,7 @@ def collection(tmp_path: Path) -> Path:
     rows = write_image_collection(tmp_path / "images", N_GOOD, TAGS, seed=5)
     broken = [str(p) for p in write_broken_images(tmp_path / "images")]
     out = tmp_path / "out"
-    write_images_table(out, _index_rows([(r["uri"], r["tag"]) for r in rows] + [(u, "cat") for u in broken]))
+    write_images(out, image_rows([(r["uri"], r["tag"]) for r in rows] + [(u, "cat") for u in broken]))
     return out
 
 
@@ -194,7 +194,7 @@ def test_auto_on_a_remote_runner_prepares_int8_and_the_worker_decides(tmp_path: 
     """A launcher without VNNI still calibrates int8 for workers that may have it."""
     rows = write_image_collection(tmp_path / "images", 4, TAGS, seed=6)
     out = tmp_path / "out"
-    write_images_table(out, _index_rows([(r["uri"], r["tag"]) for r in rows]))
+    write_images(out, image_rows([(r["uri"], r["tag"]) for r in rows]))
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: False)
     monkeypatch.setattr(ei, "runs_here", lambda options: False)
     handlers = []

@@ -14,9 +14,9 @@ from PIL import Image
 
 from model import schema, tags
 from pipelines import fetch, fetcher, image_store
+from tests.builders import image_rows, write_images
 from tests.conftest import draw_image
 from tests.fetch_server import FaultServer, closed_port
-from tests.test_extract_images import _index_rows, write_images_table
 
 # tiny timeouts and backoffs: the whole fault suite runs in a few seconds
 FAST = [
@@ -91,7 +91,7 @@ def first_run(server: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> 
     listed = [(u, "cat" if i % 2 else "dog") for i, u in enumerate(uris)]
     listed.append((server.url("/img/photo.jpg"), "kitten"))  # listed twice: fetched once
     out = root / "out"
-    write_images_table(out, _index_rows(listed))
+    write_images(out, image_rows(listed))
     before = server.counts()
     report = fetch.run(["--out", str(out), *FAST], save_main_session=False)
     return {
@@ -208,7 +208,7 @@ def test_resize_to_stores_a_jpeg_and_records_the_original_size(server: FaultServ
     broken.write_text("not an image")
     uris = [server.url("/img/photo.jpg"), server.url("/img/graphic.png"), str(local), str(broken)]
     out = tmp_path / "out"
-    write_images_table(out, _index_rows([(u, "cat") for u in uris]))
+    write_images(out, image_rows([(u, "cat") for u in uris]))
     report = fetch.run(["--out", str(out), *FAST, "--resize-to", "150", "--copy-local"], save_main_session=False)
     stored = _store(out)
     photo = stored[server.url("/img/photo.jpg")]
@@ -279,7 +279,7 @@ def test_extract_images_reads_bytes_from_the_store(server: FaultServer, tmp_path
     local.write_bytes(draw_image(41))
     uris = [server.url("/img/photo.jpg"), server.url("/img/graphic.png"), server.url("/missing"), str(local)]
     out = tmp_path / "out"
-    write_images_table(out, _index_rows([(u, "cat") for u in uris]))
+    write_images(out, image_rows([(u, "cat") for u in uris]))
     fetch.run(["--out", str(out), *FAST], save_main_session=False)
     stored = _store(out)
 

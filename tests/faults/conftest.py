@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from model import encoders, schema, tags
+from model import encoders, schema
 from pipelines import common
 from pipelines import extract_images as ei
 from tests.conftest import draw_image
@@ -28,31 +28,6 @@ LITE = encoders.EFFICIENTNET_LITE0
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "faults: the fault suite (tests/faults): hostile and broken inputs, kills, full disks")
-
-
-def images_rows(uris_and_tags: list[tuple[str, str]]) -> list[dict]:
-    """Rows of schema.IMAGES_SCHEMA, as index would write them."""
-    rows = []
-    for ordinal, (uri, raw) in enumerate(uris_and_tags):
-        image_id = tags.image_id_for(uri)
-        rows.append(
-            {
-                schema.IMAGE_ID: image_id,
-                schema.URI: uri,
-                schema.TAG: tags.normalize_tag(raw),
-                schema.TAG_RAW: raw,
-                schema.SPLIT: tags.split_for(image_id),
-                schema.ORDINAL: ordinal,
-            }
-        )
-    return rows
-
-
-def write_images_table(out: Path, uris_and_tags: list[tuple[str, str]]) -> None:
-    folder = out / schema.IMAGES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(images_rows(uris_and_tags), schema=schema.IMAGES_SCHEMA)
-    pq.write_table(table, folder / "images-00000-of-00001.parquet")
 
 
 def extract_argv(out: Path, *extra: str) -> list[str]:

@@ -4,7 +4,6 @@ seconds), then one test per case reading what that run wrote."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -12,6 +11,7 @@ from PIL import Image
 
 from model import schema, tags
 from pipelines import extract_images as ei
+from tests.builders import image_rows, write_images
 from tests.faults import conftest as fc
 
 pytestmark = pytest.mark.faults
@@ -66,7 +66,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     listed.append((uris["good0.jpg"], "kitten"))  # the same picture under a second tag
     listed.append((uris["good1.jpg"], "cat"))  # and a plain duplicate row
     out = root / "out"
-    fc.write_images_table(out, listed)
+    write_images(out, image_rows(listed))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
         report = fc.run_extract(out, "--image-timeout", IMAGE_TIMEOUT_S, "--max-failure-rate", "1")

@@ -18,6 +18,7 @@ import torch
 from model import encoders, inference, schema, tags
 from pipelines import cli, feature_shards
 from pipelines import extract_images as ei
+from tests.builders import image_rows, write_images
 from tests.faults import conftest as fc
 
 pytestmark = pytest.mark.faults
@@ -63,7 +64,7 @@ def test_a_stuck_read_fails_that_image_and_the_stage_goes_on(tmp_path: Path, mon
 
     monkeypatch.setattr(ei, "read_uri", read_uri)
     out = tmp_path / "out"
-    fc.write_images_table(out, [(u, "cat") for u in uris])
+    write_images(out, image_rows([(u, "cat") for u in uris]))
     started = time.monotonic()
     try:
         report = fc.run_extract(out, "--image-timeout", "0.5", "--max-failure-rate", "1")
@@ -84,7 +85,7 @@ def test_nan_encoder_weights_write_no_feature_rows(tmp_path: Path):
     torch.save(state, weights)
     uris = _good_images(tmp_path / "images", 3)
     out = tmp_path / "out"
-    fc.write_images_table(out, [(u, "cat") for u in uris])
+    write_images(out, image_rows([(u, "cat") for u in uris]))
 
     argv = ["--out", str(out), "--image-model", fc.LITE, "--weights", str(weights), "--precision", "fp32"]
     with pytest.raises(ei.common.FailureRateExceeded, match="3 of 3 rows failed"):
@@ -100,7 +101,7 @@ def test_a_run_where_every_image_fails_exits_non_zero(tmp_path: Path, capsys: py
     """5,000 missing files: the report and the failures are saved, and the command fails."""
     missing = [str(tmp_path / "gone" / f"{i:05d}.jpg") for i in range(5000)]
     out = tmp_path / "out"
-    fc.write_images_table(out, [(u, "cat") for u in missing])
+    write_images(out, image_rows([(u, "cat") for u in missing]))
 
     rc = cli.main(["extract-images", *fc.extract_argv(out)])
 
@@ -132,7 +133,7 @@ def test_sigkill_near_the_end_keeps_the_committed_chunks(tmp_path: Path, counted
     n, every = 40, 4
     uris = _good_images(tmp_path / "images", n)
     out = tmp_path / "out"
-    fc.write_images_table(out, [(u, "cat") for u in uris])
+    write_images(out, image_rows([(u, "cat") for u in uris]))
     script = tmp_path / "slow_stage.py"
     script.write_text(SLOW_STAGE.format(delay=0.4))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -165,7 +166,7 @@ def test_sigkill_near_the_end_keeps_the_committed_chunks(tmp_path: Path, counted
 def test_disk_full_fails_clearly_and_leaves_no_half_written_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     uris = _good_images(tmp_path / "images", 8)
     out = tmp_path / "out"
-    fc.write_images_table(out, [(u, "cat") for u in uris])
+    write_images(out, image_rows([(u, "cat") for u in uris]))
     original = feature_shards.write_parquet_file
     writes: list[str] = []
 
@@ -196,7 +197,7 @@ def test_a_chunk_committed_twice_is_read_once(tmp_path: Path, counted_forward: l
 
     uris = _good_images(tmp_path / "images", 4)
     out = tmp_path / "out"
-    fc.write_images_table(out, [(u, "cat") for u in uris])
+    write_images(out, image_rows([(u, "cat") for u in uris]))
     fc.run_extract(out)
     [chunk] = fc.feature_files(out)
     chunk.with_name(chunk.name.replace(".parquet", "-retried.parquet")).write_bytes(chunk.read_bytes())
