@@ -1,9 +1,11 @@
-"""The feature shards of extract-images: naming, finding, checking and committing them.
+"""The feature shards of extract-images: naming, finding, checking, writing and committing them.
 
 A run names its shards features-<UTC time>-<random>-<writer>-SSSSS.parquet, so they never clash
 with an earlier run's; each chunk is written under a temporary name and renamed into place, so
 a reader sees it whole or not at all; readers match finished names only, and existing shards of
 another encoder, weights or vector space (int8 against float) are refused rather than mixed.
+Each chunk's metadata records the encoder, weights, dimension and the precision its rows were
+made in (and the int8 model's name for int8 rows).
 """
 
 from __future__ import annotations
@@ -12,16 +14,23 @@ import errno
 import logging
 import secrets
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from model import inference, schema
 from pipelines import common
+
+if TYPE_CHECKING:
+    from model import encoders
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +39,9 @@ SHARD_PREFIX = schema.IMAGE_FEATURES_PREFIX
 UNREADABLE_SUBDIR = "unreadable"
 INPROGRESS_PREFIX = ".inprogress-"
 INPROGRESS_SUFFIX = ".tmp"
+ROW_GROUP_BYTES = 16 * 1024 * 1024
+FEATURE_CHUNKS = "feature_chunks"  # counter: chunk files this run committed
+PRECISION_RAN = "_precision"  # a feature row's precision, as the worker ran it (not a column)
 
 
 def features_prefix(out: str) -> str:
@@ -164,3 +176,117 @@ def commit_chunk(final: str, table: pa.Table, row_group_rows: int) -> None:
             f"could not write feature chunk {final} ({type(exc).__name__}: {exc}); nothing of it was "
             "committed, and a rerun extracts its images again",
         ) from exc
+
+
+# ---------------------------------------------------------------------------
+# A run's chunks: their metadata, and the DoFn that commits them as it goes
+# ---------------------------------------------------------------------------
+def features_metadata(spec: encoders.EncoderSpec, precision: str, int8_model: str | None = None) -> dict[bytes, bytes]:
+    metadata = {
+        schema.META_ENCODER: spec.name.encode("utf-8"),
+        schema.META_WEIGHTS: spec.weights.encode("utf-8"),
+        schema.META_DIM: str(spec.dim).encode("ascii"),
+        schema.META_PRECISION: inference.METADATA_NAMES[precision].encode("ascii"),
+    }
+    if precision == inference.INT8 and int8_model:
+        metadata[schema.META_INT8_MODEL] = int8_model.rsplit("/", 1)[-1].encode("utf-8")
+    return metadata
+
+
+def chunk_metadata(base: dict[bytes, bytes], precision: str, int8_model: str | None) -> dict[bytes, bytes]:
+    """A chunk's metadata: the run's, with the precision its rows were actually made in."""
+    metadata = {k: v for k, v in base.items() if k != schema.META_INT8_MODEL}
+    metadata[schema.META_PRECISION] = inference.METADATA_NAMES[precision].encode("ascii")
+    if precision == inference.INT8 and int8_model:
+        metadata[schema.META_INT8_MODEL] = int8_model.rsplit("/", 1)[-1].encode("utf-8")
+    return metadata
+
+
+def precisions_ran(prefix: str) -> list[str]:
+    """The precisions a run's committed chunks record (what the workers actually ran)."""
+    names = {v: k for k, v in inference.METADATA_NAMES.items()}
+    found = set()
+    for path in common.glob(prefix + "-*" + schema.PARQUET_SUFFIX):
+        made = read_shard_metadata(path).get(schema.META_PRECISION, b"").decode("utf-8", "replace")
+        found.add(names.get(made, made))
+    return sorted(found)
+
+
+class CommitFeaturesFn(beam.DoFn):
+    """Feature rows -> Parquet chunks of commit_every rows, each committed as soon as it is full.
+
+    Beam's file sinks make every file visible only when the whole job finishes, so a killed job
+    kept nothing; here each worker renames a full chunk into place (and the rest at the end of a
+    bundle). A retried bundle may commit some rows twice: readers keep one row per image_id.
+    Yields the committed paths.
+    """
+
+    def __init__(self, run_prefix_: str, table_schema: pa.Schema, commit_every: int, int8_model: str | None = None):
+        self._run_prefix = run_prefix_
+        self._schema = table_schema
+        self._commit_every = commit_every
+        self._int8_model = int8_model
+        self._precision: str | None = None  # of the rows held: a chunk holds one precision
+        dim = table_schema.field(schema.EMBEDDING).type.list_size
+        # row groups capped at ROW_GROUP_BYTES of embeddings: bounded memory for streamed readers
+        self._row_group_rows = max(1, ROW_GROUP_BYTES // (4 * dim))
+        self._chunks = common.counter(STAGE, FEATURE_CHUNKS)
+        self._writer = ""
+        self._seq = 0
+        self._rows: list[dict[str, Any]] = []
+
+    def setup(self) -> None:
+        # one name per DoFn instance: workers never clash, and a chunk's name says which wrote it
+        self._writer = secrets.token_hex(4)
+        self._seq = 0
+
+    def start_bundle(self) -> None:
+        self._rows = []
+
+    def _commit(self) -> str:
+        final = chunk_name(self._run_prefix, self._writer, self._seq)
+        self._seq += 1
+        table_schema = self._schema
+        if self._precision:  # what the worker ran, which --precision auto decides there
+            base = dict(self._schema.metadata or {})
+            table_schema = self._schema.with_metadata(chunk_metadata(base, self._precision, self._int8_model))
+        commit_chunk(final, features_table(self._rows, table_schema), self._row_group_rows)
+        self._rows = []
+        self._chunks.inc()
+        return final
+
+    def process(self, row: dict[str, Any]) -> Iterator[str]:
+        precision = row.get(PRECISION_RAN)
+        if self._rows and precision != self._precision:
+            yield self._commit()
+        self._precision = precision
+        self._rows.append(row)
+        if len(self._rows) >= self._commit_every:
+            yield self._commit()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._rows:
+            yield WindowedValue(self._commit(), MIN_TIMESTAMP, [GlobalWindow()])
+
+
+class WriteImageFeatures(beam.PTransform):
+    """Feature rows -> committed chunk files under the run's prefix; the paths written."""
+
+    def __init__(
+        self,
+        prefix: str,
+        spec: encoders.EncoderSpec,
+        precision: str,
+        commit_every: int,
+        int8_model: str | None = None,
+    ):
+        super().__init__()
+        self._prefix = prefix
+        self._schema = schema.image_features_schema(spec.dim, features_metadata(spec, precision, int8_model))
+        self._commit_every = commit_every
+        self._int8_model = int8_model
+
+    def expand(self, rows):
+        return rows | "CommitChunks" >> beam.ParDo(
+            CommitFeaturesFn(self._prefix, self._schema, self._commit_every, self._int8_model)
+        )

@@ -177,17 +177,17 @@ def test_gpu_device_without_cuda_fails_the_bundle_instead_of_running_on_cpu():
     import torch
 
     from model import inference, preprocess
-    from pipelines import extract_images as ei
+    from pipelines import encode_handlers
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     crop = preprocess.CropSpec(resize_size=8, crop_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear")
-    gpu = ei.torch_model_handler("efficientnet_lite0", crop, inference.FP16, "unused.pt", "GPU", 4)
-    assert isinstance(gpu, ei.GpuTorchHandler)
+    gpu = encode_handlers.torch_model_handler("efficientnet_lite0", crop, inference.FP16, "unused.pt", "GPU", 4)
+    assert isinstance(gpu, encode_handlers.GpuTorchHandler)
     with pytest.raises(inference.CudaUnavailable, match=r"--device GPU, but this worker cannot run CUDA"):
         gpu.load_model()
-    cpu = ei.torch_model_handler("efficientnet_lite0", crop, inference.FP32, "unused.pt", "CPU", 4)
-    assert not isinstance(cpu, ei.GpuTorchHandler)
+    cpu = encode_handlers.torch_model_handler("efficientnet_lite0", crop, inference.FP32, "unused.pt", "CPU", 4)
+    assert not isinstance(cpu, encode_handlers.GpuTorchHandler)
 
 
 def test_gpu_stage_run_without_cuda_fails_with_the_clear_error(tmp_path: Path):

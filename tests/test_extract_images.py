@@ -19,7 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from model import encoders, inference, preprocess, schema, tags
-from pipelines import feature_shards
+from pipelines import encode_handlers, feature_shards, image_decoding, worker_models
 from pipelines import extract_images as ei
 from tests.builders import image_rows, write_images
 from tests.conftest import write_broken_images, write_image_collection
@@ -44,55 +44,55 @@ def corpus(tmp_path: Path) -> dict:
 
 def _lite_state(tmp_path: Path) -> tuple[encoders.EncoderSpec, str]:
     spec = encoders.build_encoder(LITE, encoders.WEIGHTS_RANDOM)
-    return spec, ei.save_encoder_state(spec, str(tmp_path))
+    return spec, worker_models.save_encoder_state(spec, str(tmp_path))
 
 
 # ---------------------------------------------------------------------------
 # DoFns and helpers, called directly
 # ---------------------------------------------------------------------------
 def test_read_image_fn_reads_bytes_and_tags_missing_files(corpus: dict):
-    fn = ei.ReadImageFn()
+    fn = image_decoding.ReadImageFn()
     uri = corpus["good"][0]
     [(image_id, got_uri, data)] = list(fn.process(("id0", uri)))
     assert (image_id, got_uri) == ("id0", uri) and data == Path(uri).read_bytes()
 
     [failed] = list(fn.process(("id1", corpus["missing"])))
-    assert failed.tag == ei.FAILED
+    assert failed.tag == image_decoding.FAILED
     assert failed.value[schema.IMAGE_ID] == "id1" and failed.value[schema.URI] == corpus["missing"]
     assert failed.value[schema.STAGE] == ei.STAGE and failed.value[schema.ERROR]
     assert "missing.jpg" in failed.value[schema.MESSAGE]
 
 
 def test_decode_image_fn_yields_keyed_tensors_and_tags_bad_images(corpus: dict):
-    fn = ei.DecodeImageFn(LITE, encoders.WEIGHTS_RANDOM)
+    fn = image_decoding.DecodeImageFn(LITE, encoders.WEIGHTS_RANDOM)
     fn.setup()
     uri = corpus["good"][1]
     data = Path(uri).read_bytes()
     [(key, tensor)] = list(fn.process(("id", uri, data)))
     with Image.open(uri) as img:
         assert (key.width, key.height) == img.size
-    assert key == ei.ImageKey("id", uri, hashlib.sha256(data).hexdigest(), key.width, key.height)
+    assert key == image_decoding.ImageKey("id", uri, hashlib.sha256(data).hexdigest(), key.width, key.height)
     # a uint8 crop: normalisation happens per batch on the inference device
     assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.uint8
 
     errors = {}
     for path in corpus["broken"]:
         [failed] = list(fn.process(("x", path, Path(path).read_bytes())))
-        assert failed.tag == ei.FAILED
+        assert failed.tag == image_decoding.FAILED
         errors[Path(path).name] = failed.value[schema.ERROR]
     assert errors == {"truncated.jpg": "OSError", "empty.jpg": "UnidentifiedImageError", "text.jpg": "UnidentifiedImageError"}
 
 
 def _extractor(precision: str = inference.FP32) -> tuple[encoders.EncoderSpec, preprocess.CropSpec, inference.FeatureExtractor]:
     spec = encoders.build_encoder(LITE, encoders.WEIGHTS_RANDOM)
-    crop = ei.crop_spec(spec)
+    crop = worker_models.crop_spec(spec)
     return spec, crop, inference.FeatureExtractor(spec.module, crop, precision)
 
 
 def test_inference_fn_returns_pooled_vectors_per_image():
     spec, crop, extractor = _extractor()
     batch = [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    results = list(ei.extractor_inference_fn(batch, extractor, "cpu", None, "m"))
+    results = list(encode_handlers.extractor_inference_fn(batch, extractor, "cpu", None, "m"))
     assert len(results) == 3
     assert all(r.inference.shape == (1280,) and r.inference.dtype == np.float32 for r in results)
     # the same as normalising by hand with the weights' mean and std and running the encoder
@@ -104,7 +104,7 @@ def test_inference_fn_returns_pooled_vectors_per_image():
 
 
 def test_device_decoding_takes_plain_jpegs_raw_and_everything_else_through_pillow(corpus: dict):
-    fn = ei.DecodeImageFn(LITE, encoders.WEIGHTS_RANDOM, decode_on_device=True)
+    fn = image_decoding.DecodeImageFn(LITE, encoders.WEIGHTS_RANDOM, decode_on_device=True)
     fn.setup()
     payloads = {}
     for uri in corpus["good"][:6]:
@@ -118,7 +118,7 @@ def test_device_decoding_takes_plain_jpegs_raw_and_everything_else_through_pillo
     # broken files still fail here, with the same reasons as with Pillow
     for path in corpus["broken"]:
         [failed] = list(fn.process(("x", path, Path(path).read_bytes())))
-        assert failed.tag == ei.FAILED
+        assert failed.tag == image_decoding.FAILED
 
 
 def test_feature_extractor_decodes_raw_jpegs_like_pillow_and_isolates_a_bad_one(corpus: dict):
@@ -145,7 +145,7 @@ def test_bf16_features_stay_close_to_fp32(corpus: dict):
 
 
 def test_inference_failure_fn_makes_one_row_per_image_of_the_batch():
-    keys = [ei.ImageKey(f"id{i}", f"u{i}", "h", 1, 1) for i in range(2)]
+    keys = [image_decoding.ImageKey(f"id{i}", f"u{i}", "h", 1, 1) for i in range(2)]
     batch = [(k, torch.zeros(1)) for k in keys]
     rows = list(ei.InferenceFailureFn().process((batch, (RuntimeError, "RuntimeError('boom')", []))))
     assert [(r[schema.IMAGE_ID], r[schema.ERROR], r[schema.MESSAGE]) for r in rows] == [
@@ -158,7 +158,7 @@ def test_feature_row_fn_logs_progress(monkeypatch: pytest.MonkeyPatch, caplog: p
     monkeypatch.setattr(ei, "PROGRESS_EVERY_S", 0.0)
     fn = ei.FeatureRowFn()
     fn.setup()
-    key = ei.ImageKey("id", "u", "h", 3, 2)
+    key = image_decoding.ImageKey("id", "u", "h", 3, 2)
     with caplog.at_level("INFO", logger=ei.log.name):
         for _ in range(2):
             [row] = list(fn.process((key, PredictionResult(None, np.arange(4, dtype=np.float32)))))
@@ -171,9 +171,9 @@ def test_feature_row_fn_logs_progress(monkeypatch: pytest.MonkeyPatch, caplog: p
 def test_feature_row_fn_turns_an_item_error_into_a_failure():
     fn = ei.FeatureRowFn()
     fn.setup()
-    key = ei.ImageKey("id", "u", "h", 3, 2)
+    key = image_decoding.ImageKey("id", "u", "h", 3, 2)
     [failed] = list(fn.process((key, PredictionResult(None, ("OSError", "bad Huffman code")))))
-    assert failed.tag == ei.FAILED
+    assert failed.tag == image_decoding.FAILED
     assert (failed.value[schema.IMAGE_ID], failed.value[schema.ERROR], failed.value[schema.MESSAGE]) == (
         "id",
         "OSError",
@@ -203,6 +203,11 @@ def test_clear_previous_outputs_only_touches_this_stages_shards(tmp_path: Path):
     assert removed == [str(stale[0])]
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
     assert ei.clear_previous_outputs(out, features=True) == []
+
+
+def test_the_stages_parts_count_and_log_under_its_name():
+    # the counters run() reads are in the stage's namespace: every part must use that one
+    assert image_decoding.STAGE == encode_handlers.STAGE == worker_models.STAGE == feature_shards.STAGE == ei.STAGE
 
 
 def test_cli_defaults():
@@ -248,10 +253,10 @@ def test_extract_image_features_composite(corpus: dict, tmp_path: Path, device: 
 
 def test_encode_images_sends_failed_batches_to_the_dead_letter_output(tmp_path: Path, beam_pipeline):
     spec, state_path = _lite_state(tmp_path)
-    good = ei.ImageKey("good", "g.jpg", "h", 10, 10)
-    bad = ei.ImageKey("bad", "b.jpg", "h", 10, 10)
+    good = image_decoding.ImageKey("good", "g.jpg", "h", 10, 10)
+    bad = image_decoding.ImageKey("bad", "b.jpg", "h", 10, 10)
     # batch size 1 so the bad tensor fails alone: a one-channel crop breaks the extractor's contract
-    handler = ei.make_model_handler(LITE, ei.crop_spec(spec), inference.FP32, state_path, "CPU", batch_size=1)
+    handler = encode_handlers.make_model_handler(LITE, worker_models.crop_spec(spec), inference.FP32, state_path, "CPU", batch_size=1)
     crop = torch.zeros(3, 224, 224, dtype=torch.uint8)
     with beam_pipeline as p:
         out = p | beam.Create([(good, crop), (bad, crop[:1])]) | ei.EncodeImages(handler)
@@ -294,7 +299,7 @@ def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
     # metadata in the files
     shards = sorted((out / schema.IMAGE_FEATURES_DIR).glob("*.parquet"))
     assert shards and all(re.fullmatch(r"features-\d{8}T\d{6}-[0-9a-f]{6}-[0-9a-f]{8}-\d{5}\.parquet", p.name) for p in shards)
-    assert report.details[ei.FEATURE_CHUNKS] == len(shards)
+    assert report.details[feature_shards.FEATURE_CHUNKS] == len(shards)
     assert (out / schema.IMAGE_FEATURES_DIR / feature_shards.UNREADABLE_SUBDIR / unreadable.name).read_bytes() == b"stale"
     table = pa.concat_tables([pq.read_table(p) for p in shards])
     assert table.schema.field(schema.EMBEDDING).type == pa.list_(pa.float32(), 1280)
@@ -328,13 +333,13 @@ def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
         ("truncated.jpg", "OSError", ei.STAGE),
     ]
     # the encoder the workers loaded is kept beside the model, named by its content
-    assert len(list((out / schema.MODEL_DIR / ei.ENCODERS_SUBDIR).glob(f"{LITE}-*.pt"))) == 1
+    assert len(list((out / schema.MODEL_DIR / worker_models.ENCODERS_SUBDIR).glob(f"{LITE}-*.pt"))) == 1
 
 
 def test_the_workers_skeleton_takes_the_saved_state_whole(tmp_path: Path):
     # build_feature_extractor allocates without initialising; the strict load must fill it all
     spec, state_path = _lite_state(tmp_path)
-    skeleton = inference.build_feature_extractor(LITE, dataclasses.asdict(ei.crop_spec(spec)), inference.FP32)
+    skeleton = inference.build_feature_extractor(LITE, dataclasses.asdict(worker_models.crop_spec(spec)), inference.FP32)
     skeleton.load_state_dict(torch.load(state_path, weights_only=True), strict=True)
     _, crop, reference = _extractor()
     batch = [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))]

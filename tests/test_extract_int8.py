@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from model import encoders, inference, preprocess, quantize, schema
-from pipelines import extract_images as ei, feature_shards
+from pipelines import encode_handlers, feature_shards, worker_models
+from pipelines import extract_images as ei
 from tests.builders import image_rows, write_images
 from tests.conftest import write_broken_images, write_image_collection
 
@@ -49,7 +50,7 @@ def _precisions(out: Path) -> set[bytes]:
 
 
 def _int8_models(out: Path) -> list[Path]:
-    return sorted((out / schema.MODEL_DIR / ei.ENCODERS_SUBDIR).glob("*.onnx"))
+    return sorted((out / schema.MODEL_DIR / worker_models.ENCODERS_SUBDIR).glob("*.onnx"))
 
 
 @pytest.fixture
@@ -198,14 +199,14 @@ def test_auto_on_a_remote_runner_prepares_int8_and_the_worker_decides(tmp_path: 
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: False)
     monkeypatch.setattr(ei, "runs_here", lambda options: False)
     handlers = []
-    original = ei.AutoPrecisionHandler.load_model
+    original = encode_handlers.AutoPrecisionHandler.load_model
 
     def load_model(self):
         handlers.append(self)
         monkeypatch.setattr(inference, "cpu_supports_int8", lambda: True)  # the worker's CPU
         return original(self)
 
-    monkeypatch.setattr(ei.AutoPrecisionHandler, "load_model", load_model)
+    monkeypatch.setattr(encode_handlers.AutoPrecisionHandler, "load_model", load_model)
     report = ei.run(_argv(out, "auto"), save_main_session=False)
     assert handlers and report.details["precision"] == "int8"
     assert _precisions(out) == {b"int8"}

@@ -11,6 +11,7 @@ from PIL import Image
 
 from model import schema, tags
 from pipelines import extract_images as ei
+from pipelines import image_decoding
 from tests.builders import image_rows, write_images
 from tests.faults import conftest as fc
 
@@ -136,8 +137,8 @@ def test_animated_gif_is_encoded_and_its_frames_counted(run):
     assert _feature(run, "animated.gif")[schema.WIDTH] == 32
     with Image.open(run["uris"]["animated.gif"]) as img:
         assert img.n_frames == fc.GIF_FRAMES
-    assert run["report"].details[ei.ANIMATED_IMAGES] == 1
-    assert run["report"].details[ei.ANIMATED_FRAMES] == fc.GIF_FRAMES
+    assert run["report"].details[image_decoding.ANIMATED_IMAGES] == 1
+    assert run["report"].details[image_decoding.ANIMATED_FRAMES] == fc.GIF_FRAMES
 
 
 def test_postscript_named_jpg_never_reaches_ghostscript(run):
@@ -148,7 +149,7 @@ def test_postscript_named_jpg_never_reaches_ghostscript(run):
 
 def test_fifo_is_refused_without_being_opened(run):
     row = _failure(run, "fifo.jpg")
-    assert row[schema.ERROR] == ei.NOT_A_REGULAR_FILE and "FIFO" in row[schema.MESSAGE]
+    assert row[schema.ERROR] == image_decoding.NOT_A_REGULAR_FILE and "FIFO" in row[schema.MESSAGE]
     assert run["report"].seconds < 60  # never blocked on the FIFO
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from model import encoders, inference, schema, tags
-from pipelines import cli, feature_shards
+from pipelines import cli, feature_shards, image_decoding
 from pipelines import extract_images as ei
 from tests.builders import image_rows, write_images
 from tests.faults import conftest as fc
@@ -55,14 +55,14 @@ def test_a_stuck_read_fails_that_image_and_the_stage_goes_on(tmp_path: Path, mon
     uris = _good_images(tmp_path / "images", 4)
     stuck = uris[2]
     release = threading.Event()
-    original = ei.read_uri
+    original = image_decoding.read_uri
 
     def read_uri(uri: str) -> bytes:
         if uri == stuck:
             release.wait()  # blocks like a read on a dead mount
         return original(uri)
 
-    monkeypatch.setattr(ei, "read_uri", read_uri)
+    monkeypatch.setattr(image_decoding, "read_uri", read_uri)
     out = tmp_path / "out"
     write_images(out, image_rows([(u, "cat") for u in uris]))
     started = time.monotonic()
