@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from model import devices
 from model.report import StageReport
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,13 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="imagenet", help="extract-images --weights: imagenet, random or a PATH")
     parser.add_argument("--precision", default="auto", help="extract-images --precision")
     parser.add_argument("--calibration-method", default=None, help="extract-images --calibration-method (int8)")
-    parser.add_argument("--device", default=None, help="extract-images --device (CPU or GPU)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        type=devices.parse_device,
+        choices=devices.DEVICES,
+        help="extract-images --device: where the workers encode images (train, on this machine, picks its own)",
+    )
     parser.add_argument("--neighbours", type=int, default=None, help="neighbours --k (nearest images per image)")
     parser.add_argument("--folds", type=int, default=None, help="train --folds (cross-fitting folds)")
     parser.add_argument("--epochs", type=int, default=None, help="train --epochs (at most; early stopping may end sooner)")

@@ -17,7 +17,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.ml.inference.onnx_inference import OnnxModelHandlerNumpy
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
-from model import inference, preprocess, quantize
+from model import devices, inference, preprocess, quantize
 from pipelines import image_decoding
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def torch_model_handler(
 ) -> PytorchModelHandlerTensor:
     """The torch handler, unkeyed. On a GPU, large_model shares one copy of the model between a
     worker's processes, and a worker without CUDA fails (GpuTorchHandler)."""
-    handler_class = GpuTorchHandler if device.upper() == "GPU" else PytorchModelHandlerTensor
+    handler_class = GpuTorchHandler if device == devices.GPU else PytorchModelHandlerTensor
     return handler_class(
         state_dict_path=state_dict_path,
         model_class=inference.build_feature_extractor,
@@ -69,7 +69,7 @@ def torch_model_handler(
         # on ~10 of a possible 16, which ran slower (only a bundle's last batch is smaller)
         min_batch_size=batch_size,
         max_batch_size=batch_size,
-        large_model=device == "GPU",
+        large_model=device == devices.GPU,
         load_model_args={"weights_only": True},
     )
 
@@ -125,7 +125,7 @@ class AutoPrecisionHandler(ModelHandler):
         self._encoder = encoder
 
     def load_model(self) -> ChosenModel:
-        chosen = inference.worker_precision(inference.AUTO, "CPU", self._encoder)
+        chosen = inference.worker_precision(inference.AUTO, devices.CPU, self._encoder)
         log.info("%s: --precision auto runs %s on this worker (CPU int8 %s)", STAGE, chosen, inference.cpu_supports_int8())
         handler = self._int8 if chosen == inference.INT8 else self._torch
         return ChosenModel(chosen, handler.load_model())
@@ -152,7 +152,7 @@ def make_auto_handler(
     name: str, crop: preprocess.CropSpec, precision: str, state_dict_path: str, int8_path: str, batch_size: int
 ) -> KeyedModelHandler:
     """int8 or torch, chosen on each worker (see AutoPrecisionHandler); precision: the torch one."""
-    torch_handler = torch_model_handler(name, crop, precision, state_dict_path, "CPU", batch_size)
+    torch_handler = torch_model_handler(name, crop, precision, state_dict_path, devices.CPU, batch_size)
     return KeyedModelHandler(AutoPrecisionHandler(Int8EncoderHandler(int8_path, batch_size), torch_handler, name))
 
 
@@ -170,7 +170,7 @@ def make_handler(
     precision with an int8_model_path: --precision auto, each worker choosing between int8 and
     the torch model at that precision; without one: the torch model."""
     if precision == inference.INT8 or int8_model_path:
-        if device.upper() == "GPU" or decode_on_device:
+        if device == devices.GPU or decode_on_device:
             raise ValueError("int8 runs on CPUs with Pillow decoding (--device CPU, --decode pillow or auto)")
         if not int8_model_path:
             raise ValueError("precision int8 needs the quantised model's path (prepare_int8_model)")

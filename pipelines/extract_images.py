@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
-from model import encoders, inference, preprocess, quantize, schema
+from model import devices, encoders, inference, preprocess, quantize, schema
 from pipelines import common, encode_handlers, feature_shards, image_decoding, image_store, worker_models
 # the stage's name (its counters' namespace), the tag of failure outputs and the key that rides
 # beside each tensor are spelled once, in image_decoding (the stage's parts import it)
@@ -67,10 +67,9 @@ from pipelines.image_decoding import FAILED, STAGE, ImageKey
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("CPU", "GPU")
 # chosen by measurement (ResNet50 bf16 on 2 cores: batch 16 ran 15% faster than 32); a GPU needs
 # large batches to stay busy
-DEFAULT_BATCH_SIZE = {"CPU": 16, "GPU": 256}
+DEFAULT_BATCH_SIZE = {devices.CPU: 16, devices.GPU: 256}
 DECODE_AUTO, DECODE_PILLOW, DECODE_DEVICE = "auto", "pillow", "device"
 DECODERS = (DECODE_AUTO, DECODE_PILLOW, DECODE_DEVICE)
 SKIPPED_EXTRACTED = "skipped_already_extracted"
@@ -234,9 +233,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device",
-        default="CPU",
-        type=str.upper,
-        choices=DEVICES,
+        default=devices.CPU,
+        type=devices.parse_device,
+        choices=devices.DEVICES,
         help="GPU runs inference on CUDA where the worker has it, else falls back to CPU with a warning",
     )
     parser.add_argument("--batch-size", type=int, default=None, help="largest inference batch (default 16 CPU, 256 GPU)")
@@ -322,7 +321,7 @@ def run(
         raise ValueError(f"--commit-every must be at least 1, got {args.commit_every}")
     if args.num_shards:
         log.warning("%s: --num-shards is ignored: each worker commits a file every --commit-every images", STAGE)
-    if args.device == "GPU" and not torch.cuda.is_available():
+    if args.device == devices.GPU and not torch.cuda.is_available():
         # the launcher of a Dataflow job needs no GPU; a worker without CUDA fails (GpuTorchHandler)
         log.warning("%s: --device GPU but CUDA is not available here; a worker without CUDA fails", STAGE)
 
@@ -332,7 +331,7 @@ def run(
     expected = inference.worker_precision(args.precision, args.device, args.image_model)
     if args.calibration_images < 1:
         raise ValueError(f"--calibration-images must be at least 1, got {args.calibration_images}")
-    decode_on_device = args.decode == DECODE_DEVICE or (args.decode == DECODE_AUTO and args.device == "GPU")
+    decode_on_device = args.decode == DECODE_DEVICE or (args.decode == DECODE_AUTO and args.device == devices.GPU)
     if precision == inference.INT8 and decode_on_device:
         raise ValueError("--precision int8 decodes with Pillow on the CPU: drop --decode device")
     spec = encoders.build_encoder(args.image_model, args.weights)

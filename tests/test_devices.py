@@ -33,3 +33,28 @@ def test_glob_finds_nothing_in_a_missing_folder_but_lets_real_errors_through(tmp
     monkeypatch.setattr(common.FileSystems, "match", denied)
     with pytest.raises(BeamIOError, match="403"):
         common.glob("gs://bucket/x/*.parquet")
+
+
+def _device_flags():
+    from model import train
+    from pipelines import build, extract_images
+    from pipelines.bench import command as bench
+    from pipelines.demo import command as demo
+
+    required = ["--out", "o"]
+    return {
+        "extract-images": (extract_images.get_args_parser(), required),
+        "build": (build.get_args_parser(), required + ["--input", "m", "--word-vectors", "w"]),
+        "demo": (demo.get_args_parser(), required),
+        "bench": (bench.get_args_parser(), []),
+        "train": (train.get_args_parser(), required),
+    }
+
+
+@pytest.mark.parametrize("command", ["extract-images", "build", "demo", "bench", "train"])
+def test_every_command_speaks_the_same_device_vocabulary(command):
+    parser, required = _device_flags()[command]
+    for spelled, meant in (("cpu", devices.CPU), ("GPU", devices.GPU), ("cuda", devices.GPU)):
+        assert parser.parse_args(required + ["--device", spelled]).device == meant
+    with pytest.raises(SystemExit):
+        parser.parse_args(required + ["--device", "tpu"])

@@ -271,7 +271,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         default="random",
         help="random (default: the same speed as imagenet, no download), imagenet, or a state-dict PATH",
     )
-    parser.add_argument("--device", default=devices.CPU, type=str.upper, choices=devices.DEVICES)
+    parser.add_argument("--device", default=devices.CPU, type=devices.parse_device, choices=devices.DEVICES)
     parser.add_argument("--batch-size", type=int, default=None, help="inference batch (default: extract-images' default for the device)")
     parser.add_argument("--precision", default=inference.AUTO, choices=inference.PRECISIONS)
     parser.add_argument(
