@@ -80,6 +80,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
+def counted_forward(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Images the model was asked to encode (the in-process runner shares this module)."""
+    from model import inference  # torch: only the tests that encode pay for it
+
+    seen: list[int] = []
+    original = inference.FeatureExtractor.forward
+
+    def forward(self, payloads):
+        seen.append(len(payloads))
+        return original(self, payloads)
+
+    monkeypatch.setattr(inference.FeatureExtractor, "forward", forward)
+    return seen
+
+
+@pytest.fixture
 def beam_pipeline():
     """A TestPipeline on the in-process runner (Beam's default tries Prism, which downloads)."""
     from apache_beam.testing.test_pipeline import TestPipeline

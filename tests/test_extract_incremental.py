@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model import encoders, inference, schema
+from model import encoders, schema
 from pipelines import extract_images as ei, feature_shards
 from tests.builders import image_rows, write_images
 from tests.conftest import write_broken_images, write_image_collection
@@ -28,20 +28,6 @@ def _run(out: Path, *extra: str) -> ei.common.StageReport:
 
 def _features(out: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in sorted((out / schema.IMAGE_FEATURES_DIR).glob("features-*.parquet"))])
-
-
-@pytest.fixture
-def counted_forward(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Images the model was asked to encode (the in-process runner shares this module)."""
-    seen: list[int] = []
-    original = inference.FeatureExtractor.forward
-
-    def forward(self, payloads):
-        seen.append(len(payloads))
-        return original(self, payloads)
-
-    monkeypatch.setattr(inference.FeatureExtractor, "forward", forward)
-    return seen
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import encoders, inference, schema, tags
+from model import encoders, schema, tags
 from pipelines import cli, feature_shards, image_decoding
 from pipelines import extract_images as ei
 from tests.builders import image_rows, write_images
@@ -34,20 +34,6 @@ def _good_images(folder: Path, n: int) -> list[str]:
         path.write_bytes(fc.good_jpeg(i))
         uris.append(str(path))
     return uris
-
-
-@pytest.fixture
-def counted_forward(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Images the model was asked to encode (the in-process runner shares this module)."""
-    seen: list[int] = []
-    original = inference.FeatureExtractor.forward
-
-    def forward(self, payloads):
-        seen.append(len(payloads))
-        return original(self, payloads)
-
-    monkeypatch.setattr(inference.FeatureExtractor, "forward", forward)
-    return seen
 
 
 def test_a_stuck_read_fails_that_image_and_the_stage_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
