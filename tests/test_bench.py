@@ -127,6 +127,17 @@ def test_json_is_saved(throughput: tuple[results.BenchResult, Path]) -> None:
     assert data["rows"][0]["c/a"] == pytest.approx(result.rows[0]["c/a"])
 
 
+def test_bench_reports_like_every_command(throughput: tuple[results.BenchResult, Path]) -> None:
+    from model.report import StageReport
+
+    result, saved = throughput
+    assert isinstance(result, StageReport) and result.stage == "bench"
+    # two measurements on 4 images each: png through the phases, and the fetch phase
+    assert result.fetch is not None and result.fetch["images"] == 4
+    assert (result.rows_in, result.rows_out, result.rows_failed) == (8, 2, 0)
+    assert json.loads(saved.read_text())["rows_in"] == 8
+
+
 def test_memory_sizes_prints_both_sizes_side_by_side(work_dir: Path) -> None:
     argv = ["--memory-sizes", "3,5", "--kinds", "png", "--work-dir", str(work_dir), *TINY]
     result = command.run(argv, phase_runner=harness.run_phase_in_process)

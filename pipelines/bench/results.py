@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+from model.report import StageReport
+
 from pipelines.bench import fetch as fetch_phase
 from pipelines.bench.phases import PHASE_MODEL, PHASE_NAMES, PHASE_PROTOTYPE, PHASE_STAGE, PHASES, SHOWN_CPU_FLAGS
 
@@ -86,18 +88,27 @@ def _int8_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 @dataclasses.dataclass
-class BenchResult:
-    mode: str  # "throughput" (a, b, c per kind), "memory" (c at each size) or "fetch" (--fetch only: no rows)
-    config: dict[str, Any]
-    machine: dict[str, Any]
+class BenchResult(StageReport):
+    """What every command returns (a StageReport: rows_in, the images each measurement ran on, all
+    together; rows_out, the measurements made; rows_failed, images the stage phases failed), plus
+    the measurements themselves."""
+
+    stage: str = "bench"
+    mode: str = "throughput"  # "throughput" (a, b, c per kind), "memory" (c at each size) or "fetch" (--fetch only: no rows)
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    machine: dict[str, Any] = dataclasses.field(default_factory=dict)
     # throughput: one row per kind {"kind", "images", "a", "b", "c", "c/a", "c/b"};
     # memory: one row per (kind, size) {"kind", "images", "c"}
-    rows: list[dict[str, Any]]
-    seconds: float
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     fetch: dict[str, Any] | None = None  # the fetch phase (fetch.py), when run
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def __post_init__(self) -> None:
+        fetched = [self.fetch] if self.fetch is not None else []
+        self.rows_in = sum(int(r.get("images", 0)) for r in [*self.rows, *fetched])
+        self.rows_out = len(self.rows) + len(fetched)
+        self.rows_failed = sum(int(r.get("c", {}).get("rows_failed", 0)) for r in self.rows) + sum(
+            int(f["stage"]["failed"]) for f in fetched
+        )
 
     def _header(self) -> list[str]:
         c, m = self.config, self.machine
