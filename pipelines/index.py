@@ -310,9 +310,8 @@ class WriteIndex(beam.PTransform):
 # Entry point
 # ---------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgsearch index", description=__doc__.split("\n\n")[0])
+    parser = common.stage_parser("index", __doc__)
     parser.add_argument("--input", required=True, help="manifest: .jsonl/.json, .csv, .parquet or a <tag>/<image> folder")
-    parser.add_argument("--out", required=True, help="output root (local path or gs://...)")
     parser.add_argument(
         "--images-dir",
         default=None,

@@ -208,8 +208,7 @@ class RankResult(common.StageReport):
         return d
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgsearch rank", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output root (local path or gs://...)")
+    parser = common.stage_parser("rank", __doc__)
     parser.add_argument(
         "--no-thumbnails", action="store_true", help="make no thumbnails; the site shows the original image URIs"
     )
