@@ -129,3 +129,15 @@ def text_feature_rows(vectors: Mapping[str, Sequence[float] | None]) -> list[dic
         }
         for tag, vec in vectors.items()
     ]
+
+
+# `imgsearch build`'s flags for the quickest real run: the small encoder with random weights,
+# two folds and one epoch (the tests that run a whole build on a few dozen images)
+QUICK_BUILD_FLAGS = [
+    "--image-model", "efficientnet_lite0",
+    "--weights", "random",
+    "--precision", "fp32",
+    "--folds", "2",
+    "--epochs", "1",
+    "--neighbours", "3",
+]  # fmt: skip

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import QUICK_BUILD_FLAGS
 from tests.conftest import make_keyed_vectors, write_image_collection
 
 BUCKET = "imgsearch-test"
@@ -144,12 +145,7 @@ def test_every_stage_on_gs_and_the_site_is_servable_from_the_bucket(gcs, tmp_pat
             "--input", f"gs://{BUCKET}/in/manifest.jsonl",
             "--word-vectors", f"gs://{BUCKET}/in/vectors.bin",
             "--out", out,
-            "--image-model", "efficientnet_lite0",
-            "--weights", "random",
-            "--precision", "fp32",
-            "--folds", "2",
-            "--epochs", "1",
-            "--neighbours", "3",
+            *QUICK_BUILD_FLAGS,
         ]
     )
     seconds = time.monotonic() - started

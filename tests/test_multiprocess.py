@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.builders import QUICK_BUILD_FLAGS
 from tests.conftest import make_keyed_vectors, write_image_collection, write_jsonl
 
 TAGS = ["cat", "dog", "red car", "tree"]
@@ -20,12 +21,7 @@ def _build(manifest: Path, vectors: Path, out: Path, beam_args: list[str]):
             "--input", str(manifest),
             "--word-vectors", str(vectors),
             "--out", str(out),
-            "--image-model", "efficientnet_lite0",
-            "--weights", "random",
-            "--precision", "fp32",
-            "--folds", "2",
-            "--epochs", "1",
-            "--neighbours", "3",
+            *QUICK_BUILD_FLAGS,
             "--seed", "0",
         ]
         + beam_args
