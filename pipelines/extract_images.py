@@ -30,7 +30,8 @@ The driver builds the encoder once, saves its state dict under OUT/model/encoder
 hash of its bytes) and hands that path to the model handler, which rebuilds the architecture on
 each worker and loads it; so `imagenet`, `random` and PATH weights all reach workers the same way.
 A rerun adds to the features already there (only images without features are extracted); the
-previous run's failure rows are replaced, and --full replaces the features too.
+previous run's failure rows are replaced. --full extracts every image into features/image/full-run/
+and replaces the features with them only once the run is done (feature_shards.promote_full_run).
 
 --precision int8 (CPUs): the driver exports the encoder to ONNX and quantises it to static int8
 (model.quantize), calibrated on --calibration-images of the collection's own images (drawn by a
@@ -86,10 +87,9 @@ def failure_shards(out: str) -> list[str]:
     return common.glob(schema.out_path(out, schema.FAILURES_DIR, STAGE) + "-*" + schema.PARQUET_SUFFIX)
 
 
-def clear_previous_outputs(out: str, *, features: bool) -> list[str]:
-    """Remove the failure shards of an earlier run (its failed images are retried), and with
-    features=True (--full) its feature shards too."""
-    stale = failure_shards(out) + (feature_shards.feature_shards(out) if features else [])
+def clear_previous_failures(out: str) -> list[str]:
+    """Remove the failure shards of an earlier run: its failed images are retried."""
+    stale = failure_shards(out)
     common.delete(stale)
     if stale:
         log.info("%s: removed %d shards of a previous run", STAGE, len(stale))
@@ -291,8 +291,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--full",
         action="store_true",
-        help="re-extract every image, replacing existing features (by default a rerun extracts "
-        "only images whose ids have no features yet)",
+        help="re-extract every image; the new features replace the existing ones once the run "
+        "finishes, and an interrupted --full run is resumed by the next (by default a rerun "
+        "extracts only images whose ids have no features yet)",
     )
     return parser
 
@@ -336,18 +337,29 @@ def run(
         raise ValueError("--precision int8 decodes with Pillow on the CPU: drop --decode device")
     spec = encoders.build_encoder(args.image_model, args.weights)
     state_dict_path = None if precision == inference.INT8 else worker_models.save_encoder_state(spec, args.out)
-    clear_previous_outputs(args.out, features=args.full)
+    clear_previous_failures(args.out)
     feature_shards.clear_inprogress_chunks(args.out)
-    existing = [] if args.full else feature_shards.usable_feature_shards(args.out, feature_shards.features_metadata(spec, expected))
-    if existing:
-        log.info("%s: %d feature shards exist; extracting only images they lack (--full redoes all)", STAGE, len(existing))
+    metadata = feature_shards.features_metadata(spec, expected)
+    if args.full:
+        # the previous features stay the ones read until this run is done (promote_full_run)
+        existing = feature_shards.resumable_full_run(args.out, metadata)
+    else:
+        existing = feature_shards.usable_feature_shards(args.out, metadata)
+        if existing:
+            log.info("%s: %d feature shards exist; extracting only images they lack (--full redoes all)", STAGE, len(existing))
+        if feature_shards.full_run_shards(args.out):
+            log.warning(
+                "%s: an interrupted --full run left chunks in %s; they are not read until a --full run finishes",
+                STAGE,
+                feature_shards.full_run_dir(args.out),
+            )
     int8_path = None
     if precision == inference.INT8 or (
         inference.auto_may_pick_int8(args.precision, args.device, args.image_model)
         and (expected == inference.INT8 or not runs_here(beam_options))
     ):
         int8_path = worker_models.int8_model_for_run(spec, args, existing)
-    prefix = feature_shards.run_prefix(args.out)
+    prefix = feature_shards.run_prefix(args.out, full=args.full)
 
     pipeline = test_pipeline or beam.Pipeline(
         options=common.make_options(beam_options, save_main_session)
@@ -379,23 +391,37 @@ def run(
     if len(ran) > 1:
         log.warning("%s: workers ran different precisions (%s): give --precision to run one", STAGE, ", ".join(ran))
     extra = {"int8_model": int8_path.rsplit("/", 1)[-1]} if int8_path and inference.INT8 in ran else {}
-    return common.finish_stage(
-        STAGE,
-        args.out,
-        counters,
-        seconds,
-        args.max_failure_rate,
-        feature_shards=len(feature_shards.feature_shards(args.out)),
-        encoder=spec.name,
-        weights=spec.weights,
-        dim=spec.dim,
-        device=args.device,
-        precision=",".join(ran),
-        precision_requested=args.precision,
-        decode="device" if decode_on_device else "pillow",
-        batch_size=batch_size,
-        **extra,
-    )
+    try:
+        report = common.finish_stage(
+            STAGE,
+            args.out,
+            counters,
+            seconds,
+            args.max_failure_rate,
+            feature_shards=len(feature_shards.full_run_shards(args.out) if args.full else feature_shards.feature_shards(args.out)),
+            encoder=spec.name,
+            weights=spec.weights,
+            dim=spec.dim,
+            device=args.device,
+            precision=",".join(ran),
+            precision_requested=args.precision,
+            decode="device" if decode_on_device else "pillow",
+            batch_size=batch_size,
+            **extra,
+        )
+    except common.StageRefused:
+        if args.full:
+            log.warning(
+                "%s: --full refused: the previous features stay; this run's chunks wait in %s (rerun --full to finish)",
+                STAGE,
+                feature_shards.full_run_dir(args.out),
+            )
+        raise
+    if args.full:
+        removed, promoted = feature_shards.promote_full_run(args.out)
+        report.details.update(full_previous_shards_removed=removed, full_shards_promoted=promoted)
+        report.save(args.out)
+    return report
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 STAGE = "extract-images"  # whose shards these are, in log lines
 SHARD_PREFIX = schema.IMAGE_FEATURES_PREFIX
 UNREADABLE_SUBDIR = "unreadable"
+# a --full run's chunks until the run is done: readers list only the folder's own files, so the
+# previous features stay the ones read, whole, until the new set replaces them
+FULL_RUN_SUBDIR = "full-run"
 INPROGRESS_PREFIX = ".inprogress-"
 INPROGRESS_SUFFIX = ".tmp"
 ROW_GROUP_BYTES = 16 * 1024 * 1024
@@ -53,10 +56,55 @@ def feature_shards(out: str) -> list[str]:
     return common.glob(schema.shard_pattern(out, schema.IMAGE_FEATURES_DIR, SHARD_PREFIX))
 
 
-def run_prefix(out: str) -> str:
-    """A new run's shard prefix, features-<UTC time>-<random>: never clashes with earlier runs'."""
+def full_run_dir(out: str) -> str:
+    return schema.out_path(out, schema.IMAGE_FEATURES_DIR, FULL_RUN_SUBDIR)
+
+
+def full_run_shards(out: str) -> list[str]:
+    """The chunks a --full run has committed so far (its own folder: not read downstream)."""
+    return common.glob(schema.shard_pattern(out, schema.IMAGE_FEATURES_DIR + "/" + FULL_RUN_SUBDIR, SHARD_PREFIX))
+
+
+def run_prefix(out: str, full: bool = False) -> str:
+    """A new run's shard prefix, features-<UTC time>-<random>: never clashes with earlier runs'.
+    A --full run's chunks go to its own folder until promote_full_run."""
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-    return f"{features_prefix(out)}-{run_id}"
+    directory = full_run_dir(out) if full else schema.out_path(out, schema.IMAGE_FEATURES_DIR)
+    return f"{directory}/{SHARD_PREFIX}-{run_id}"
+
+
+def resumable_full_run(out: str, metadata: dict[bytes, bytes]) -> list[str]:
+    """The chunks an interrupted --full run of this encoder left (a new --full run adds to them);
+    those of another encoder, weights or vector space are removed."""
+    shards = full_run_shards(out)
+    if not shards:
+        return []
+    try:
+        usable = usable_feature_shards(out, metadata, shards)
+    except IncompatibleFeatures as exc:
+        log.info("%s: an interrupted --full run of another encoder left %d chunks: removed (%s)", STAGE, len(shards), exc)
+        common.delete(shards)
+        return []
+    log.info("%s: resuming an interrupted --full run: %d chunks are kept, their images not extracted again", STAGE, len(usable))
+    return usable
+
+
+def promote_full_run(out: str) -> tuple[int, int]:
+    """A finished --full run's chunks replace the previous features: (previous shards removed,
+    chunks moved into place).
+
+    The previous shards go first, so no reader ever sees two vector spaces mixed; a crash in
+    between leaves the new set whole in its folder, and rerunning --full finishes the move."""
+    staged = full_run_shards(out)
+    previous = feature_shards(out)
+    common.delete(previous)
+    directory = schema.out_path(out, schema.IMAGE_FEATURES_DIR)
+    if staged:
+        FileSystems.rename(staged, [f"{directory}/{path.rsplit('/', 1)[-1]}" for path in staged])
+    if common.exists(full_run_dir(out)):
+        common.delete([full_run_dir(out)])  # a local folder goes whole; on gs:// nothing is left under it
+    log.info("%s: --full: %d new shards replaced %d previous ones", STAGE, len(staged), len(previous))
+    return len(previous), len(staged)
 
 
 def read_shard_metadata(path: str) -> dict[bytes, bytes]:
@@ -73,15 +121,16 @@ class IncompatibleFeatures(ValueError):
     """Existing features were made by another encoder: appending would mix two vector spaces."""
 
 
-def usable_feature_shards(out: str, metadata: dict[bytes, bytes]) -> list[str]:
-    """Existing shards this run can add to; unreadable ones are moved aside, never half-read.
+def usable_feature_shards(out: str, metadata: dict[bytes, bytes], shards: Sequence[str] | None = None) -> list[str]:
+    """Existing shards (OUT's, or those given) this run can add to; unreadable ones are moved
+    aside, never half-read.
 
     Beam writes a shard to a temporary folder and renames it into place, so a shard under its
     final name is whole; one that is not (copied in by hand, or a store that broke mid-copy) is
     moved to features/image/unreadable/ where no reader looks, with a warning.
     """
     usable = []
-    for path in feature_shards(out):
+    for path in feature_shards(out) if shards is None else shards:
         try:
             found = read_shard_metadata(path)
         except Exception as exc:
@@ -116,13 +165,14 @@ def int8_models_of(shards: Sequence[str]) -> list[str]:
     return sorted(n.decode("utf-8") for n in names if n)
 
 
-def inprogress_pattern(out: str) -> str:
-    return schema.out_path(out, schema.IMAGE_FEATURES_DIR, INPROGRESS_PREFIX + "*" + INPROGRESS_SUFFIX)
+def inprogress_pattern(out: str, full: bool = False) -> str:
+    directory = full_run_dir(out) if full else schema.out_path(out, schema.IMAGE_FEATURES_DIR)
+    return f"{directory}/{INPROGRESS_PREFIX}*{INPROGRESS_SUFFIX}"
 
 
 def clear_inprogress_chunks(out: str) -> list[str]:
     """Chunks a killed run was writing when it died: never committed, so never read; remove them."""
-    stale = common.glob(inprogress_pattern(out))
+    stale = common.glob(inprogress_pattern(out)) + common.glob(inprogress_pattern(out, full=True))
     common.delete(stale)
     if stale:
         log.info("%s: removed %d half-written chunks of an interrupted run", STAGE, len(stale))

@@ -21,7 +21,7 @@ from PIL import Image
 from model import encoders, inference, preprocess, schema, tags
 from pipelines import encode_handlers, feature_shards, image_decoding, worker_models
 from pipelines import extract_images as ei
-from tests.builders import image_rows, write_images
+from tests.builders import image_rows, write_image_features, write_images
 from tests.conftest import write_broken_images, write_image_collection
 
 LITE = encoders.EFFICIENTNET_LITE0
@@ -181,28 +181,49 @@ def test_feature_row_fn_turns_an_item_error_into_a_failure():
     )
 
 
-def test_clear_previous_outputs_only_touches_this_stages_shards(tmp_path: Path):
+def test_clear_previous_failures_only_touches_this_stages_failure_shards(tmp_path: Path):
     out = str(tmp_path)
-    stale = [
-        tmp_path / schema.IMAGE_FEATURES_DIR / "features-00000-of-00003.parquet",
-        tmp_path / schema.FAILURES_DIR / "extract-images-00000-of-00001.parquet",
-    ]
+    features = tmp_path / schema.IMAGE_FEATURES_DIR / "features-00000-of-00003.parquet"
+    stale = tmp_path / schema.FAILURES_DIR / "extract-images-00000-of-00001.parquet"
     kept = [tmp_path / schema.FAILURES_DIR / "index-00000-of-00001.parquet", tmp_path / schema.TEXT_FEATURES_DIR / "t.parquet"]
-    for p in stale + kept:
+    for p in [features, stale, *kept]:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
     # a running or interrupted job's temporary shard is never one of the finished shards
     temp = tmp_path / schema.IMAGE_FEATURES_DIR / "beam-temp-features-0123abcd" / "part.parquet"
     temp.parent.mkdir(parents=True)
     temp.write_bytes(b"half a shard")
-    assert feature_shards.feature_shards(out) == [str(stale[0])]
-    # a plain rerun keeps the features (it adds to them) but redoes the failures
-    assert ei.clear_previous_outputs(out, features=False) == [str(stale[1])]
-    assert stale[0].exists() and not stale[1].exists()
-    removed = ei.clear_previous_outputs(out, features=True)
-    assert removed == [str(stale[0])]
-    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
-    assert ei.clear_previous_outputs(out, features=True) == []
+    assert feature_shards.feature_shards(out) == [str(features)]
+    # a rerun, --full or not, keeps the features (--full replaces them only once it is done) but
+    # redoes the failures
+    assert ei.clear_previous_failures(out) == [str(stale)]
+    assert features.exists() and not stale.exists() and all(p.exists() for p in kept)
+    assert ei.clear_previous_failures(out) == []
+
+
+def test_an_interrupted_full_run_is_resumed_only_by_the_same_encoder(tmp_path: Path):
+    out = str(tmp_path)
+    full_run = Path(feature_shards.full_run_dir(out))
+    full_run.mkdir(parents=True)
+
+    def staged_by(encoder: str) -> Path:
+        written = write_image_features(tmp_path, {"a": [1.0, 0.0]}, encoder=encoder)
+        return written.rename(full_run / written.name)
+
+    this_run = {
+        schema.META_ENCODER: b"test-encoder",
+        schema.META_WEIGHTS: b"random",
+        schema.META_DIM: b"2",
+        schema.META_PRECISION: inference.METADATA_NAMES[inference.FP32].encode(),
+    }
+    same = staged_by("test-encoder")
+    assert feature_shards.resumable_full_run(out, this_run) == [str(same)]
+    same.unlink()
+    other = staged_by("another-encoder")
+    assert feature_shards.resumable_full_run(out, this_run) == []
+    assert not other.exists()  # another vector space: removed, never mixed in
+    # the folder is never read downstream
+    assert feature_shards.feature_shards(out) == []
 
 
 def test_the_stages_parts_count_and_log_under_its_name():

@@ -85,11 +85,74 @@ def test_features_of_another_encoder_are_not_mixed_in(collection: dict):
         ei.run(["--out", str(out), "--image-model", encoders.RESNET50, "--weights", "random"], save_main_session=False)
 
 
+def _shard_names(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / schema.IMAGE_FEATURES_DIR).glob("features-*.parquet"))
+
+
+def _full_run_rows(out: Path) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in Path(feature_shards.full_run_dir(str(out))).glob("features-*.parquet"))
+
+
 def test_full_replaces_every_feature(collection: dict, counted_forward: list[int]):
     out = collection["out"]
     _run(out)
+    previous = _shard_names(out)
     counted_forward.clear()
     report = _run(out, "--full")
     assert sum(counted_forward) == FIRST
     assert (report.rows_out, report.rows_skipped) == (FIRST, 0)
     assert _features(out).num_rows == FIRST
+    # the new set replaced the old one whole, and its folder is gone
+    assert not set(previous) & set(_shard_names(out))
+    assert report.details["full_previous_shards_removed"] == len(previous)
+    assert report.details["full_shards_promoted"] == len(_shard_names(out)) == report.details["feature_shards"]
+    assert not Path(feature_shards.full_run_dir(str(out))).exists()
+
+
+def test_an_interrupted_full_run_leaves_the_previous_features_read_and_resumes(
+    collection: dict, counted_forward: list[int], monkeypatch: pytest.MonkeyPatch
+):
+    out = collection["out"]
+    _run(out)
+    previous, previous_rows = _shard_names(out), _features(out).to_pylist()
+
+    original = feature_shards.write_parquet_file
+    writes: list[str] = []
+
+    def write_parquet_file(path: str, table, row_group_rows: int) -> None:
+        writes.append(path)
+        if len(writes) > 2:  # the worker dies after committing two chunks
+            raise OSError("worker lost")
+        original(path, table, row_group_rows)
+
+    monkeypatch.setattr(feature_shards, "write_parquet_file", write_parquet_file)
+    with pytest.raises(Exception, match="worker lost"):
+        _run(out, "--full", "--commit-every", "4")
+    # what downstream stages read is untouched: the previous shards, whole
+    assert _shard_names(out) == previous and _features(out).to_pylist() == previous_rows
+    staged = _full_run_rows(out)
+    assert 0 < staged < FIRST
+
+    monkeypatch.setattr(feature_shards, "write_parquet_file", original)
+    counted_forward.clear()
+    report = _run(out, "--full")
+    # the rerun keeps the interrupted run's chunks and encodes only the rest
+    assert sum(counted_forward) == FIRST - staged
+    assert (report.rows_out, report.rows_skipped) == (FIRST - staged, staged)
+    assert not set(previous) & set(_shard_names(out))
+    assert len({r[schema.IMAGE_ID] for r in _features(out).to_pylist()}) == FIRST == _features(out).num_rows
+    assert not Path(feature_shards.full_run_dir(str(out))).exists()
+
+
+def test_a_refused_full_run_leaves_the_previous_features_read(collection: dict):
+    out = collection["out"]
+    _run(out)
+    previous, previous_rows = _shard_names(out), _features(out).to_pylist()
+    # the 3 broken files are over a failure rate of 0: the stage refuses its output
+    with pytest.raises(ei.common.StageRefused):
+        _run(out, "--full", "--max-failure-rate", "0")
+    assert _shard_names(out) == previous and _features(out).to_pylist() == previous_rows
+    assert _full_run_rows(out) == FIRST
+    # a plain rerun adds to the features that are read, and says the --full run is waiting
+    report = _run(out)
+    assert (report.rows_out, report.rows_skipped) == (0, FIRST)

@@ -177,3 +177,19 @@ def test_every_stage_on_gs_and_the_site_is_servable_from_the_bucket(gcs, tmp_pat
     hashed = [b for n, b in blobs.items() if "/tags/" in n and n.endswith(".json")]
     assert hashed and all("immutable" in (b.cache_control or "") for b in hashed)
     print(f"gs:// build in {seconds:.1f} s")
+
+    # extract-images --full on gs://: the new set is renamed into place, the old one deleted
+    from pipelines import extract_images
+
+    def feature_objects() -> list[str]:
+        return sorted(b.name for b in gcs.list_blobs(BUCKET, prefix=f"x/{schema.IMAGE_FEATURES_DIR}/"))
+
+    before = feature_objects()
+    assert before and all("/full-run/" not in name for name in before)
+    full = extract_images.run(
+        ["--out", out, "--image-model", "efficientnet_lite0", "--weights", "random", "--precision", "fp32", "--full"],
+        save_main_session=False,
+    )
+    after = feature_objects()
+    assert full.rows_out == len(rows) and full.details["full_previous_shards_removed"] == len(before)
+    assert after and not set(after) & set(before) and all("/full-run/" not in name for name in after)
