@@ -60,17 +60,21 @@ def full_run_dir(out: str) -> str:
     return schema.out_path(out, schema.IMAGE_FEATURES_DIR, FULL_RUN_SUBDIR)
 
 
+def shards_dir(out: str, full: bool = False) -> str:
+    """Where a run's chunks go: the folder readers list, or a --full run's own until it is done."""
+    return full_run_dir(out) if full else schema.out_path(out, schema.IMAGE_FEATURES_DIR)
+
+
 def full_run_shards(out: str) -> list[str]:
     """The chunks a --full run has committed so far (its own folder: not read downstream)."""
-    return common.glob(schema.shard_pattern(out, schema.IMAGE_FEATURES_DIR + "/" + FULL_RUN_SUBDIR, SHARD_PREFIX))
+    return common.glob(f"{full_run_dir(out)}/{SHARD_PREFIX}-*{schema.PARQUET_SUFFIX}")
 
 
 def run_prefix(out: str, full: bool = False) -> str:
     """A new run's shard prefix, features-<UTC time>-<random>: never clashes with earlier runs'.
     A --full run's chunks go to its own folder until promote_full_run."""
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-    directory = full_run_dir(out) if full else schema.out_path(out, schema.IMAGE_FEATURES_DIR)
-    return f"{directory}/{SHARD_PREFIX}-{run_id}"
+    return f"{shards_dir(out, full)}/{SHARD_PREFIX}-{run_id}"
 
 
 def resumable_full_run(out: str, metadata: dict[bytes, bytes]) -> list[str]:
@@ -98,9 +102,8 @@ def promote_full_run(out: str) -> tuple[int, int]:
     staged = full_run_shards(out)
     previous = feature_shards(out)
     common.delete(previous)
-    directory = schema.out_path(out, schema.IMAGE_FEATURES_DIR)
     if staged:
-        FileSystems.rename(staged, [f"{directory}/{path.rsplit('/', 1)[-1]}" for path in staged])
+        FileSystems.rename(staged, [f"{shards_dir(out)}/{path.rsplit('/', 1)[-1]}" for path in staged])
     if common.exists(full_run_dir(out)):
         common.delete([full_run_dir(out)])  # a local folder goes whole; on gs:// nothing is left under it
     log.info("%s: --full: %d new shards replaced %d previous ones", STAGE, len(staged), len(previous))
@@ -166,8 +169,7 @@ def int8_models_of(shards: Sequence[str]) -> list[str]:
 
 
 def inprogress_pattern(out: str, full: bool = False) -> str:
-    directory = full_run_dir(out) if full else schema.out_path(out, schema.IMAGE_FEATURES_DIR)
-    return f"{directory}/{INPROGRESS_PREFIX}*{INPROGRESS_SUFFIX}"
+    return f"{shards_dir(out, full)}/{INPROGRESS_PREFIX}*{INPROGRESS_SUFFIX}"
 
 
 def clear_inprogress_chunks(out: str) -> list[str]:
