@@ -46,15 +46,12 @@ PUBLISHED = "published"
 COMBINED = scoring.COMBINED
 MATCHER = scoring.MATCHER
 NEIGHBOURS = scoring.NEIGHBOURS
-MEAN_FEATURE = metrics.MEAN_FEATURE
+MEAN_FEATURE = scoring.MEAN_FEATURE
 INDEX_ORDER = metrics.INDEX_ORDER
 IN_SAMPLE = "matcher_in_sample"
 RANKER_LABELS = {
     PUBLISHED: "published ranking",
-    COMBINED: "combined: matcher + neighbour agreement",
-    MATCHER: "matcher alone (out of sample)",
-    NEIGHBOURS: "neighbour agreement alone",
-    MEAN_FEATURE: "cosine to tag's mean feature (baseline)",
+    **{name: ranker.label for name, ranker in scoring.REGISTRY.items()},
     INDEX_ORDER: "index order (baseline)",
     IN_SAMPLE: "in-sample matcher (before cross-fitting)",
 }
@@ -67,25 +64,7 @@ SUBSET_LABELS = {
     SUBSET_HELD_OUT: "images no member trained on (held-out split and later additions)",
 }
 
-SCORE_DESCRIPTION = {
-    COMBINED: (
-        "Each image's score is the sum of two standardised signals, both computed within the tag: "
-        "the two-tower matcher's cosine, from the cross-fitted member that never trained on the image "
-        "(standardised per member), and the share of the image's nearest neighbours (by image features) "
-        "that carry the tag. A score of 2 means two standard deviations above the tag's typical image. "
-        "A tag without a word vector uses the cosine to the mean feature of the tag's other images instead "
-        "of the matcher."
-    ),
-    MATCHER: (
-        "Each image's score is the two-tower matcher's cosine from the cross-fitted member that never trained "
-        "on the image, standardised within the tag per member (standard deviations above the tag's typical "
-        "image). A tag without a word vector uses the cosine to the mean feature of the tag's other images."
-    ),
-    NEIGHBOURS: (
-        "Each image's score is the share of its nearest neighbours (by image features) that carry the tag, "
-        "standardised within the tag (standard deviations above the tag's typical image)."
-    ),
-}
+SCORE_DESCRIPTION = {name: ranker.description for name, ranker in scoring.REGISTRY.items()}
 
 
 @dataclasses.dataclass
@@ -130,12 +109,9 @@ def ranker_scores(rankings: pa.Table) -> dict[str, np.ndarray]:
     tags = rankings.column(schema.TAG).to_numpy(zero_copy_only=False)
     ordinal = rankings.column(schema.ORDINAL).to_numpy(zero_copy_only=False).astype(np.float64)
     fold = rankings.column(schema.FOLD).to_numpy(zero_copy_only=False)
-    columns = {
-        c: _floats(rankings, c)
-        for c in (schema.SCORE, schema.MATCHER, schema.MATCHER_IN_SAMPLE, scoring.AGREEMENT_COLUMN, schema.MEAN_FEATURE)
-    }
+    columns = {c: _floats(rankings, c) for c in (schema.SCORE, schema.MATCHER_IN_SAMPLE, *scoring.SIGNAL_COLUMNS)}
     index_order = metrics.index_order_scores(ordinal)
-    out = {name: np.full(n, np.nan) for name in (PUBLISHED, COMBINED, MATCHER, NEIGHBOURS, MEAN_FEATURE, IN_SAMPLE)}
+    out = {name: np.full(n, np.nan) for name in (PUBLISHED, *scoring.RANKERS, IN_SAMPLE)}
     out[INDEX_ORDER] = index_order
     order = np.argsort(tags, kind="stable")
     boundaries = np.flatnonzero(tags[order][1:] != tags[order][:-1]) + 1
@@ -144,16 +120,10 @@ def ranker_scores(rankings: pa.Table) -> dict[str, np.ndarray]:
         fallback = index_order[idx]
         published = columns[schema.SCORE][idx]
         out[PUBLISHED][idx] = published if np.isfinite(published).all() else fallback
+        z = scoring.standardised_signals({c: columns[c][idx] for c in scoring.SIGNAL_COLUMNS}, fold[idx])
         for ranker in scoring.RANKERS:
-            s, _ = scoring.tag_scores(
-                ranker,
-                matcher=columns[schema.MATCHER][idx],
-                fold=fold[idx],
-                agreement=columns[scoring.AGREEMENT_COLUMN][idx],
-                mean_feature=columns[schema.MEAN_FEATURE][idx],
-            )
+            s, _ = scoring.scores_from_z(ranker, z)
             out[ranker][idx] = fallback if s is None else s
-        out[MEAN_FEATURE][idx] = columns[schema.MEAN_FEATURE][idx]
         in_sample = columns[schema.MATCHER_IN_SAMPLE][idx]
         out[IN_SAMPLE][idx] = in_sample if np.isfinite(in_sample).all() else fallback
     return out

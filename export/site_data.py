@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from model import schema
+from model import schema, scoring
 from model.tags import tag_key
 
 SITE_SCHEMA_VERSION = 1
@@ -34,8 +34,8 @@ CONTENT_HASH_CHARS = 12
 
 RANKED_BY_MATCHER = "matcher"
 RANKED_BY_INDEX = "index"  # nothing scored the tag: its images keep index order, scores are null
-# every `ranked_by` of a scored tag: rank's rankers (model/scoring.py) and the mean-feature fallback
-RANKED_BY_SCORES = ("combined", RANKED_BY_MATCHER, "neighbours", "mean_feature", "mean_feature_neighbours")
+# every `ranked_by` of a scored tag: the rankers of model/scoring.py and their fallbacks
+RANKED_BY_SCORES = tuple(scoring.explanations())
 
 # The manifest is the pointer to the live version: caches must check it every time. Everything
 # else is named by content or by version, so it may be cached for long.

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import functools
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from model import schema, storage
+from model.centroids import CentroidIndex
 from model.report import StageReport
 
 # The feature streaming is train's: one reader of the feature shards, one set of checks (NaN/inf).
@@ -143,6 +145,17 @@ class Collection:
     @property
     def n(self) -> int:
         return len(self.ids)
+
+    def carries(self, first: int, tag_codes: np.ndarray) -> np.ndarray:
+        """Whether position first + r carries tag_codes[r, j], for a block of rows [b, c]."""
+        n_tags = max(len(self.tags), 1)
+        rows = np.arange(first, first + len(tag_codes))[:, None]
+        return _sorted_lookup(self.pair_keys, rows * n_tags + tag_codes)
+
+    @functools.cached_property
+    def pair_keys(self) -> np.ndarray:
+        """position * n_tags + tag of every pair: sorted, since pairs are sorted by (position, tag)."""
+        return self.pair_pos * max(len(self.tags), 1) + self.pair_tag
 
     def wanted(self) -> dict[str, int]:
         """image id -> position, as iter_feature_rows takes it."""
@@ -275,6 +288,7 @@ def plan_search(n: int, feature_dim: int, k: int, method: str, search_dim: int, 
 @dataclasses.dataclass
 class FirstPass:
     tag_sums: np.ndarray  # float64 [n_tags, dim]: sum of the raw features of each tag's images
+    unit_sums: np.ndarray  # float32 [n_tags, dim]: sum of the unit features of each tag's images
     tag_counts: np.ndarray  # int64 [n_tags]: images with features per tag
     moment: np.ndarray | None  # float64 [dim, dim]: sum of u u^T over the projection sample's unit rows
     train: np.ndarray  # float16 [t, dim]: unit rows of the ivf training sample, in position order
@@ -294,6 +308,7 @@ def first_pass(
     (half the memory; k-means does not need more precision)."""
     n_tags = len(col.tags)
     sums = np.zeros((n_tags, dim), np.float64)
+    unit_sums = np.zeros((n_tags, dim), np.float32)
     moment = np.zeros((dim, dim), np.float64) if len(pca) else None
     held = np.empty((len(train), dim), np.float16)
     for p0, x in batches:
@@ -305,6 +320,7 @@ def first_pass(
         if len(order):
             uniq, starts = np.unique(tags[order], return_index=True)
             sums[uniq] += np.add.reduceat(x[rows[order]].astype(np.float64), starts, axis=0)
+            unit_sums[uniq] += np.add.reduceat(_unit_rows(x[rows[order]].astype(np.float32)), starts, axis=0)
         if moment is not None:
             s0, s1 = _rows_in(pca, p0, p1)
             u = _unit_rows(x[pca[s0:s1] - p0]).astype(np.float64)
@@ -312,7 +328,7 @@ def first_pass(
         t0, t1 = _rows_in(train, p0, p1)
         held[t0:t1] = _unit_rows(x[train[t0:t1] - p0])
     counts = np.bincount(col.pair_tag, minlength=n_tags).astype(np.int64)
-    return FirstPass(tag_sums=sums, tag_counts=counts, moment=moment, train=held)
+    return FirstPass(tag_sums=sums, unit_sums=unit_sums, tag_counts=counts, moment=moment, train=held)
 
 
 def fit_projection(moment: np.ndarray | None, search_dim: int) -> np.ndarray | None:
@@ -361,11 +377,12 @@ def train_ivf(train: np.ndarray, projection: np.ndarray | None, nlist: int) -> f
 
 def index_features(
     col: Collection, features: ImageFeatureFiles, plan: SearchPlan, read_rows: int
-) -> tuple[np.ndarray | faiss.IndexIVFFlat, np.ndarray]:
-    """The two streamed passes over the features. The first sums each tag's raw features and
-    takes the samples (projection, ivf training); the second fills the searched vectors (one
-    array for exact, the trained index for ivf) and the leave-one-out cosines, which need the
-    first pass's sums. Returns (vectors or index, mean_feature per pair)."""
+) -> tuple[np.ndarray | faiss.IndexIVFFlat, np.ndarray, np.ndarray]:
+    """The two streamed passes over the features. The first sums each tag's raw and unit features
+    and takes the samples (projection, ivf training); the second fills the searched vectors (one
+    array for exact, the trained index for ivf), the leave-one-out cosines and the centroid
+    margins, which need the first pass's sums. Returns (vectors or index, mean_feature per pair,
+    centroid_margin per pair)."""
     wanted = col.wanted()
     pca, train = plan.samples(col.n, features.dim)
     first = first_pass(col, stream_features(features.units, wanted, features.dim, read_rows), features.dim, pca, train)
@@ -377,7 +394,9 @@ def index_features(
     else:
         store = np.empty((col.n, plan.search_dim), np.float32)
 
+    centroids = CentroidIndex(first.unit_sums, first.tag_counts, lambda c: search_vectors(c, projection))
     mean = np.full(len(col.pair_pos), np.nan)
+    margin = np.full(len(col.pair_pos), np.nan)
     for p0, x in stream_features(features.units, wanted, features.dim, read_rows):
         vectors = search_vectors(x, projection)
         if isinstance(store, np.ndarray):
@@ -385,8 +404,12 @@ def index_features(
         else:
             store.add(vectors)  # ids are positions: batches arrive in position order
         lo, hi = col.pair_ptr[p0], col.pair_ptr[p0 + len(x)]
-        mean[lo:hi] = mean_feature_cosines(x, col.pair_pos[lo:hi] - p0, col.pair_tag[lo:hi], first)
-    return store, mean
+        rows, tags = col.pair_pos[lo:hi] - p0, col.pair_tag[lo:hi]
+        mean[lo:hi] = mean_feature_cosines(x, rows, tags, first)
+        margin[lo:hi] = centroids.margins(
+            _unit_rows(x.astype(np.float32)), vectors, rows, tags, lambda cand, p0=p0: col.carries(p0, cand)
+        )
+    return store, mean, margin
 
 
 def _drop_self(labels: np.ndarray, sims: np.ndarray, first: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -468,7 +491,7 @@ def agreement(col: Collection, labels: np.ndarray, sims: np.ndarray) -> tuple[np
     max(cosine, 0). Neighbours with the image's content hash, and missing ones, count neither
     way; NaN where none is left (or the weights sum to 0)."""
     n_tags = max(len(col.tags), 1)
-    pair_keys = col.pair_pos * n_tags + col.pair_tag  # sorted: pairs are sorted by (position, tag)
+    pair_keys = col.pair_keys
     plain = np.full(len(pair_keys), np.nan)
     weighted = np.full(len(pair_keys), np.nan)
     for s in range(0, len(pair_keys), PAIR_BLOCK):
@@ -521,6 +544,7 @@ def signal_table(
     plain: np.ndarray,
     weighted: np.ndarray,
     mean: np.ndarray,
+    margin: np.ndarray,
     meta: dict[str, Any],
 ) -> pa.Table:
     """SIGNALS_SCHEMA rows for the given pairs; NaN becomes null."""
@@ -531,6 +555,7 @@ def signal_table(
             schema.AGREEMENT: _float_or_null(plain[pairs]),
             schema.AGREEMENT_WEIGHTED: _float_or_null(weighted[pairs]),
             schema.MEAN_FEATURE: _float_or_null(mean[pairs]),
+            schema.CENTROID_MARGIN: _float_or_null(margin[pairs]),
         },
         schema=_with_meta(schema.SIGNALS_SCHEMA, meta),
     )
@@ -576,7 +601,7 @@ def write_outputs(
     col: Collection,
     labels: np.ndarray,
     sims: np.ndarray,
-    signals: tuple[np.ndarray, np.ndarray, np.ndarray],
+    signals: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     meta: dict[str, Any],
 ) -> None:
     """Both outputs sorted by image id (then tag), committed only once every shard is written."""
@@ -610,7 +635,7 @@ def run(argv: list[str] | None = None) -> StageReport:
         "%s: %d images with features (%d-d) of %d indexed, %d tags; %s",
         STAGE, col.n, features.dim, col.index_images, len(col.tags), plan,
     )
-    store, mean = index_features(col, features, plan, args.read_rows)
+    store, mean, margin = index_features(col, features, plan, args.read_rows)
     report.details["read_seconds"] = round(time.monotonic() - started, 2)
 
     search_started = time.monotonic()
@@ -633,7 +658,7 @@ def run(argv: list[str] | None = None) -> StageReport:
         "encoder": features.metadata.get(schema.META_ENCODER.decode()),
         "weights": features.metadata.get(schema.META_WEIGHTS.decode()),
     }
-    write_outputs(args.out, col, labels, sims, (plain, weighted, mean), meta)
+    write_outputs(args.out, col, labels, sims, (plain, weighted, mean, margin), meta)
 
     report.rows_out = int((labels >= 0).any(axis=1).sum())
     report.details[SKIPPED_NO_FEATURES] = col.index_images - col.n

@@ -39,6 +39,8 @@ SIMILARITIES = "similarities"
 AGREEMENT = "agreement"  # share of the image's neighbours that carry the tag
 AGREEMENT_WEIGHTED = "agreement_weighted"  # the same, each neighbour weighted by its similarity
 MEAN_FEATURE = "mean_feature"  # cosine to the mean feature of the tag's other images (leave-one-out)
+# cosine to the own tag's mean unit feature (leave-one-out) minus that to the nearest other tag's
+CENTROID_MARGIN = "centroid_margin"
 # cross-fitting: the fold whose model never trained on the image (-1: no fold trained on it)
 FOLD = "fold"
 NO_FOLD = -1
@@ -111,6 +113,7 @@ RANKINGS_SCHEMA = pa.schema(
         pa.field(AGREEMENT, pa.float32()),
         pa.field(AGREEMENT_WEIGHTED, pa.float32()),
         pa.field(MEAN_FEATURE, pa.float32()),
+        pa.field(CENTROID_MARGIN, pa.float32()),
         pa.field(FOLD, pa.int32(), nullable=False),
         pa.field(ORDINAL, pa.int64(), nullable=False),
         pa.field(SPLIT, pa.string(), nullable=False),
@@ -132,6 +135,7 @@ SIGNALS_SCHEMA = pa.schema(
         pa.field(AGREEMENT, pa.float32()),  # null: the image has no neighbour list
         pa.field(AGREEMENT_WEIGHTED, pa.float32()),
         pa.field(MEAN_FEATURE, pa.float32()),  # null: the tag has no other image with features
+        pa.field(CENTROID_MARGIN, pa.float32()),  # null: likewise, or no other tag to compare with
     ]
 )
 

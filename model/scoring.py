@@ -1,4 +1,5 @@
-"""One tag's final scores from its signals: what `rank` publishes and what the evaluation replays.
+"""The ranker registry: one tag's final scores from its signals, for what `rank` publishes, what
+the evaluation replays, what the "probably" strip explains and what the site says ranked a tag.
 
 Pure numpy, no Beam and no torch: rank calls it on each tag's images inside a DoFn, and the
 evaluation calls it on the published components to measure every ranker on exactly the images
@@ -7,45 +8,148 @@ the site shows.
 The signals of an image i under its tag t (all out of sample: none comes from a model that
 trained on i with its own tag):
 
-- matcher: cosine of the two towers of the matcher member that held i's fold out (or the mean of
-  the members' cosines where no member trained on i);
+- matcher: the class-contrastive score of the matcher member that held i's fold out (its logit
+  for t minus its best logit for another tag; the members' mean where no member trained on i);
 - agreement: the share of i's nearest neighbours (by image features) that carry t, each weighted
   by its similarity. A wrongly tagged image sits among images of its true tag, so its share is low;
-- mean feature: cosine of i's feature to the mean feature of t's other images.
+- centroid margin: cosine of i to the mean unit feature of t's other images minus its cosine to
+  the nearest other tag's mean (model/centroids.py). Needs no training and no word vector.
 
 Raw values are not comparable across signals, and the matcher's are not even comparable across
 members (each member has its own scale), so each signal is standardised within the tag first:
 the matcher per member group (each group's mean and spread shrunk toward the tag's, so a member
 that scored three of the tag's images does not get three-image statistics), the others over the
-tag. The published score is the sum of the z-scores in use, so it reads as "standard deviations
-above this tag's typical image"; it is comparable down one tag's ranking, not across tags.
+tag. A ranker's score is the sum of the z-scores it uses, so it reads as "standard deviations
+above this tag's typical image"; it is comparable down one tag's ranking, not across tags. A
+ranker falls back to the signals a tag has (a tag without a matcher score uses the training-free
+ones; a tag without any keeps index order).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
 
 import numpy as np
 
 from model import schema
 
-COMBINED = "combined"
-MATCHER = "matcher"
-NEIGHBOURS = "neighbours"
-RANKERS = (COMBINED, MATCHER, NEIGHBOURS)
-DEFAULT_RANKER = COMBINED
+# Signals: the rankings columns a ranker can combine.
+MATCHER_SIGNAL = schema.MATCHER
+AGREEMENT_SIGNAL = schema.AGREEMENT_WEIGHTED  # weighted beat the plain share on both sets (README)
+CENTROID_SIGNAL = schema.CENTROID_MARGIN
+MEAN_FEATURE_SIGNAL = schema.MEAN_FEATURE
+SIGNAL_COLUMNS = (MATCHER_SIGNAL, AGREEMENT_SIGNAL, CENTROID_SIGNAL, MEAN_FEATURE_SIGNAL)
+GROUPED_SIGNALS = frozenset({MATCHER_SIGNAL})  # standardised per matcher member group
 
-# What ranked a tag (site pages' `ranked_by`): the ranker's name, the mean feature where the
-# matcher ranker meets a tag without a word vector, or index order without any signal.
-BY_INDEX = "index"
-BY_MEAN_FEATURE = "mean_feature"
-BY_MEAN_FEATURE_AND_NEIGHBOURS = "mean_feature_neighbours"  # combined, for a tag without a word vector
+# Kept for the callers that name the agreement column.
+AGREEMENT_COLUMN = AGREEMENT_SIGNAL
 
-# Which neighbour agreement ranks: each neighbour weighted by its similarity. Measured against the
-# plain share on the demo (AUC 0.9958 vs 0.9952) and on the tuxpaint set (0.8888 vs 0.8811).
-AGREEMENT_COLUMN = schema.AGREEMENT_WEIGHTED
+BY_INDEX = "index"  # what ranked a tag that no signal scored: index order
 
 # Pseudo-count of the shrinkage of a member group's mean and variance toward the tag's.
 GROUP_PRIOR = 5.0
 _EPS = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranker:
+    """A named sum of standardised signals, with what it falls back to and how it is described."""
+
+    name: str
+    signals: tuple[str, ...]
+    fallback: tuple[str, ...]  # used instead when the tag lacks the lead signal (e.g. no word vector: no matcher)
+    label: str  # the evaluation's table
+    explains: str  # the site's one line on what ordered a tag
+    description: str  # the report page's paragraph
+    fallback_explains: str = ""
+
+    @property
+    def fallback_name(self) -> str:
+        return f"{self.name}_fallback"
+
+
+_STANDARDISED = "standard deviations above the tag's typical image"
+
+COMBINED = "combined"
+MATCHER = "matcher"
+NEIGHBOURS = "neighbours"
+CENTROID = "centroid"
+TRAINING_FREE = "training_free"
+MEAN_FEATURE = "mean_feature"
+
+REGISTRY: dict[str, Ranker] = {
+    r.name: r
+    for r in (
+        Ranker(
+            COMBINED,
+            (MATCHER_SIGNAL, AGREEMENT_SIGNAL, CENTROID_SIGNAL),
+            (AGREEMENT_SIGNAL, CENTROID_SIGNAL),
+            "combined: matcher + neighbour agreement + centroid margin",
+            "the matcher, the image's nearest neighbours and the tag's typical look agree it shows the tag",
+            "Each image's score is the sum of three standardised signals, each computed within the tag: the matcher's "
+            "margin (how much more the cross-fitted member that never trained on the image prefers this tag over the best "
+            "other tag), the share of the image's nearest neighbours that carry the tag, and the centroid margin (how much "
+            f"closer the image is to the tag's other images than to the nearest other tag's). The score is in {_STANDARDISED}.",
+            "the image's nearest neighbours and the tag's typical look agree it shows the tag",
+        ),
+        Ranker(
+            MATCHER,
+            (MATCHER_SIGNAL,),
+            (CENTROID_SIGNAL,),
+            "matcher alone (out of sample)",
+            "the matcher prefers this tag over the others for the image",
+            "Each image's score is the matcher's margin from the cross-fitted member that never trained on the image, "
+            f"standardised within the tag per member, in {_STANDARDISED}. A tag the matcher cannot score uses the centroid margin.",
+            "the image is closer to the tag's other images than to any other tag's",
+        ),
+        Ranker(
+            NEIGHBOURS,
+            (AGREEMENT_SIGNAL,),
+            (),
+            "neighbour agreement alone",
+            "many of the image's nearest neighbours carry the tag",
+            "Each image's score is the share of its nearest neighbours (by image features) that carry the tag, "
+            f"standardised within the tag, in {_STANDARDISED}.",
+        ),
+        Ranker(
+            CENTROID,
+            (CENTROID_SIGNAL,),
+            (),
+            "centroid margin alone (no training)",
+            "the image is closer to the tag's other images than to any other tag's",
+            "Each image's score is its cosine to the mean feature of the tag's other images minus its cosine to the "
+            f"nearest other tag's mean feature, standardised within the tag, in {_STANDARDISED}.",
+        ),
+        Ranker(
+            TRAINING_FREE,
+            (AGREEMENT_SIGNAL, CENTROID_SIGNAL),
+            (),
+            "neighbour agreement + centroid margin (no matcher)",
+            "the image's nearest neighbours and the tag's typical look agree it shows the tag",
+            "Each image's score is the sum of the standardised neighbour agreement and centroid margin, "
+            f"in {_STANDARDISED}. No trained model is used.",
+        ),
+        Ranker(
+            MEAN_FEATURE,
+            (MEAN_FEATURE_SIGNAL,),
+            (),
+            "cosine to tag's mean feature (baseline)",
+            "the image looks like the tag's other images",
+            f"Each image's score is its cosine to the mean feature of the tag's other images, in {_STANDARDISED}.",
+        ),
+    )
+}
+RANKERS = tuple(REGISTRY)
+PUBLISHABLE = (COMBINED, MATCHER, NEIGHBOURS, CENTROID, TRAINING_FREE)
+DEFAULT_RANKER = COMBINED
+
+
+def explanations() -> dict[str, str]:
+    """`ranked_by` value -> the site's one line about it, for every value rank can publish."""
+    lines = {r.name: r.explains for r in REGISTRY.values()}
+    lines.update({r.fallback_name: r.fallback_explains for r in REGISTRY.values() if r.fallback})
+    return lines
 
 
 def standardise(values: np.ndarray, groups: np.ndarray | None = None, prior: float = GROUP_PRIOR) -> np.ndarray:
@@ -71,6 +175,12 @@ def standardise(values: np.ndarray, groups: np.ndarray | None = None, prior: flo
     return out
 
 
+def standardised_signals(signals: Mapping[str, np.ndarray], fold: np.ndarray) -> dict[str, np.ndarray]:
+    """Every signal's within-tag z-scores (the matcher per member group): the one standardisation
+    that rank, the evaluation and the "probably" strip share."""
+    return {name: standardise(values, fold if name in GROUPED_SIGNALS else None) for name, values in signals.items()}
+
+
 def _sum_available(parts: list[np.ndarray]) -> np.ndarray | None:
     """Sum of the z-score arrays that exist for the tag; an image missing one counts it as 0."""
     present = [p for p in parts if np.isfinite(p).any()]
@@ -79,36 +189,23 @@ def _sum_available(parts: list[np.ndarray]) -> np.ndarray | None:
     return np.sum([np.nan_to_num(p, nan=0.0) for p in present], axis=0)
 
 
-def tag_scores(
-    ranker: str,
-    *,
-    matcher: np.ndarray,
-    fold: np.ndarray,
-    agreement: np.ndarray,
-    mean_feature: np.ndarray,
-) -> tuple[np.ndarray | None, str]:
+def scores_from_z(ranker: str, z: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
+    """(scores, what ranked the tag) from already standardised signals."""
+    if ranker not in REGISTRY:
+        raise ValueError(f"unknown ranker {ranker!r}; choose from {RANKERS}")
+    spec = REGISTRY[ranker]
+    lead = z.get(spec.signals[0])
+    if spec.fallback and (lead is None or not np.isfinite(lead).any()):
+        scores = _sum_available([z[s] for s in spec.fallback if s in z])
+        return (None, BY_INDEX) if scores is None else (scores, spec.fallback_name)
+    scores = _sum_available([z[s] for s in spec.signals if s in z])
+    return (None, BY_INDEX) if scores is None else (scores, spec.name)
+
+
+def tag_scores(ranker: str, *, fold: np.ndarray, **signals: np.ndarray) -> tuple[np.ndarray | None, str]:
     """(scores aligned with the tag's images, what ranked it); scores None: index order.
 
-    combined: z(matcher) + z(agreement); for a tag without a word vector (no matcher score),
-    z(mean feature) + z(agreement). matcher: z(matcher) alone. neighbours: z(agreement) alone.
-    A ranker falls back to what exists (a tag without any signal keeps index order).
+    signals: the tag's columns by name (matcher, agreement_weighted, centroid_margin, ...); a
+    signal that is missing or all NaN counts as absent.
     """
-    if ranker not in RANKERS:
-        raise ValueError(f"unknown ranker {ranker!r}; choose from {RANKERS}")
-    z_matcher = standardise(matcher, fold)
-    z_agreement = standardise(agreement)
-    has_matcher = bool(np.isfinite(z_matcher).any())
-    if ranker == MATCHER:
-        if not has_matcher:
-            scores = _sum_available([standardise(mean_feature)])
-            return (None, BY_INDEX) if scores is None else (scores, BY_MEAN_FEATURE)
-        parts = [z_matcher]
-    elif ranker == NEIGHBOURS:
-        parts = [z_agreement]
-    else:
-        parts = [z_matcher if has_matcher else standardise(mean_feature), z_agreement]
-        if not has_matcher:
-            scores = _sum_available(parts)
-            return (None, BY_INDEX) if scores is None else (scores, BY_MEAN_FEATURE_AND_NEIGHBOURS)
-    scores = _sum_available(parts)
-    return (None, BY_INDEX) if scores is None else (scores, ranker)
+    return scores_from_z(ranker, standardised_signals(signals, np.asarray(fold)))

@@ -59,6 +59,7 @@ def _key_signals_by_image(row: dict[str, Any]) -> tuple[str, tuple]:
         row[schema.AGREEMENT],
         row[schema.AGREEMENT_WEIGHTED],
         row[schema.MEAN_FEATURE],
+        row.get(schema.CENTROID_MARGIN),
     )
 
 
@@ -218,7 +219,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ranker",
         default=scoring.DEFAULT_RANKER,
-        choices=scoring.RANKERS,
+        choices=scoring.PUBLISHABLE,
         help="what orders a tag: combined (matcher + neighbour agreement, the default), matcher, or neighbours",
     )
     parser.add_argument(

@@ -38,8 +38,15 @@ SCORED = "scored"
 PAGES = "pages"
 # positions in a scored item (ScoreImageFn's output)
 _ITEM_AGREEMENT, _ITEM_AGREEMENT_WEIGHTED, _ITEM_MEAN_FEATURE, _ITEM_FOLD = 2, 3, 4, 5
-_ITEM_ORDINAL, _ITEM_IMAGE_ID, _ITEM_URI, _ITEM_SPLIT = 6, 7, 8, 9
-_ITEM_POSITION = {schema.AGREEMENT: _ITEM_AGREEMENT, schema.AGREEMENT_WEIGHTED: _ITEM_AGREEMENT_WEIGHTED}
+_ITEM_ORDINAL, _ITEM_IMAGE_ID, _ITEM_URI, _ITEM_SPLIT, _ITEM_CENTROID_MARGIN = 6, 7, 8, 9, 10
+# where each signal of model/scoring.py sits in a scored item
+_SIGNAL_POSITION = {
+    scoring.MATCHER_SIGNAL: 0,
+    schema.AGREEMENT: _ITEM_AGREEMENT,
+    schema.AGREEMENT_WEIGHTED: _ITEM_AGREEMENT_WEIGHTED,
+    schema.MEAN_FEATURE: _ITEM_MEAN_FEATURE,
+    schema.CENTROID_MARGIN: _ITEM_CENTROID_MARGIN,
+}
 
 
 # ---------------------------------------------------------------------------
@@ -72,7 +79,7 @@ def matcher_scores(embedding: np.ndarray, tag_vector: np.ndarray, fold: int, fol
 class ScoreImageFn(beam.DoFn):
     """One image id's index rows, projected embedding, fold, signals and failures -> scored
     (tag, item) pairs, item = (matcher, matcher_in_sample, agreement, agreement_weighted,
-    mean_feature, fold, ordinal, image_id, uri, split).
+    mean_feature, fold, ordinal, image_id, uri, split, centroid_margin).
 
     Every index row is accounted for here: scored, failed (its features or tower failed) or
     skipped (no features: extraction failed earlier).
@@ -106,8 +113,10 @@ class ScoreImageFn(beam.DoFn):
             for row_uri, tag, ordinal, split in rows:
                 vector = text_vectors.get(tag)
                 matcher, in_sample = (None, None) if vector is None else matcher_scores(embedding, vector, fold, self._folds)
-                agreement, agreement_weighted, mean_feature = signals.get(tag, (None, None, None))
-                yield tag, (matcher, in_sample, agreement, agreement_weighted, mean_feature, fold, ordinal, image_id, row_uri, split)
+                agreement, agreement_weighted, mean_feature, margin = signals.get(tag, (None, None, None, None))
+                yield tag, (
+                    matcher, in_sample, agreement, agreement_weighted, mean_feature, fold, ordinal, image_id, row_uri, split, margin
+                )
             return
         failures = list(grouped["failed"])
         if failures:
@@ -159,10 +168,8 @@ class RankTagFn(beam.DoFn):
         items = list(first.values())
         scores, ranked_by = scoring.tag_scores(
             self._ranker,
-            matcher=_column(items, 0),
             fold=np.asarray([it[_ITEM_FOLD] for it in items]),
-            agreement=_column(items, _ITEM_POSITION[scoring.AGREEMENT_COLUMN]),
-            mean_feature=_column(items, _ITEM_MEAN_FEATURE),
+            **{signal: _column(items, _SIGNAL_POSITION[signal]) for signal in scoring.SIGNAL_COLUMNS},
         )
         final = [None] * len(items) if scores is None else [float(np.float32(v)) for v in scores]
         order = sorted(range(len(items)), key=lambda i: sort_key(final[i], items[i][_ITEM_ORDINAL], items[i][_ITEM_IMAGE_ID]))
@@ -202,6 +209,7 @@ class RankTagFn(beam.DoFn):
                 schema.AGREEMENT: _maybe(it[_ITEM_AGREEMENT]),
                 schema.AGREEMENT_WEIGHTED: _maybe(it[_ITEM_AGREEMENT_WEIGHTED]),
                 schema.MEAN_FEATURE: _maybe(it[_ITEM_MEAN_FEATURE]),
+                schema.CENTROID_MARGIN: _maybe(it[_ITEM_CENTROID_MARGIN]),
                 schema.FOLD: int(it[_ITEM_FOLD]),
                 schema.ORDINAL: int(it[_ITEM_ORDINAL]),
                 schema.SPLIT: it[_ITEM_SPLIT],

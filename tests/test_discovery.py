@@ -193,7 +193,7 @@ def _rankings(rows):
             schema.TAG: tag, schema.RANK: rank, schema.IMAGE_ID: image_id, schema.URI: f"/i/{image_id}",
             schema.PUBLIC_URI: f"https://x/{image_id}.jpg", schema.SCORE: score, schema.MATCHER: matcher,
             schema.MATCHER_IN_SAMPLE: matcher, schema.AGREEMENT: agreement, schema.AGREEMENT_WEIGHTED: agreement,
-            schema.MEAN_FEATURE: None, schema.FOLD: -1, schema.ORDINAL: rank, schema.SPLIT: "train",
+            schema.MEAN_FEATURE: None, schema.CENTROID_MARGIN: None, schema.FOLD: -1, schema.ORDINAL: rank, schema.SPLIT: "train",
         }
         for k in cols:
             cols[k].append(values[k])

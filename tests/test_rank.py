@@ -184,6 +184,7 @@ def signal_rows(rows=ROWS, vectors=VECTORS) -> list[dict]:
                 schema.AGREEMENT: float(ordinal % 7) / 7,
                 schema.AGREEMENT_WEIGHTED: float(ordinal % 7) / 7,
                 schema.MEAN_FEATURE: 1.0 - (ordinal % 5) / 5,
+                schema.CENTROID_MARGIN: 0.1 * (ordinal % 3) - 0.05,
             }
         )
     return out
@@ -404,12 +405,10 @@ def test_run_rankings_agree_with_site_pages(published):
     for tag, tag_rows in by_tag.items():
         scores, ranked_by = scoring.tag_scores(
             "combined",
-            matcher=np.array([np.nan if r[schema.MATCHER] is None else r[schema.MATCHER] for r in tag_rows]),
             fold=np.array([r[schema.FOLD] for r in tag_rows]),
-            agreement=np.array([r[scoring.AGREEMENT_COLUMN] for r in tag_rows], dtype=float),
-            mean_feature=np.array([np.nan if r[schema.MEAN_FEATURE] is None else r[schema.MEAN_FEATURE] for r in tag_rows]),
+            **{c: np.array([np.nan if r[c] is None else r[c] for r in tag_rows], dtype=float) for c in scoring.SIGNAL_COLUMNS},
         )
-        assert ranked_by == ("mean_feature_neighbours" if tag_rows[0][schema.MATCHER] is None else "combined")
+        assert ranked_by == ("combined_fallback" if tag_rows[0][schema.MATCHER] is None else "combined")
         assert read_json(site / site_data.ranking_page_path(tag_key(tag), 0, _data_root(site)))["ranked_by"] == ranked_by
         np.testing.assert_allclose([r[schema.SCORE] for r in tag_rows], scores, atol=1e-5)
         assert [r[schema.SCORE] for r in tag_rows] == sorted((r[schema.SCORE] for r in tag_rows), reverse=True)
@@ -436,14 +435,14 @@ def test_matcher_scores_come_from_the_member_that_held_the_image_out():
 
 
 def test_rank_tag_fn_orders_by_the_chosen_ranker(tmp_path):
-    # items: (matcher, in_sample, agreement, agreement_weighted, mean_feature, fold, ordinal, id, uri, split)
+    # items: (matcher, in_sample, agreement, agreement_weighted, mean_feature, fold, ordinal, id, uri, split, centroid margin)
     items = [
-        (0.9, 0.9, 0.1, 0.1, 0.5, -1, 0, "a", "a.jpg", "test"),
-        (0.5, 0.9, 0.9, 0.9, 0.5, -1, 1, "b", "b.jpg", "test"),
-        (0.1, 0.9, 0.5, 0.5, 0.5, -1, 2, "c", "c.jpg", "test"),
+        (0.9, 0.9, 0.1, 0.1, 0.5, -1, 0, "a", "a.jpg", "test", 0.0),
+        (0.5, 0.9, 0.9, 0.9, 0.5, -1, 1, "b", "b.jpg", "test", 0.1),
+        (0.1, 0.9, 0.5, 0.5, 0.5, -1, 2, "c", "c.jpg", "test", 0.3),
     ]
     orders = {}
-    for ranker in ("matcher", "neighbours", "combined"):
+    for ranker in ("matcher", "neighbours", "centroid", "combined"):
         fn = ranking.RankTagFn(60, False, ranker)
         out = list(fn.process(("t", items), {}))
         rows = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
@@ -451,7 +450,8 @@ def test_rank_tag_fn_orders_by_the_chosen_ranker(tmp_path):
         orders[ranker] = [r[schema.IMAGE_ID] for r in rows]
         assert [p for p, _ in pages] == [site_data.ranking_page_path(tag_key("t"), 0)]
         assert json.loads(pages[0][1])["ranked_by"] == ranker
-    assert orders == {"matcher": ["a", "b", "c"], "neighbours": ["b", "c", "a"], "combined": ["b", "a", "c"]}
+    # combined: z(matcher) + z(agreement) + z(centroid margin) = a -1.07, b 0.96, c 0.11
+    assert orders == {"matcher": ["a", "b", "c"], "neighbours": ["b", "c", "a"], "centroid": ["c", "b", "a"], "combined": ["b", "c", "a"]}
 
 
 def test_run_tag_shards_manifest_and_report(published):

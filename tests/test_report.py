@@ -35,7 +35,7 @@ def make_rankings(sizes: dict[str, int], seed: int = 0) -> tuple[pa.Table, np.nd
             cols[schema.URI].append(f"images/{t}-{r}.png")
             cols[schema.PUBLIC_URI].append(f"images/{t}-{r}.png")
             cols[schema.SCORE].append(float(scores[r]))
-            for name in (schema.MATCHER, schema.MATCHER_IN_SAMPLE, schema.AGREEMENT, schema.AGREEMENT_WEIGHTED, schema.MEAN_FEATURE):
+            for name in (schema.MATCHER, schema.MATCHER_IN_SAMPLE, schema.AGREEMENT, schema.AGREEMENT_WEIGHTED, schema.MEAN_FEATURE, schema.CENTROID_MARGIN):
                 cols[name].append(float(rng.random()))
             cols[schema.FOLD].append(r % 3)
             cols[schema.ORDINAL].append(ordinal)
