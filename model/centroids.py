@@ -36,6 +36,35 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
+def inner_product_index(vectors: np.ndarray) -> faiss.Index:
+    """A faiss index over rows for maximum inner product: exact up to EXACT_MAX_TAGS rows, an IVF
+    (about 4 sqrt(n) lists, IVF_NPROBE probed) above, so a query costs O(sqrt(n)) at 100k tags."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if n <= EXACT_MAX_TAGS:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = max(1, min(round(4 * math.sqrt(n)), n // 40))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = SEED
+        index.train(vectors)
+        index.nprobe = min(IVF_NPROBE, nlist)
+    index.add(vectors)
+    return index
+
+
+def best_other(
+    index: faiss.Index, table: np.ndarray, queries: np.ndarray, carried: np.ndarray, candidates: int
+) -> np.ndarray:
+    """Per query row: the largest inner product with a row of `table` (the rows `index` holds)
+    that carried(candidate codes [b, c]) does not flag; -inf where every candidate is flagged."""
+    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(candidates, len(table)))
+    safe = np.maximum(found, 0)
+    products = np.einsum("bcd,bd->bc", table[safe], queries.astype(np.float32))
+    products[(found < 0) | carried(safe)] = -np.inf
+    return products.max(axis=1)
+
+
 class CentroidIndex:
     """Every tag's centroid (sum of its images' unit features), unit-normalised, and a faiss
     index over the centroids' projections into the searched space for the candidate step."""
@@ -44,21 +73,7 @@ class CentroidIndex:
         self.unit_sums = unit_sums
         self.counts = counts
         self.centroids = _unit(unit_sums).astype(np.float32)
-        projected = np.ascontiguousarray(project(self.centroids), dtype=np.float32)
-        n_tags, dim = projected.shape
-        self.candidates = min(CANDIDATES, n_tags)
-        if n_tags > EXACT_MAX_TAGS:
-            nlist = max(1, min(round(4 * math.sqrt(n_tags)), n_tags // 40))
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed = SEED
-            index.train(projected)
-            index.nprobe = min(IVF_NPROBE, nlist)
-            self._quantizer = quantizer  # faiss does not own it from Python: keep it alive
-        else:
-            index = faiss.IndexFlatIP(dim)
-        index.add(projected)
-        self.index = index
+        self.index = inner_product_index(project(self.centroids))
 
     def margins(
         self,
@@ -75,7 +90,8 @@ class CentroidIndex:
         space [b, search_dim]; carries(candidates [b, c]) says which candidate tags each row
         carries itself (those are never its "other" tags).
         """
-        _, found = self.index.search(np.ascontiguousarray(search_rows, dtype=np.float32), self.candidates)
+        # candidates by the projected centroids, cosines exact in the full feature space
+        _, found = self.index.search(np.ascontiguousarray(search_rows, dtype=np.float32), min(CANDIDATES, len(self.centroids)))
         safe = np.maximum(found, 0)
         cosines = np.einsum("bcd,bd->bc", self.centroids[safe], unit_rows.astype(np.float32))
         cosines[(found < 0) | carries(safe)] = -np.inf

@@ -15,7 +15,7 @@ import apache_beam as beam
 import numpy as np
 
 from export import publish, site_data
-from model import schema, scoring
+from model import centroids, schema, scoring
 from pipelines import common, thumbnails
 
 STAGE = "rank"  # the counters' namespace
@@ -64,16 +64,47 @@ def page_score(score: float | None) -> float | None:
 # ---------------------------------------------------------------------------
 # DoFns
 # ---------------------------------------------------------------------------
-def matcher_scores(embedding: np.ndarray, tag_vector: np.ndarray, fold: int, folds: int) -> tuple[float, float]:
-    """(out-of-sample score, in-sample score) of an image under a tag, from every member's cosine.
+def matcher_scores(embedding: np.ndarray, tag_vector: np.ndarray, fold: int, folds: int, best_other: np.ndarray | None = None) -> tuple[float, float]:
+    """(out-of-sample score, in-sample score) of an image under a tag, from every member.
 
     embedding and tag_vector are [members, out_dim]: members 0..folds-1 are the cross-fitted ones,
-    the last trained on every fold. The published score comes from the member that held the
+    the last trained on every fold. A member's score is class-contrastive: its cosine to the tag
+    minus best_other[member], its best cosine to a tag the image does not carry (without
+    best_other, the plain cosine). The published score comes from the member that held the
     image's fold out, or the mean of the cross-fitted members where none trained on it (fold -1).
     """
     cosines = np.einsum("md,md->m", embedding, tag_vector)
+    if best_other is not None:
+        cosines = cosines - np.where(np.isfinite(best_other), best_other, 0.0)
     held_out = float(cosines[:folds].mean()) if fold == schema.NO_FOLD else float(cosines[fold])
     return held_out, float(cosines[folds])
+
+
+class TagTable:
+    """Every tag's projection by every member, with an inner-product index per member, for the
+    best other tag of an image (model/centroids.py: exact for small tag sets, IVF at 100k)."""
+
+    CANDIDATES = 16  # the image's own tags, plus the nearest others
+
+    def __init__(self, text_vectors: dict[str, np.ndarray]):
+        self.tags = sorted(text_vectors)
+        self.code = {t: i for i, t in enumerate(self.tags)}
+        stacked = np.stack([text_vectors[t] for t in self.tags], axis=1) if self.tags else np.zeros((0, 0, 0), np.float32)
+        self.vectors = np.ascontiguousarray(stacked, dtype=np.float32)  # [members, n_tags, dim]
+        self.indexes = [centroids.inner_product_index(v) for v in self.vectors] if len(self.tags) > 1 else []
+
+    def best_other(self, embedding: np.ndarray, carried: set[str]) -> np.ndarray:
+        """[members]: each member's best cosine between the image and a tag it does not carry."""
+        if not self.indexes:
+            return np.full(len(embedding), np.nan)
+        codes = np.array([self.code[t] for t in carried if t in self.code])
+        best = np.array(
+            [
+                centroids.best_other(index, table, embedding[m : m + 1], lambda c: np.isin(c, codes), self.CANDIDATES + len(codes))[0]
+                for m, (index, table) in enumerate(zip(self.indexes, self.vectors))
+            ]
+        )
+        return np.where(np.isfinite(best), best, np.nan)
 
 
 class ScoreImageFn(beam.DoFn):
@@ -85,8 +116,17 @@ class ScoreImageFn(beam.DoFn):
     skipped (no features: extraction failed earlier).
     """
 
-    def __init__(self, folds: int):
+    def __init__(self, folds: int, contrastive: bool = True):
         self._folds = folds
+        self._contrastive = contrastive
+        self._table: TagTable | None = None
+        self._table_of: int | None = None
+
+    def _tag_table(self, text_vectors: dict[str, np.ndarray]) -> TagTable:
+        # the side input is the same object for a worker's bundles: build its indexes once
+        if self._table is None or self._table_of != id(text_vectors):
+            self._table, self._table_of = TagTable(text_vectors), id(text_vectors)
+        return self._table
 
     def process(self, element: tuple[str, dict[str, Iterable]], text_vectors: dict[str, np.ndarray]) -> Iterator[Any]:
         image_id, grouped = element
@@ -110,9 +150,13 @@ class ScoreImageFn(beam.DoFn):
             if not signals:
                 common.counter(STAGE, IMAGES_WITHOUT_SIGNALS).inc()
             yield beam.pvalue.TaggedOutput(THUMBS, (image_id, uri))
+            carried = {tag for _, tag, _, _ in rows}
+            best_other = self._tag_table(text_vectors).best_other(embedding, carried) if self._contrastive else None
             for row_uri, tag, ordinal, split in rows:
                 vector = text_vectors.get(tag)
-                matcher, in_sample = (None, None) if vector is None else matcher_scores(embedding, vector, fold, self._folds)
+                matcher, in_sample = (
+                    (None, None) if vector is None else matcher_scores(embedding, vector, fold, self._folds, best_other)
+                )
                 agreement, agreement_weighted, mean_feature, margin = signals.get(tag, (None, None, None, None))
                 yield tag, (
                     matcher, in_sample, agreement, agreement_weighted, mean_feature, fold, ordinal, image_id, row_uri, split, margin

@@ -121,9 +121,11 @@ ROWS = [
     ("u2", "zzyzx", 10),
 ]
 TEXT = {"cat": [1, 0, 0], "dog": [0, 1, 0], "zzyzx": None}  # zzyzx is oov
+# The matcher is class-contrastive: cosine to the tag minus the best cosine to a tag the image does
+# not carry. c2 carries both tags, so nothing is subtracted; c4 is as close to dog as to cat.
 EXPECTED = {  # tag -> [(image name, score)] in rank order
-    "cat": [("c1", 1.0), ("c4", HALF), ("c2", HALF), ("c3", 0.0)],
-    "dog": [("d1", 1.0), ("c2", HALF), ("broken", 0.0)],
+    "cat": [("c1", 1.0), ("c2", HALF), ("c4", 0.0), ("c3", -1.0)],
+    "dog": [("d1", 1.0), ("c2", HALF), ("broken", -1.0)],
     "zzyzx": [("u1", None), ("u2", None)],  # index order, no scores
 }
 
