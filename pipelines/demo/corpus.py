@@ -23,7 +23,8 @@ ranking designs can be told apart on it:
     a hundred;
   * one tag without a class of its own (objects.ALL_WRONG_TAG, "lantern", ALL_WRONG_SHARE of the
     originals): every picture under it truly shows another class, mostly its look-alike (traffic
-    lights), so no ranking of it is right and only a check across tags can notice;
+    lights), so no ranking of it is right and only a check across tags can notice. Its pictures
+    count in the wrong share, and it is left out where they would be over half of it (at 0);
   * tags arrive with raw variation (capitals, extra spaces) and a few exact duplicate rows;
   * JPEG and PNG (RGB, RGBA and palette, some transparent) at different sizes;
   * three broken files are listed too (truncated JPEG, zero bytes, text named .jpg);
@@ -254,10 +255,13 @@ def _wrong_tag(true_tag: str, regular: list[str], rng: random.Random) -> str:
     return rng.choice([t for t in regular if t != true_tag])
 
 
-def _special_tags(n_originals: int) -> tuple[dict[str, int], int]:
-    """Small tags and the all-wrong tag's size that fit in a quarter of the originals."""
+def _special_tags(n_originals: int, wrong_share: float) -> tuple[dict[str, int], int]:
+    """Small tags and the all-wrong tag's size that fit in a quarter of the originals; the
+    all-wrong tag's pictures are part of the wrong share, so it has none to spare at 0."""
     budget = n_originals // 4
     n_all_wrong = max(3, round(n_originals * ALL_WRONG_SHARE))
+    if n_all_wrong > round(n_originals * wrong_share) / 2:
+        n_all_wrong = 0
     small: dict[str, int] = {}
     for tag, size in SMALL_TAGS.items():
         if size <= budget:
@@ -274,7 +278,7 @@ def plan_pictures(n_images: int, wrong_share: float, rng: random.Random) -> list
         raise ValueError(f"wrong_share must be in [0, 1), got {wrong_share}")
     n_copies = round(n_images * COPY_SHARE) if n_images >= MIN_IMAGES_FOR_COPIES else 0
     n_originals = n_images - n_copies
-    small, n_all_wrong = _special_tags(n_originals)
+    small, n_all_wrong = _special_tags(n_originals, wrong_share)
     regular = [t for t in CLASSES if t not in SMALL_TAGS]  # classes with a tag of the usual size
     n_regular = n_originals - sum(small.values()) - n_all_wrong
 
