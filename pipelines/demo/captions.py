@@ -40,6 +40,10 @@ _CAPTION_CONTEXT: dict[str, tuple[str, ...]] = {
     "kite": ("flying high in the wind", "on a string at the beach", "with a long tail", "in the windy sky"),
     "fire truck": ("with a long ladder", "rushing to a fire", "with firefighters on board", "at the fire station"),
     "traffic light": ("at the crossing", "showing red to stop", "turning green for go", "on a busy street corner"),
+    "peach": ("a soft sweet fruit", "fresh from the orchard", "with fuzzy skin", "ripe in the summer"),
+    "banana": ("a long yellow fruit", "in a bunch at the market", "peeled for breakfast", "curved like a smile"),
+    "taxi": ("waiting at the station", "with a sign on the roof", "driving down the road", "taking people across town"),
+    "lantern": ("glowing in the dark", "hanging by the door", "lit with a candle", "carried along the path at night"),
 }
 # Words that are not tags but name one (synonyms, plurals), written into the captions in the
 # tag's own contexts so the word vectors place them near it: the site's "related" answer to a

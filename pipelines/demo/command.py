@@ -55,6 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch demo", description=__doc__)
     parser.add_argument("--out", required=True, help="output root (local folder)")
     parser.add_argument("--images", type=int, default=demo_corpus.DEFAULT_IMAGES, help="demo corpus size")
+    parser.add_argument(
+        "--wrong-share",
+        type=float,
+        default=demo_corpus.DEFAULT_WRONG_SHARE,
+        help="share of the demo's pictures that carry a wrong tag (mostly a look-alike class's)",
+    )
     parser.add_argument("--no-serve", action="store_true", help="build the site but do not serve it")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
@@ -78,7 +84,9 @@ def run(argv: list[str] | None = None) -> build.BuildResult:
     started = time.monotonic()
 
     print(f"[demo] generating the demo corpus ({args.images} images) ...", flush=True)
-    corpus = demo_corpus.generate_demo_corpus(Path(out) / "corpus", n_images=args.images, seed=args.seed)
+    corpus = demo_corpus.generate_demo_corpus(
+        Path(out) / "corpus", n_images=args.images, seed=args.seed, wrong_share=args.wrong_share
+    )
     print(corpus.summary_line(), flush=True)
     args.input = str(corpus.manifest)
     args.word_vectors = str(corpus.word_vectors)

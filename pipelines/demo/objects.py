@@ -1,9 +1,11 @@
 """The demo corpus's object classes: one tag each, and how its object is drawn.
 
 A drawer paints one object centred at (r, r) on a transparent square layer of side 2r, varied by
-its rng (proportions, details); `drawing.draw_picture` places the layer on a background. The tags
-are the keys of CLASSES: two are two words (MULTI_WORD_TAGS) and one (OOV_TAG) never occurs in
-the captions, so it is out of vocabulary for the demo word vectors.
+its rng (proportions, details); `drawing.draw_picture` places the layer on a background. The drawn
+classes are the keys of CLASSES: two are two words (MULTI_WORD_TAGS) and one (OOV_TAG) never
+occurs in the captions, so it is out of vocabulary for the demo word vectors. LOOKALIKE_PAIRS are
+the classes that really look alike (related drawers, the same silhouette family); ALL_WRONG_TAG is
+a tag without a class of its own, whose pictures all show another class. TAGS is both.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ def _draw_wheels(d: ImageDraw.ImageDraw, centres: list[Point], radius: float) ->
         d.ellipse([x - radius * 0.45, y - radius * 0.45, x + radius * 0.45, y + radius * 0.45], fill=(170, 170, 170))
 
 
-def _draw_car(d: ImageDraw.ImageDraw, r: float, c: Colour, rng: random.Random) -> None:
+def _draw_car(d: ImageDraw.ImageDraw, r: float, c: Colour, rng: random.Random) -> float:
+    """A car seen from the side; its body's half length (the taxi adds to it)."""
     half = r * rng.uniform(0.82, 0.92)
     body_top, body_bottom = r - r * 0.05, r + r * 0.35
     d.rounded_rectangle([r - half, body_top, r + half, body_bottom], radius=r * 0.12, fill=c)
@@ -158,6 +161,20 @@ def _draw_car(d: ImageDraw.ImageDraw, r: float, c: Colour, rng: random.Random) -
     )
     d.polygon([(r + 2, body_top), (r + 2, r - r * 0.34), (r + cabin * 0.55, r - r * 0.34), (r + cabin * 0.8, body_top)], fill=glass)
     _draw_wheels(d, [(r - half * 0.6, body_bottom), (r + half * 0.6, body_bottom)], r * 0.17)
+    return half
+
+
+def _draw_taxi(d: ImageDraw.ImageDraw, r: float, c: Colour, rng: random.Random) -> None:
+    """The car's look-alike: the same car with a sign on the roof and a checker stripe."""
+    half = _draw_car(d, r, c, rng)
+    sign = r * rng.uniform(0.12, 0.18)
+    d.rectangle([r - sign, r - r * 0.56, r + sign, r - r * 0.42], fill=_shade(c, 1.7) if sum(c) < 380 else _shade(c, 0.35))
+    dark, light = _shade(c, 0.25), _shade(c, 1.8)
+    cell = r * 0.07
+    y = r + r * 0.06
+    for k in range(int(1.5 * half / cell)):
+        x = r - half * 0.75 + k * cell
+        d.rectangle([x, y, x + cell, y + cell], fill=dark if k % 2 else light)
 
 
 def _draw_fire_truck(d: ImageDraw.ImageDraw, r: float, c: Colour, rng: random.Random) -> None:
@@ -220,6 +237,34 @@ def _draw_apple(d: ImageDraw.ImageDraw, r: float, c: Colour, rng: random.Random)
     d.ellipse([r - k * 0.4, top, r + k * 1.2, top + 2 * k * 1.05], fill=c)
     d.line([(r, top + k * 0.25), (r + r * 0.08, r - r * 0.8)], fill=(90, 60, 30), width=max(2, int(r * 0.07)))
     d.ellipse([r + r * 0.08, r - r * 0.78, r + r * 0.42, r - r * 0.6], fill=(60, 170, 60))
+
+
+def _draw_peach(d: ImageDraw.ImageDraw, r: float, c: Colour, rng: random.Random) -> None:
+    """The apple's look-alike: one round body with a crease instead of two lobes, the same stem and leaf."""
+    k = r * rng.uniform(0.62, 0.7)
+    top = r - r * 0.4
+    d.ellipse([r - k * 1.05, top, r + k * 1.05, top + 2 * k * 0.98], fill=c)
+    crease = _shade(c, 0.7)
+    d.arc([r - k * 0.55, top + k * 0.1, r + k * 0.25, top + 2 * k * 0.9], start=-80, end=80, fill=crease, width=max(1, int(r * 0.035)))
+    d.line([(r, top + k * 0.15), (r + r * 0.05, r - r * 0.62)], fill=(90, 60, 30), width=max(2, int(r * 0.07)))
+    d.ellipse([r + r * 0.05, r - r * 0.72, r + r * 0.4, r - r * 0.55], fill=(60, 170, 60))
+
+
+def _draw_banana(d: ImageDraw.ImageDraw, r: float, c: Colour, rng: random.Random) -> None:
+    """The moon's look-alike: a curved band tapering to both ends, a dark tip at one of them."""
+    radius = r * rng.uniform(0.8, 0.9)
+    thick = radius * rng.uniform(0.36, 0.48)
+    cy = r - radius * 0.45
+    outer, inner = [], []
+    for step in range(17):
+        t = step / 16
+        angle = math.pi * (0.12 + 0.76 * t)
+        w = thick * max(0.08, math.sin(math.pi * t)) ** 0.7
+        outer.append((r + radius * math.cos(angle), cy + radius * math.sin(angle)))
+        inner.append((r + (radius - w) * math.cos(angle), cy + (radius - w) * math.sin(angle)))
+    d.polygon(outer + inner[::-1], fill=c)
+    tip = max(2, int(r * 0.06))
+    d.line([outer[0], (outer[0][0] + tip * 1.5, outer[0][1] - tip * 1.5)], fill=(80, 55, 25), width=tip)
 
 
 def _draw_cloud(d: ImageDraw.ImageDraw, r: float, c: Colour, rng: random.Random) -> None:
@@ -318,5 +363,28 @@ CLASSES: dict[str, tuple[Drawer, float, bool]] = {
     "fire truck": (_draw_fire_truck, 6, True),
     "traffic light": (_draw_traffic_light, 5, False),
     OOV_TAG: (_draw_hourglass, 15, False),
+    "peach": (_draw_peach, 20, True),
+    "banana": (_draw_banana, 180, True),
+    "taxi": (_draw_taxi, 8, True),
 }
-TAGS: tuple[str, ...] = tuple(CLASSES)
+
+# Classes that really look alike: the same silhouette family, drawn by related drawers, in the
+# same random colours. A wrongly tagged picture of one mostly carries the other's tag.
+LOOKALIKE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("apple", "peach"),  # two fruits: two lobes or one body with a crease, the same stem and leaf
+    ("moon", "banana"),  # two crescents
+    ("car", "taxi"),  # two cars: the taxi has a roof sign and a checker stripe
+    ("circle", "ring"),  # two round shapes: a disc and a band
+    ("star", "sun"),  # points or rays around a centre
+    ("diamond", "kite"),  # two rhombi: the kite has spars and a tail
+    ("tree", "flower"),  # a crown on a stem
+)
+LOOKALIKE: dict[str, str] = {a: b for pair in LOOKALIKE_PAIRS for a, b in (pair, pair[::-1])}
+
+# A tag with no class of its own: every picture crawled under it truly shows another class, mostly
+# its look-alike (a crawler's page of traffic lights captioned "lantern").
+ALL_WRONG_TAG = "lantern"
+ALL_WRONG_LOOKS_LIKE = "traffic light"
+
+# Every tag the corpus may carry: the drawn classes and the all-wrong tag.
+TAGS: tuple[str, ...] = (*CLASSES, ALL_WRONG_TAG)
