@@ -46,6 +46,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import scipy.sparse
+import scipy.sparse.csgraph
 
 from model import schema, storage
 from model.centroids import CentroidIndex
@@ -78,6 +80,9 @@ PAIR_BLOCK = 65_536  # (image, tag) pairs per agreement step: bounds the pairs x
 ROWS_PER_SHARD = 250_000
 ROW_GROUP_ROWS = 50_000  # readers stream the lists row group by row group
 TEMP_MARK = ".tmp-"  # shard.parquet.tmp-<token>: ends in no .parquet, so no reader takes it for a shard
+# A neighbour this close is a copy (re-encoded, resized, cropped by a few pixels): rank's folding
+# of copies on the site uses the same threshold (export/similar.py).
+COPY_THRESHOLD = 0.985
 SKIPPED_NO_FEATURES = "skipped_no_features"
 SKIPPED_NO_NEIGHBOURS = "skipped_no_neighbours"
 
@@ -486,10 +491,28 @@ def _sorted_lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return sorted_keys[at] == keys
 
 
-def agreement(col: Collection, labels: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def copy_groups(col: Collection, labels: np.ndarray, sims: np.ndarray, threshold: float = COPY_THRESHOLD) -> np.ndarray:
+    """int64 [n]: each position's copy group, numbered by the group's first position. Exact copies
+    (one content hash) and near copies (a neighbour at cosine >= threshold: re-encoded, resized,
+    cropped by a few pixels) join, transitively. Copies travel together: the agreement never counts
+    a copy's vote, and train keeps a group in one fold."""
+    n = col.n
+    first_of_hash = np.full(int(col.content_hash.max()) + 1 if n else 0, n, np.int64)
+    np.minimum.at(first_of_hash, col.content_hash, np.arange(n))
+    near = (labels >= 0) & (sims >= threshold)
+    rows = np.concatenate([np.arange(n), np.repeat(np.arange(n), near.sum(axis=1))])
+    cols = np.concatenate([first_of_hash[col.content_hash], labels[near].astype(np.int64)])
+    graph = scipy.sparse.coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n))
+    _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    first = np.full(component.max() + 1 if n else 0, n, np.int64)
+    np.minimum.at(first, component, np.arange(n))
+    return first[component]
+
+
+def agreement(col: Collection, labels: np.ndarray, sims: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per pair: share of the image's neighbours carrying the tag, plain and weighted by
-    max(cosine, 0). Neighbours with the image's content hash, and missing ones, count neither
-    way; NaN where none is left (or the weights sum to 0)."""
+    max(cosine, 0). Neighbours in the image's copy group (a copy votes like the image itself),
+    and missing ones, count neither way; NaN where none is left (or the weights sum to 0)."""
     n_tags = max(len(col.tags), 1)
     pair_keys = col.pair_keys
     plain = np.full(len(pair_keys), np.nan)
@@ -499,7 +522,7 @@ def agreement(col: Collection, labels: np.ndarray, sims: np.ndarray) -> tuple[np
         nb = labels[pos].astype(np.int64)  # [b, k]
         valid = nb >= 0
         nb_safe = np.where(valid, nb, 0)
-        counted = valid & (col.content_hash[nb_safe] != col.content_hash[pos][:, None])
+        counted = valid & (groups[nb_safe] != groups[pos][:, None])
         carries = counted & _sorted_lookup(pair_keys, nb_safe * n_tags + tag[:, None])
         w = np.maximum(sims[pos], 0.0) * counted
         den, wden = counted.sum(axis=1), w.sum(axis=1)
@@ -521,7 +544,7 @@ def _float_or_null(values: np.ndarray) -> pa.Array:
 
 
 def neighbour_table(
-    col: Collection, labels: np.ndarray, sims: np.ndarray, rows: np.ndarray, meta: dict[str, Any]
+    col: Collection, labels: np.ndarray, sims: np.ndarray, groups: np.ndarray, rows: np.ndarray, meta: dict[str, Any]
 ) -> pa.Table:
     """NEIGHBOURS_SCHEMA rows for the given positions (misses left out of the lists)."""
     lab = labels[rows]
@@ -533,9 +556,19 @@ def neighbour_table(
             schema.IMAGE_ID: col.ids.take(pa.array(rows)),
             schema.NEIGHBOUR_IDS: pa.ListArray.from_arrays(pa.array(offsets), ids),
             schema.SIMILARITIES: pa.ListArray.from_arrays(pa.array(offsets), pa.array(sims[rows][valid], pa.float32())),
+            schema.COPY_GROUP: _group_ids(col, groups, rows),
         },
         schema=_with_meta(schema.NEIGHBOURS_SCHEMA, meta),
     )
+
+
+def _group_ids(col: Collection, groups: np.ndarray, rows: np.ndarray) -> pa.Array:
+    """Each row's copy group named by the group's smallest image id (stable across runs)."""
+    by_id = pc.sort_indices(col.ids).to_numpy()
+    uniq, first = np.unique(groups[by_id], return_index=True)  # first member of each group by id
+    representative = np.empty(col.n, np.int64)
+    representative[uniq] = by_id[first]
+    return col.ids.take(pa.array(representative[groups[rows]]))
 
 
 def signal_table(
@@ -601,6 +634,7 @@ def write_outputs(
     col: Collection,
     labels: np.ndarray,
     sims: np.ndarray,
+    groups: np.ndarray,
     signals: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     meta: dict[str, Any],
 ) -> None:
@@ -610,7 +644,7 @@ def write_outputs(
     rank_of_pos[by_id] = np.arange(col.n)
     pairs_by_id = np.lexsort((col.pair_tag, rank_of_pos[col.pair_pos]))
     outputs = [
-        (schema.NEIGHBOURS_DIR, schema.NEIGHBOURS_PREFIX, by_id, lambda rows: neighbour_table(col, labels, sims, rows, meta)),
+        (schema.NEIGHBOURS_DIR, schema.NEIGHBOURS_PREFIX, by_id, lambda rows: neighbour_table(col, labels, sims, groups, rows, meta)),
         (schema.SIGNALS_DIR, schema.SIGNALS_PREFIX, pairs_by_id, lambda pairs: signal_table(col, pairs, *signals, meta)),
     ]
     written = [write_temp_shards(out, directory, prefix, order, make) for directory, prefix, order, make in outputs]
@@ -651,21 +685,23 @@ def run(argv: list[str] | None = None) -> StageReport:
         if recall < RECALL_WARN:
             log.warning("%s: ivf recall@%d is %.3f; a larger --nprobe (now %d) buys more", STAGE, plan.k, recall, plan.nprobe)
     del store  # the vectors' memory goes back before the outputs are built
-    plain, weighted = agreement(col, labels, sims)
+    groups = copy_groups(col, labels, sims)
+    plain, weighted = agreement(col, labels, sims, groups)
 
     meta: dict[str, Any] = {
         **dataclasses.asdict(plan), "images": col.n, "seed": SEED, "feature_dim": features.dim,
         "encoder": features.metadata.get(schema.META_ENCODER.decode()),
         "weights": features.metadata.get(schema.META_WEIGHTS.decode()),
     }
-    write_outputs(args.out, col, labels, sims, (plain, weighted, mean, margin), meta)
+    write_outputs(args.out, col, labels, sims, groups, (plain, weighted, mean, margin), meta)
 
     report.rows_out = int((labels >= 0).any(axis=1).sum())
     report.details[SKIPPED_NO_FEATURES] = col.index_images - col.n
     report.details[SKIPPED_NO_NEIGHBOURS] = col.n - report.rows_out
     report.rows_skipped = report.details[SKIPPED_NO_FEATURES] + report.details[SKIPPED_NO_NEIGHBOURS]
     report.details.update(
-        dataclasses.asdict(plan), signals=len(col.pair_pos), features_not_in_index=col.features_not_in_index
+        dataclasses.asdict(plan), signals=len(col.pair_pos), features_not_in_index=col.features_not_in_index,
+        images_with_copies=int((np.bincount(groups, minlength=col.n)[groups] > 1).sum()),
     )
     report.seconds = time.monotonic() - started
     report.save(args.out)

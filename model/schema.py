@@ -120,11 +120,14 @@ RANKINGS_SCHEMA = pa.schema(
     ]
 )
 
+COPY_GROUP = "copy_group"  # the smallest image id among an image and its copies (itself when it has none)
 NEIGHBOURS_SCHEMA = pa.schema(
     [
         pa.field(IMAGE_ID, pa.string(), nullable=False),
         pa.field(NEIGHBOUR_IDS, pa.list_(pa.string()), nullable=False),  # most similar first
         pa.field(SIMILARITIES, pa.list_(pa.float32()), nullable=False),  # cosine, aligned with the ids
+        # exact copies (content hash) and near copies (cosine >= neighbours' copy threshold), transitively
+        pa.field(COPY_GROUP, pa.string()),
     ]
 )
 

@@ -208,8 +208,23 @@ class TrainData:
         return eligible & ~self.validation[:, member], eligible & self.validation[:, member]
 
 
+def load_copy_groups(out: str) -> dict[str, str]:
+    """image id -> its copy group (neighbours' lists: exact and near copies), only for images
+    that have a copy; empty when neighbours has not run."""
+    directory = schema.out_path(out, schema.NEIGHBOURS_DIR)
+    if not storage.list_files(directory, schema.PARQUET_SUFFIX):
+        return {}
+    table = storage.read_parquet_dir(directory, columns=[schema.IMAGE_ID, schema.COPY_GROUP])
+    ids, groups = table.column(0).to_pylist(), table.column(1).to_pylist()
+    return {i: g for i, g in zip(ids, groups) if g is not None and g != i}
+
+
 def prepare_data(out: str, folds: int = 5, validation_percent: int = 10) -> TrainData:
+    """The training rows. Folds and validation parts are drawn by copy group, not by image: a copy
+    of an image (carrying the same, maybe wrong, tag) in another fold would train the member that
+    is meant to hold the image out."""
     images = load_images(out)
+    group_of = load_copy_groups(out)
     text = load_text_features(out)
     features = find_image_features(out)
     tag_index = text.index()
@@ -225,15 +240,16 @@ def prepare_data(out: str, folds: int = 5, validation_percent: int = 10) -> Trai
             train_ids[image_id] = len(train_tag)
             train_tag.append(idx)
     ids = list(train_ids)
+    keys = [group_of.get(i, i) for i in ids]
     return TrainData(
         images=images,
         text=text,
         features=features,
         train_ids=train_ids,
         train_tag=np.asarray(train_tag, dtype=np.int64),
-        fold=np.fromiter((fold_for(i, folds) for i in ids), dtype=np.int64, count=len(ids)),
+        fold=np.fromiter((fold_for(k, folds) for k in keys), dtype=np.int64, count=len(ids)),
         validation=np.array(
-            [[in_validation(i, m, validation_percent) for m in range(folds + 1)] for i in ids], dtype=bool
+            [[in_validation(k, m, validation_percent) for m in range(folds + 1)] for k in keys], dtype=bool
         ).reshape(len(ids), folds + 1),
         train_split_rows=int(is_train.sum()),
         skipped_oov_tag=skipped_oov,
