@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model import devices, schema, storage
@@ -212,7 +213,11 @@ def load_copy_groups(out: str) -> dict[str, str]:
     """image id -> its copy group (neighbours' lists: exact and near copies), only for images
     that have a copy; empty when neighbours has not run."""
     directory = schema.out_path(out, schema.NEIGHBOURS_DIR)
-    if not storage.list_files(directory, schema.PARQUET_SUFFIX):
+    files = storage.list_files(directory, schema.PARQUET_SUFFIX)
+    if not files:
+        return {}
+    if schema.COPY_GROUP not in storage.open_parquet(files[0]).schema_arrow.names:
+        log.warning("%s: neighbour lists without copy groups (an older neighbours run): folds by image; rerun neighbours", directory)
         return {}
     table = storage.read_parquet_dir(directory, columns=[schema.IMAGE_ID, schema.COPY_GROUP])
     ids, groups = table.column(0).to_pylist(), table.column(1).to_pylist()
@@ -288,13 +293,46 @@ class TrainResult(StageReport):
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"contrastive": contrastive_loss}
+@dataclasses.dataclass(frozen=True)
+class Criterion:
+    """A training loss and the tags each batch is contrasted with: the batch's own distinct tags,
+    or every tag of the collection (above ALL_TAGS_MAX tags: the batch's tags plus a fresh uniform
+    sample of the others, a sampled softmax, so 100k tags cost a few thousand logits a row)."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    all_tags: bool
 
 
-def _batch_loss(member: Matcher, x: torch.Tensor, tags: torch.Tensor, text_vectors: torch.Tensor, criterion) -> torch.Tensor:
-    # The batch's distinct tags are the classes; images sharing a tag are not negatives.
-    unique_tags, targets = torch.unique(tags, return_inverse=True)
-    return criterion(member(x, text_vectors[unique_tags]), targets)
+ALL_TAGS_MAX = 4096
+
+
+def tag_softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each image over the tags it is contrasted with: its own tag against all
+    the others, which is the question the ranking asks ("more like its tag than the others?")."""
+    return F.cross_entropy(logits, targets)
+
+
+LOSSES: dict[str, Criterion] = {
+    "contrastive": Criterion(contrastive_loss, all_tags=False),
+    "all-tags": Criterion(tag_softmax_loss, all_tags=True),
+}
+DEFAULT_LOSS = "contrastive"
+
+
+def _contrast_tags(tags: torch.Tensor, n_tags: int, all_tags: bool) -> torch.Tensor:
+    if not all_tags:
+        return torch.unique(tags)
+    if n_tags <= ALL_TAGS_MAX:
+        return torch.arange(n_tags, device=tags.device)
+    sample = torch.randint(n_tags, (ALL_TAGS_MAX,), device=tags.device)
+    return torch.unique(torch.cat([tags, sample]))
+
+
+def _batch_loss(member: Matcher, x: torch.Tensor, tags: torch.Tensor, text_vectors: torch.Tensor, criterion: Criterion) -> torch.Tensor:
+    # Images sharing a tag are never each other's negatives: the classes are tags, not images.
+    classes = _contrast_tags(tags, len(text_vectors), criterion.all_tags)
+    targets = torch.searchsorted(classes, tags)
+    return criterion.loss(member(x, text_vectors[classes]), targets)
 
 
 def train_one_epoch(
@@ -304,7 +342,7 @@ def train_one_epoch(
     data: TrainData,
     text_vectors: torch.Tensor,
     active: Sequence[bool],
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    criterion: Criterion,
     device: torch.device,
 ) -> list[dict[str, float]]:
     """One pass over the stream for every member at once (one read of the features per epoch).
@@ -514,7 +552,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patience", type=int, default=3, help="epochs without a validation improvement before a member stops")
     parser.add_argument("--min-delta", type=float, default=1e-3, help="smallest validation-loss drop that counts as an improvement")
     parser.add_argument("--validation-percent", type=int, default=10, help="share of each member's training images it validates on")
-    parser.add_argument("--loss", default="contrastive", choices=sorted(LOSSES), help="training criterion")
+    parser.add_argument(
+        "--loss", default=DEFAULT_LOSS, choices=sorted(LOSSES),
+        help="contrastive: in-batch, each image against the batch's other tags (and each tag against the batch's images); "
+        f"all-tags: each image against every tag (a sampled softmax above {ALL_TAGS_MAX} tags)",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="images per step; their distinct tags are the classes")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (cosine-annealed per epoch)")
     parser.add_argument("--weight-decay", type=float, default=1e-4)

@@ -266,3 +266,33 @@ def test_an_image_committed_twice_is_read_once(tmp_path: Path):
     data = train.prepare_data(str(out), folds=2)
     positions = np.concatenate([p for _, p in train.iter_feature_rows(data.features.units, data.train_ids, data.features.dim)])
     assert len(positions) == len(set(positions.tolist()))
+
+
+def test_all_tags_loss_contrasts_each_image_with_every_tag(monkeypatch):
+    tags = torch.tensor([2, 0, 2])
+    classes = train._contrast_tags(tags, 5, all_tags=True)
+    assert classes.tolist() == [0, 1, 2, 3, 4]
+    assert train._contrast_tags(tags, 5, all_tags=False).tolist() == [0, 2]
+    # above ALL_TAGS_MAX: the batch's own tags are always among the sampled classes
+    monkeypatch.setattr(train, "ALL_TAGS_MAX", 3)
+    torch.manual_seed(0)
+    sampled = train._contrast_tags(torch.tensor([7, 9]), 1000, all_tags=True)
+    assert {7, 9} <= set(sampled.tolist()) and len(sampled) <= 5
+    assert sampled.tolist() == sorted(set(sampled.tolist()))
+
+
+def test_all_tags_loss_pushes_an_image_away_from_tags_absent_from_its_batch():
+    torch.manual_seed(0)
+    member = Matcher(MatcherConfig(image_dim=4, text_dim=3, hidden=8, out_dim=4, dropout=0.0))
+    text = torch.eye(3)
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0]])
+    tags = torch.tensor([0, 0])  # the batch holds one tag: in-batch contrast has nothing to learn
+    in_batch = train._batch_loss(member, x, tags, text, train.LOSSES["contrastive"])
+    assert float(in_batch) == pytest.approx(0.0, abs=1e-6)
+    optimiser = torch.optim.Adam(member.parameters(), lr=0.05)
+    before = member(x, text).softmax(dim=1)[:, 0].mean().item()
+    for _ in range(30):
+        optimiser.zero_grad()
+        train._batch_loss(member, x, tags, text, train.LOSSES["all-tags"]).backward()
+        optimiser.step()
+    assert member(x, text).softmax(dim=1)[:, 0].mean().item() > max(before, 0.9)
