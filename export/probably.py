@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from export import hashed_shards, similar
 from model import schema, scoring, storage
+from model.contrast import TagTable, matcher_scores
 from model.tags import tag_key
 
 log = logging.getLogger(__name__)
@@ -130,38 +131,41 @@ def _folds(out: str) -> dict[str, int]:
     return folds
 
 
-def _text_features(out: str, wanted: set[str]) -> dict[str, np.ndarray]:
+def _text_features(out: str, wanted: set[str] | None) -> dict[str, np.ndarray]:
+    """tag -> word vector, for the wanted tags (None: every tag with a vector)."""
     found: dict[str, np.ndarray] = {}
     for path in similar._shards(out, schema.TEXT_FEATURES_DIR, schema.TEXT_FEATURES_PREFIX):
         table = storage.open_parquet(path).read(columns=[schema.TAG, schema.EMBEDDING, schema.STATUS])
         for tag, vec, status in zip(*(table[c].to_pylist() for c in (schema.TAG, schema.EMBEDDING, schema.STATUS))):
-            if tag in wanted and vec is not None and status != schema.TEXT_OOV:
+            if (wanted is None or tag in wanted) and vec is not None and status != schema.TEXT_OOV:
                 found[tag] = np.asarray(vec, dtype=np.float32)
     return found
 
 
 def matcher_cosines(out: str, pairs: list[tuple[str, str]], folds_count: int) -> dict[tuple[str, str], float]:
-    """(image id, tag) -> the out-of-sample matcher cosine, for the given pairs only."""
+    """(image id, tag) -> the out-of-sample matcher score for the given pairs only, on the scale
+    rank publishes: class-contrastive (the tag against the best other tag, model/contrast.py)."""
     if not pairs:
         return {}
     features = _features(out, {i for i, _ in pairs})
-    text = _text_features(out, {t for _, t in pairs})
+    text = _text_features(out, None)
     pairs = [(i, t) for i, t in pairs if i in features and t in text]
     if not pairs:
         return {}
     image_ids = sorted({i for i, _ in pairs})
-    tags = sorted({t for _, t in pairs})
+    tags = sorted(text)
     image_emb = _project(_session(schema.out_path(out, schema.IMAGE_TOWER_ONNX)), np.stack([features[i] for i in image_ids]))
     text_emb = _project(_session(schema.out_path(out, schema.TEXT_TOWER_ONNX)), np.stack([text[t] for t in tags]))
+    table = TagTable(dict(zip(tags, text_emb)))
     row = {i: r for r, i in enumerate(image_ids)}
-    col = {t: c for c, t in enumerate(tags)}
     folds = _folds(out)
-    cosines: dict[tuple[str, str], float] = {}
+    scores: dict[tuple[str, str], float] = {}
     for image_id, tag in pairs:
-        per_member = np.einsum("md,md->m", image_emb[row[image_id]], text_emb[col[tag]])
+        # the probable tag against every other, the crawled one included
+        emb = image_emb[row[image_id]]
         fold = int(folds.get(image_id, schema.NO_FOLD))
-        cosines[(image_id, tag)] = float(per_member[:folds_count].mean() if fold == schema.NO_FOLD else per_member[fold])
-    return cosines
+        scores[(image_id, tag)] = matcher_scores(emb, text_emb[table.code[tag]], fold, folds_count, table.best_other(emb, {tag}))[0]
+    return scores
 
 
 # ---------------------------------------------------------------------------

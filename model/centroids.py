@@ -19,50 +19,18 @@ few candidates. Plain numpy + faiss: no torch, no Beam.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
-import faiss
 import numpy as np
 
+from model.contrast import inner_product_index
+
 CANDIDATES = 16  # candidate tags rescored exactly per image: the image's own tags plus the nearest others
-EXACT_MAX_TAGS = 20_000  # above this the candidate search is an IVF over the projected centroids
-IVF_NPROBE = 32
-SEED = 0
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
-
-
-def inner_product_index(vectors: np.ndarray) -> faiss.Index:
-    """A faiss index over rows for maximum inner product: exact up to EXACT_MAX_TAGS rows, an IVF
-    (about 4 sqrt(n) lists, IVF_NPROBE probed) above, so a query costs O(sqrt(n)) at 100k tags."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = vectors.shape
-    if n <= EXACT_MAX_TAGS:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        nlist = max(1, min(round(4 * math.sqrt(n)), n // 40))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = SEED
-        index.train(vectors)
-        index.nprobe = min(IVF_NPROBE, nlist)
-    index.add(vectors)
-    return index
-
-
-def best_other(
-    index: faiss.Index, table: np.ndarray, queries: np.ndarray, carried: np.ndarray, candidates: int
-) -> np.ndarray:
-    """Per query row: the largest inner product with a row of `table` (the rows `index` holds)
-    that carried(candidate codes [b, c]) does not flag; -inf where every candidate is flagged."""
-    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(candidates, len(table)))
-    safe = np.maximum(found, 0)
-    products = np.einsum("bcd,bd->bc", table[safe], queries.astype(np.float32))
-    products[(found < 0) | carried(safe)] = -np.inf
-    return products.max(axis=1)
 
 
 class CentroidIndex:

@@ -15,7 +15,8 @@ import apache_beam as beam
 import numpy as np
 
 from export import publish, site_data
-from model import centroids, schema, scoring
+from model import schema, scoring
+from model.contrast import TagTable, matcher_scores
 from pipelines import common, thumbnails
 
 STAGE = "rank"  # the counters' namespace
@@ -64,49 +65,6 @@ def page_score(score: float | None) -> float | None:
 # ---------------------------------------------------------------------------
 # DoFns
 # ---------------------------------------------------------------------------
-def matcher_scores(embedding: np.ndarray, tag_vector: np.ndarray, fold: int, folds: int, best_other: np.ndarray | None = None) -> tuple[float, float]:
-    """(out-of-sample score, in-sample score) of an image under a tag, from every member.
-
-    embedding and tag_vector are [members, out_dim]: members 0..folds-1 are the cross-fitted ones,
-    the last trained on every fold. A member's score is class-contrastive: its cosine to the tag
-    minus best_other[member], its best cosine to a tag the image does not carry (without
-    best_other, the plain cosine). The published score comes from the member that held the
-    image's fold out, or the mean of the cross-fitted members where none trained on it (fold -1).
-    """
-    cosines = np.einsum("md,md->m", embedding, tag_vector)
-    if best_other is not None:
-        cosines = cosines - np.where(np.isfinite(best_other), best_other, 0.0)
-    held_out = float(cosines[:folds].mean()) if fold == schema.NO_FOLD else float(cosines[fold])
-    return held_out, float(cosines[folds])
-
-
-class TagTable:
-    """Every tag's projection by every member, with an inner-product index per member, for the
-    best other tag of an image (model/centroids.py: exact for small tag sets, IVF at 100k)."""
-
-    CANDIDATES = 16  # the image's own tags, plus the nearest others
-
-    def __init__(self, text_vectors: dict[str, np.ndarray]):
-        self.tags = sorted(text_vectors)
-        self.code = {t: i for i, t in enumerate(self.tags)}
-        stacked = np.stack([text_vectors[t] for t in self.tags], axis=1) if self.tags else np.zeros((0, 0, 0), np.float32)
-        self.vectors = np.ascontiguousarray(stacked, dtype=np.float32)  # [members, n_tags, dim]
-        self.indexes = [centroids.inner_product_index(v) for v in self.vectors] if len(self.tags) > 1 else []
-
-    def best_other(self, embedding: np.ndarray, carried: set[str]) -> np.ndarray:
-        """[members]: each member's best cosine between the image and a tag it does not carry."""
-        if not self.indexes:
-            return np.full(len(embedding), np.nan)
-        codes = np.array([self.code[t] for t in carried if t in self.code])
-        best = np.array(
-            [
-                centroids.best_other(index, table, embedding[m : m + 1], lambda c: np.isin(c, codes), self.CANDIDATES + len(codes))[0]
-                for m, (index, table) in enumerate(zip(self.indexes, self.vectors))
-            ]
-        )
-        return np.where(np.isfinite(best), best, np.nan)
-
-
 class ScoreImageFn(beam.DoFn):
     """One image id's index rows, projected embedding, fold, signals and failures -> scored
     (tag, item) pairs, item = (matcher, matcher_in_sample, agreement, agreement_weighted,

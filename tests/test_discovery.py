@@ -265,7 +265,7 @@ def test_fold_duplicates_rewrites_pages_and_rankings_consistently(tmp_path):
     pq.write_table(features, out / schema.IMAGE_FEATURES_DIR / "features-00000-of-00001.parquet")
     nb = pa.table(
         {schema.IMAGE_ID: ids, schema.NEIGHBOUR_IDS: [[j for j in ids if j != i][:2] for i in ids],
-         schema.SIMILARITIES: [[0.5, 0.4]] * 5},
+         schema.SIMILARITIES: [[0.5, 0.4]] * 5, schema.COPY_GROUP: [ids[0], ids[1], ids[2], ids[1], ids[4]]},
         schema=schema.NEIGHBOURS_SCHEMA,
     )
     (out / schema.NEIGHBOURS_DIR).mkdir(parents=True)

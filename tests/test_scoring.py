@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model import centroids, schema, scoring
+from model import centroids, contrast, schema, scoring
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_the_ivf_candidate_search_finds_the_same_other_tags_on_separated_tags(mo
     tags = np.repeat(np.arange(n_tags), per_tag)
     features = centres[tags] + rng.normal(scale=0.3, size=(len(tags), dim))
     exact = _margins(_index(features, tags, n_tags), features, tags)
-    monkeypatch.setattr(centroids, "EXACT_MAX_TAGS", 100)
+    monkeypatch.setattr(contrast, "EXACT_MAX_TAGS", 100)
     approximate = _index(features, tags, n_tags)
     assert not isinstance(approximate.index, type(_index(features[:10], tags[:10], 2).index))
     np.testing.assert_allclose(_margins(approximate, features, tags), exact, atol=1e-5)

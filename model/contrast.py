@@ -1,0 +1,96 @@
+"""Class-contrastive scores: how much more an image is like its tag than like the best other tag.
+
+The question a ranking asks of a crawled tag is not "is this image close to its tag" (a hard
+picture is far from every tag) but "is it closer to its tag than to the others". Both the matcher
+(its members' tag embeddings) and the centroid margin (model/centroids.py) answer it the same
+way: a score for the tag minus the best score for a tag the image does not carry. At 100k tags
+the best other tag is a top-k search per image (faiss: exact up to EXACT_MAX_TAGS tags, an IVF
+index above), never a dense image x tag matrix. numpy + faiss only: rank's workers, the
+"probably" strip and neighbours all use it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import faiss
+import numpy as np
+
+from model import schema
+
+EXACT_MAX_TAGS = 20_000  # above this a tag search is an IVF (about 4 sqrt(n) lists)
+IVF_NPROBE = 32
+SEED = 0
+
+
+def inner_product_index(vectors: np.ndarray) -> faiss.Index:
+    """A faiss index over rows for maximum inner product: exact up to EXACT_MAX_TAGS rows, an IVF
+    (about 4 sqrt(n) lists, IVF_NPROBE probed) above, so a query costs O(sqrt(n)) at 100k tags."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if n <= EXACT_MAX_TAGS:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = max(1, min(round(4 * math.sqrt(n)), n // 40))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = SEED
+        index.train(vectors)
+        index.nprobe = min(IVF_NPROBE, nlist)
+    index.add(vectors)
+    return index
+
+
+def best_other(
+    index: faiss.Index, table: np.ndarray, queries: np.ndarray, carried: Callable[[np.ndarray], np.ndarray], candidates: int
+) -> np.ndarray:
+    """Per query row: the largest inner product with a row of `table` (the rows `index` holds)
+    that carried(candidate codes [b, c]) does not flag; -inf where every candidate is flagged."""
+    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(candidates, len(table)))
+    safe = np.maximum(found, 0)
+    products = np.einsum("bcd,bd->bc", table[safe], queries.astype(np.float32))
+    products[(found < 0) | carried(safe)] = -np.inf
+    return products.max(axis=1)
+
+
+def matcher_scores(embedding: np.ndarray, tag_vector: np.ndarray, fold: int, folds: int, best_other: np.ndarray | None = None) -> tuple[float, float]:
+    """(out-of-sample score, in-sample score) of an image under a tag, from every member.
+
+    embedding and tag_vector are [members, out_dim]: members 0..folds-1 are the cross-fitted ones,
+    the last trained on every fold. A member's score is class-contrastive: its cosine to the tag
+    minus best_other[member], its best cosine to a tag the image does not carry (without
+    best_other, the plain cosine). The published score comes from the member that held the
+    image's fold out, or the mean of the cross-fitted members where none trained on it (fold -1).
+    """
+    cosines = np.einsum("md,md->m", embedding, tag_vector)
+    if best_other is not None:
+        cosines = cosines - np.where(np.isfinite(best_other), best_other, 0.0)
+    held_out = float(cosines[:folds].mean()) if fold == schema.NO_FOLD else float(cosines[fold])
+    return held_out, float(cosines[folds])
+
+
+class TagTable:
+    """Every tag's projection by every member, with an inner-product index per member, for the
+    best other tag of an image (model/centroids.py: exact for small tag sets, IVF at 100k)."""
+
+    CANDIDATES = 16  # the image's own tags, plus the nearest others
+
+    def __init__(self, text_vectors: dict[str, np.ndarray]):
+        self.tags = sorted(text_vectors)
+        self.code = {t: i for i, t in enumerate(self.tags)}
+        stacked = np.stack([text_vectors[t] for t in self.tags], axis=1) if self.tags else np.zeros((0, 0, 0), np.float32)
+        self.vectors = np.ascontiguousarray(stacked, dtype=np.float32)  # [members, n_tags, dim]
+        self.indexes = [inner_product_index(v) for v in self.vectors] if len(self.tags) > 1 else []
+
+    def best_other(self, embedding: np.ndarray, carried: set[str]) -> np.ndarray:
+        """[members]: each member's best cosine between the image and a tag it does not carry."""
+        if not self.indexes:
+            return np.full(len(embedding), np.nan)
+        codes = np.array([self.code[t] for t in carried if t in self.code])
+        best = np.array(
+            [
+                best_other(index, table, embedding[m : m + 1], lambda c: np.isin(c, codes), self.CANDIDATES + len(codes))[0]
+                for m, (index, table) in enumerate(zip(self.indexes, self.vectors))
+            ]
+        )
+        return np.where(np.isfinite(best), best, np.nan)
