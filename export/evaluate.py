@@ -291,9 +291,10 @@ def uninformative_scores(rankings: pa.Table) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 SUSPECT_RULE = (
     "An image looks like another tag when more of its nearest neighbours carry that tag than carry its own "
-    "(the own tag's share taken of what the tag could fill: a tag of n images fills at most n - 1 neighbours) "
-    f"and at least {metrics.SUSPECT_MIN_VOTES} of them carry it. A tag of at least {metrics.SUSPECT_MIN_IMAGES} "
-    f"images is suspect when more than {metrics.SUSPECT_SHARE:.0%} of its images look like another tag; "
+    "(the own tag's share taken of what the tag could fill: a tag of n images fills at most n - 1 neighbours), "
+    f"at least {metrics.SUSPECT_MIN_VOTES} of them carry it, and they carry it at least "
+    f"{metrics.SUSPECT_ENRICHMENT:g} times as often as all images do. A tag of at least {metrics.SUSPECT_MIN_IMAGES} "
+    f"images is suspect when more than {metrics.SUSPECT_SHARE:.0%} of its images look like one other tag; "
     "most suspect first."
 )
 
@@ -458,7 +459,7 @@ def format_not_evaluated(result: dict[str, Any], show: int = 10) -> str:
         reasons = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in missing["by_reason"].items() if n)
         lines.append(f"tags without an AUC: {missing['count']}" + (f" ({reasons})" if reasons else ""))
         for e in missing["tags"][:show]:
-            lines.append(f"  {e['tag']}: {e['images']} images, {e['true']} truly tagged ({metrics.NOT_EVALUATED_REASONS[e['reason']]})")
+            lines.append(f"  {e['tag']}: {e['images']} images, {e['true']} truly tagged: {metrics.NOT_EVALUATED_REASONS[e['reason']]}")
         if missing["count"] > show:
             lines.append(f"  ... and {missing['count'] - show} more in metrics.json")
     flat = result.get("uninformative_scores")
@@ -477,7 +478,7 @@ def format_suspects(section: dict[str, Any] | None, show: int = 10) -> str:
     lines = [f"suspect tags (images mostly like another tag): {section['count']} of {section['tags_scored']} tags scored"]
     truth = section.get("ground_truth")
     for i, e in enumerate(section["tags"][:show], 1):
-        line = f"  {i}. {e['tag']} ({e['images']} images): {e['share']:.0%} look like another tag, {e['other_share']:.0%} like {e['other_tag']}"
+        line = f"  {i}. {e['tag']} ({e['images']} images): {e['share']:.0%} look like {e['other_tag']} ({e['share_any_other']:.0%} like any other tag)"
         if e.get("negative_centroid_margin_share") is not None:
             line += f"; {e['negative_centroid_margin_share']:.0%} nearer another tag's mean"
         if truth is not None and e.get("wrong_share") is not None:
