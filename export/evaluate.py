@@ -295,7 +295,7 @@ SUSPECT_RULE = (
     f"at least {metrics.SUSPECT_MIN_VOTES} of them carry it, and they carry it at least "
     f"{metrics.SUSPECT_ENRICHMENT:g} times as often as all images do. A tag of at least {metrics.SUSPECT_MIN_IMAGES} "
     f"images is suspect when more than {metrics.SUSPECT_SHARE:.0%} of its images look like one other tag; "
-    "most suspect first."
+    "most suspect first. Two tags that look like each other are listed once, under the more suspect one."
 )
 
 
@@ -478,7 +478,10 @@ def format_suspects(section: dict[str, Any] | None, show: int = 10) -> str:
     lines = [f"suspect tags (images mostly like another tag): {section['count']} of {section['tags_scored']} tags scored"]
     truth = section.get("ground_truth")
     for i, e in enumerate(section["tags"][:show], 1):
-        line = f"  {i}. {e['tag']} ({e['images']} images): {e['share']:.0%} look like {e['other_tag']} ({e['share_any_other']:.0%} like any other tag)"
+        line = (
+            f"  {i}. {e['tag']} ({e['images']} images): {e['share']:.0%} look like {e['other_tag']} "
+            f"({e['share_any_other']:.0%} like any other tag; {e['share_back']:.0%} of {e['other_tag']}'s look like it)"
+        )
         if e.get("negative_centroid_margin_share") is not None:
             line += f"; {e['negative_centroid_margin_share']:.0%} nearer another tag's mean"
         if truth is not None and e.get("wrong_share") is not None:

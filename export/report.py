@@ -321,13 +321,13 @@ def _suspect_section(section: Mapping[str, Any] | None, thumb_prefix: str) -> st
     if not tags:
         return "".join(parts)
     margin = any(e.get("negative_centroid_margin_share") is not None for e in tags)
-    head = ["#", "tag", "images", "look like", "share", "like any other tag"]
+    head = ["#", "tag", "images", "look like", "share", "like any other tag", "of the other tag's, look like it"]
     head += ["nearer another tag's mean"] if margin else []
     head += ["truly wrong"] if truth is not None else []
     head += ["examples"]
     rows = []
     for i, e in enumerate(tags[:MAX_LISTED_TAGS], 1):
-        cells = [str(i), e.get("tag"), _fmt(e.get("images")), e.get("other_tag"), _fmt(e.get("share")), _fmt(e.get("share_any_other"))]
+        cells = [str(i), e.get("tag"), _fmt(e.get("images")), e.get("other_tag"), _fmt(e.get("share")), _fmt(e.get("share_any_other")), _fmt(e.get("share_back"))]
         cells += [_fmt(e.get("negative_centroid_margin_share"))] if margin else []
         cells += [_fmt(e.get("wrong_share"))] if truth is not None else []
         thumbs = "".join(

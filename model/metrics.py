@@ -307,6 +307,10 @@ def suspect_tags(
     share is above threshold. Each entry names that other tag, the share, the share that look like
     any other tag, and up to `examples` image ids that look like the named tag most clearly. Most
     suspect first: by share, then the share like any other tag, then size, then name.
+
+    Two tags whose images look like each other (one look split between two tags) are one finding:
+    only the more suspect of the two is listed, and `share_back` says how many of the other tag's
+    images look like it (every entry has it).
     """
     pair_tag = np.asarray(pair_tag, dtype=np.int64)
     n_tags = len(tag_names)
@@ -327,6 +331,18 @@ def suspect_tags(
     listed = np.flatnonzero(eligible & (share > threshold))
     names = np.asarray(tag_names, dtype=object)
     listed = sorted(listed.tolist(), key=lambda t: (-share[t], -any_share[t], -images[t], str(names[t])))
+    # a pair of tags that look like each other is listed once, under the more suspect one
+    kept: list[int] = []
+    for t in listed:
+        if not any(main[k] == t and main[t] == k for k in kept):
+            kept.append(t)
+    listed = kept
+    # how many of the named tag's images look like the listed one
+    back = np.zeros(len(listed))
+    if listed and keys.size:
+        want = main[listed] * n_tags + np.asarray(listed)
+        at = np.minimum(np.searchsorted(keys, want), keys.size - 1)
+        back = np.where(keys[at] == want, votes[at], 0) / np.maximum(scored[main[listed]], 1)
     # examples: the pairs that look like their tag's named other tag, clearest first
     is_listed = np.zeros(n_tags, dtype=bool)
     is_listed[listed] = True
@@ -342,8 +358,9 @@ def suspect_tags(
             "other_tag": str(names[main[t]]),
             "share": float(share[t]),
             "share_any_other": float(any_share[t]),
+            "share_back": float(back[i]),
             "examples": example_ids.get(t, []),
         }
-        for t in listed
+        for i, t in enumerate(listed)
     ]
     return result, int(eligible.sum())

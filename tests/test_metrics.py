@@ -273,3 +273,29 @@ def test_suspect_tags_order_examples_and_threshold():
 def test_suspect_tags_empty():
     looks = metrics.looks_like_other_tag(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
     assert metrics.suspect_tags([], np.zeros(0), [], looks) == ([], 0)
+
+
+def test_two_tags_of_one_look_are_listed_once_under_the_more_suspect():
+    # tags big (30) and small (20) share one look: each image's 10 neighbours are drawn from all
+    # 50 by the tags' sizes, so most of small's images look like big, and some of big's like small
+    rng = np.random.default_rng(1)
+    pair_tag = np.array([0] * 30 + [1] * 20 + [2] * 40 + [3] * 40 + [4] * 40)
+    pair_image = np.arange(pair_tag.size)
+    src, dst = [], []
+    for i in range(50):
+        big = [j for j in range(30) if j != i]
+        small = [j for j in range(30, 50) if j != i]
+        nb = list(rng.choice(big, 6, replace=False)) + list(rng.choice(small, 4, replace=False))
+        if i < 30 and i % 2:  # half of big's images see small as much as big
+            nb = list(rng.choice(big, 4, replace=False)) + list(rng.choice(small, 6, replace=False))
+        src += [i] * 10
+        dst += nb
+    for i in range(50, pair_tag.size):  # the other tags keep to themselves
+        same = [j for j in pair_image[pair_tag == pair_tag[i]] if j != i]
+        src += [i] * 10
+        dst += list(rng.choice(same, 10, replace=False))
+    looks = metrics.looks_like_other_tag(pair_image, pair_tag, np.array(src), np.array(dst))
+    ids = [str(i) for i in pair_image]
+    alone = metrics.suspect_tags(["big", "small", "c", "d", "e"], pair_tag, ids, looks, threshold=0.0)[0]
+    assert [(e["tag"], e["other_tag"]) for e in alone] == [("small", "big")]
+    assert alone[0]["share"] == 1.0 and alone[0]["share_back"] == pytest.approx(15 / 30)
