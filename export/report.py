@@ -335,12 +335,16 @@ def _suspect_section(section: Mapping[str, Any] | None, thumb_prefix: str) -> st
             for image_id in (e.get("examples") or [])[:SUSPECT_THUMBS]
         )
         rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + f"<td>{thumbs}</td></tr>")
-    more = f'<p class="note">The first {MAX_LISTED_TAGS} of {len(tags)}.</p>' if len(tags) > MAX_LISTED_TAGS else ""
+    more = _first_of(len(rows), len(tags))
     return (
         "".join(parts)
         + '<table class="suspects"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead>"
         + f"<tbody>{''.join(rows)}</tbody></table>{more}"
     )
+
+
+def _first_of(shown: int, total: int) -> str:
+    return f'<p class="note">The first {shown} of {total}; all of them are in metrics.json.</p>' if total > shown else ""
 
 
 def _unseen_section(metrics: Mapping[str, Any]) -> str:
@@ -361,7 +365,7 @@ def _unseen_section(metrics: Mapping[str, Any]) -> str:
         ]
         if rows:
             parts.append("<table><thead><tr><th>tag</th><th>images</th><th>truly tagged</th><th>why no AUC</th></tr></thead>"
-                         f"<tbody>{''.join(rows)}</tbody></table>")
+                         f"<tbody>{''.join(rows)}</tbody></table>" + _first_of(len(rows), len(missing.get("tags") or [])))
     if flat and flat.get("count"):
         reasons = flat.get("reasons") or {}
         parts.append(
@@ -370,7 +374,8 @@ def _unseen_section(metrics: Mapping[str, Any]) -> str:
         )
         rows = [f"<tr><td>{_e(e.get('tag'))}</td><td>{_e(_fmt(e.get('images')))}</td><td>{_e(reasons.get(e.get('reason'), e.get('reason')))}</td></tr>"
                 for e in (flat.get("tags") or [])[:MAX_LISTED_TAGS]]
-        parts.append(f"<table><thead><tr><th>tag</th><th>images</th><th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        parts.append(f"<table><thead><tr><th>tag</th><th>images</th><th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+                     + _first_of(len(rows), len(flat.get("tags") or [])))
     return "".join(parts)
 
 
