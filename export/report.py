@@ -69,7 +69,7 @@ caption{text-align:left;font-weight:600;padding:.3rem 0}
 img.plot{max-width:100%;height:auto;border:1px solid #eee}
 .note{color:#666}.strip{display:flex;gap:.5rem;flex-wrap:wrap;margin:.4rem 0 1.4rem}
 figure{margin:0;width:112px;font-size:.75rem}figure img{width:112px;height:112px;object-fit:contain;background:#f4f4f4;display:block}
-figure.wrong{outline:3px solid #c62828}img.ex{width:56px;height:56px;object-fit:contain;background:#f4f4f4;margin-right:.2rem;vertical-align:middle}figure.correct{outline:3px solid #2e7d32}
+figure.wrong{outline:3px solid #c62828}table.listing td,table.listing th{text-align:left}img.ex{width:56px;height:56px;object-fit:contain;background:#f4f4f4;margin-right:.2rem;vertical-align:middle}figure.correct{outline:3px solid #2e7d32}
 .wrong figcaption .label{color:#c62828;font-weight:600}.correct figcaption .label{color:#2e7d32}
 """
 
@@ -295,7 +295,7 @@ def _per_tag_table(per_tag: Sequence[Mapping[str, Any]], order: Sequence[str], r
     more = f'<p class="note">The first {MAX_TABLE_TAGS} of {len(per_tag)} tags.</p>' if len(per_tag) > MAX_TABLE_TAGS else ""
     return (
         "<details><summary>Per-tag numbers</summary>"
-        f"<table><thead><tr><th>tag</th><th>images</th><th>true</th>{head}</tr>"
+        f"<table class="listing"><thead><tr><th>tag</th><th>images</th><th>true</th>{head}</tr>"
         f"<tr><th></th><th></th><th></th>{sub}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}</details>"
     )
 
@@ -338,7 +338,7 @@ def _suspect_section(section: Mapping[str, Any] | None, thumb_prefix: str) -> st
     more = _first_of(len(rows), len(tags))
     return (
         "".join(parts)
-        + '<table class="suspects"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead>"
+        + '<table class="listing suspects"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead>"
         + f"<tbody>{''.join(rows)}</tbody></table>{more}"
     )
 
@@ -364,7 +364,7 @@ def _unseen_section(metrics: Mapping[str, Any]) -> str:
             for e in (missing.get("tags") or [])[:MAX_LISTED_TAGS]
         ]
         if rows:
-            parts.append("<table><thead><tr><th>tag</th><th>images</th><th>truly tagged</th><th>why no AUC</th></tr></thead>"
+            parts.append("<table class="listing"><thead><tr><th>tag</th><th>images</th><th>truly tagged</th><th>why no AUC</th></tr></thead>"
                          f"<tbody>{''.join(rows)}</tbody></table>" + _first_of(len(rows), len(missing.get("tags") or [])))
     if flat and flat.get("count"):
         reasons = flat.get("reasons") or {}
@@ -374,7 +374,7 @@ def _unseen_section(metrics: Mapping[str, Any]) -> str:
         )
         rows = [f"<tr><td>{_e(e.get('tag'))}</td><td>{_e(_fmt(e.get('images')))}</td><td>{_e(reasons.get(e.get('reason'), e.get('reason')))}</td></tr>"
                 for e in (flat.get("tags") or [])[:MAX_LISTED_TAGS]]
-        parts.append(f"<table><thead><tr><th>tag</th><th>images</th><th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        parts.append(f"<table class="listing"><thead><tr><th>tag</th><th>images</th><th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
                      + _first_of(len(rows), len(flat.get("tags") or [])))
     return "".join(parts)
 
