@@ -295,7 +295,7 @@ def _per_tag_table(per_tag: Sequence[Mapping[str, Any]], order: Sequence[str], r
     more = f'<p class="note">The first {MAX_TABLE_TAGS} of {len(per_tag)} tags.</p>' if len(per_tag) > MAX_TABLE_TAGS else ""
     return (
         "<details><summary>Per-tag numbers</summary>"
-        f"<table class="listing"><thead><tr><th>tag</th><th>images</th><th>true</th>{head}</tr>"
+        f"<table><thead><tr><th>tag</th><th>images</th><th>true</th>{head}</tr>"
         f"<tr><th></th><th></th><th></th>{sub}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}</details>"
     )
 
@@ -364,7 +364,7 @@ def _unseen_section(metrics: Mapping[str, Any]) -> str:
             for e in (missing.get("tags") or [])[:MAX_LISTED_TAGS]
         ]
         if rows:
-            parts.append("<table class="listing"><thead><tr><th>tag</th><th>images</th><th>truly tagged</th><th>why no AUC</th></tr></thead>"
+            parts.append('<table class="listing"><thead><tr><th>tag</th><th>images</th><th>truly tagged</th><th>why no AUC</th></tr></thead>'
                          f"<tbody>{''.join(rows)}</tbody></table>" + _first_of(len(rows), len(missing.get("tags") or [])))
     if flat and flat.get("count"):
         reasons = flat.get("reasons") or {}
@@ -374,8 +374,8 @@ def _unseen_section(metrics: Mapping[str, Any]) -> str:
         )
         rows = [f"<tr><td>{_e(e.get('tag'))}</td><td>{_e(_fmt(e.get('images')))}</td><td>{_e(reasons.get(e.get('reason'), e.get('reason')))}</td></tr>"
                 for e in (flat.get("tags") or [])[:MAX_LISTED_TAGS]]
-        parts.append(f"<table class="listing"><thead><tr><th>tag</th><th>images</th><th>why</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-                     + _first_of(len(rows), len(flat.get("tags") or [])))
+        parts.append('<table class="listing"><thead><tr><th>tag</th><th>images</th><th>why</th></tr></thead>'
+                     f"<tbody>{''.join(rows)}</tbody></table>" + _first_of(len(rows), len(flat.get("tags") or [])))
     return "".join(parts)
 
 
