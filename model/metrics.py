@@ -241,7 +241,7 @@ def looks_like_other_tag(
     above t's share of what t could fill (a tag of n images fills at most n - 1 of an image's
     neighbours, so a small tag's images do not look suspect merely because the tag is small), and
     u's share of its neighbours is at least SUSPECT_ENRICHMENT times u's share of all images.
-    Vectorised: one pass over the edges, no loop over images or tags.
+    Vectorised: one sort of the votes, no loop over images or tags.
     """
     pair_image = np.asarray(pair_image, dtype=np.int64)
     pair_tag = np.asarray(pair_tag, dtype=np.int64)
@@ -252,30 +252,47 @@ def looks_like_other_tag(
         empty = np.zeros(0)
         return LookAlikes(np.zeros(0, dtype=np.int64), empty, empty, np.zeros(0, dtype=bool))
     n_tags = int(pair_tag.max()) + 1
-    n_images = int(max(pair_image.max(), edge_src.max(initial=-1), edge_dst.max(initial=-1))) + 1
+    n_images = int(pair_image.max()) + 1
     count = np.bincount(pair_image, minlength=n_images)  # tags per image
-    by_image = np.argsort(pair_image, kind="stable")
-    start = np.cumsum(count) - count
-    ok = (edge_src >= 0) & (edge_dst >= 0)
-    ok[ok] = count[edge_dst[ok]] > 0
+    ok = (edge_src >= 0) & (edge_dst >= 0) & (edge_src < n_images) & (edge_dst < n_images)
     src, dst = edge_src[ok], edge_dst[ok]
-    known = np.bincount(src, minlength=n_images)  # neighbours that carry some tag
-    # one vote per (image, a neighbour's tag)
-    rep = count[dst]
-    within = np.arange(int(rep.sum())) - np.repeat(np.cumsum(rep) - rep, rep)
-    vote_tag = pair_tag[by_image[np.repeat(start[dst], rep) + within]]
-    keys, votes = np.unique(np.repeat(src, rep) * n_tags + vote_tag, return_counts=True)
-    top1, votes1, top2, votes2 = _top_two(keys // n_tags, keys % n_tags, votes, n_images)
+    keep = (count[src] > 0) & (count[dst] > 0)
+    src, dst = src[keep], dst[keep]
+    k = np.bincount(src, minlength=n_images)[pair_image]  # neighbours that carry some tag
+    # one vote per (pair, a neighbour's tag)
+    if count.max() == 1:  # one tag per image: the common case
+        pair_of = np.full(n_images, -1, dtype=np.int64)
+        pair_of[pair_image] = np.arange(n_pairs)
+        vote_pair, vote_tag = pair_of[src], pair_tag[pair_of[dst]]
+    else:
+        by_image = np.argsort(pair_image, kind="stable")
+        start = np.cumsum(count) - count
 
-    pair_key = pair_image * n_tags + pair_tag
+        def expand(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            rep = count[images]
+            within = np.arange(int(rep.sum())) - np.repeat(np.cumsum(rep) - rep, rep)
+            return np.repeat(np.arange(images.size), rep), by_image[np.repeat(start[images], rep) + within]
+
+        edge, vote_pair = expand(src)
+        edge2, dst_pair = expand(dst[edge])
+        vote_pair, vote_tag = vote_pair[edge2], pair_tag[dst_pair]
+    keys, votes = np.unique(vote_pair * n_tags + vote_tag, return_counts=True)
+    key_pair, key_tag = keys // n_tags, keys % n_tags
+    own = key_tag == pair_tag[key_pair]
     own_votes = np.zeros(n_pairs, dtype=np.int64)
-    if keys.size:
-        at = np.minimum(np.searchsorted(keys, pair_key), keys.size - 1)
-        own_votes = np.where(keys[at] == pair_key, votes[at], 0)
-    use_second = top1[pair_image] == pair_tag
-    other = np.where(use_second, top2[pair_image], top1[pair_image])
-    other_votes = np.where(use_second, votes2[pair_image], votes1[pair_image])
-    k = known[pair_image]
+    own_votes[key_pair[own]] = votes[own]
+    # per pair, the other tag with the most votes (keys are sorted: ties go to the smaller code)
+    key_pair, key_tag, votes = key_pair[~own], key_tag[~own], votes[~own]
+    other = np.full(n_pairs, -1, dtype=np.int64)
+    other_votes = np.zeros(n_pairs, dtype=np.int64)
+    if votes.size:
+        first = np.flatnonzero(np.r_[True, key_pair[1:] != key_pair[:-1]])
+        segment = np.cumsum(np.r_[True, key_pair[1:] != key_pair[:-1]]) - 1
+        best = np.maximum.reduceat(votes, first)
+        top = np.flatnonzero(votes == best[segment])
+        top = top[np.r_[True, segment[top[1:]] != segment[top[:-1]]]]
+        other[key_pair[top]] = key_tag[top]
+        other_votes[key_pair[top]] = votes[top]
     capacity = np.minimum(k, np.bincount(pair_tag, minlength=n_tags)[pair_tag] - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         other_share = np.where(k > 0, other_votes / np.maximum(k, 1), np.nan)
@@ -284,7 +301,7 @@ def looks_like_other_tag(
     tag_share = np.bincount(pair_tag, minlength=n_tags) / n_pairs
     enriched = other_share >= SUSPECT_ENRICHMENT * tag_share[np.maximum(other, 0)]
     looks = (k > 0) & (other_votes >= SUSPECT_MIN_VOTES) & (other_share > own_share) & enriched
-    return LookAlikes(np.where(other_votes > 0, other, -1), other_share, own_share, looks)
+    return LookAlikes(other, other_share, own_share, looks)
 
 
 def suspect_tags(

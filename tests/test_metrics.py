@@ -299,3 +299,57 @@ def test_two_tags_of_one_look_are_listed_once_under_the_more_suspect():
     alone = metrics.suspect_tags(["big", "small", "c", "d", "e"], pair_tag, ids, looks, threshold=0.0)[0]
     assert [(e["tag"], e["other_tag"]) for e in alone] == [("small", "big")]
     assert alone[0]["share"] == 1.0 and alone[0]["share_back"] == pytest.approx(15 / 30)
+
+
+def brute_force_looks(pair_image, pair_tag, src, dst):
+    """looks_like_other_tag's rule, one pair at a time with dicts."""
+    tags_of: dict[int, list[int]] = {}
+    for i, t in zip(pair_image.tolist(), pair_tag.tolist()):
+        tags_of.setdefault(i, []).append(t)
+    size = {t: int((pair_tag == t).sum()) for t in set(pair_tag.tolist())}
+    n = len(pair_image)
+    result = []
+    for i, t in zip(pair_image.tolist(), pair_tag.tolist()):
+        nbs = [j for s, j in zip(src.tolist(), dst.tolist()) if s == i and j in tags_of]
+        if not nbs:
+            result.append((-1, False))
+            continue
+        votes: dict[int, int] = {}
+        for j in nbs:
+            for u in tags_of[j]:
+                votes[u] = votes.get(u, 0) + 1
+        others = sorted((-v, u) for u, v in votes.items() if u != t)
+        if not others:
+            result.append((-1, False))
+            continue
+        u, v = others[0][1], -others[0][0]
+        cap = min(len(nbs), size[t] - 1)
+        own = min(votes.get(t, 0) / cap, 1.0) if cap > 0 else 0.0
+        looks = v >= metrics.SUSPECT_MIN_VOTES and v / len(nbs) > own and v / len(nbs) >= metrics.SUSPECT_ENRICHMENT * size[u] / n
+        result.append((u, looks))
+    return result
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("multi", [False, True])
+def test_looks_like_other_tag_matches_brute_force(seed: int, multi: bool):
+    rng = np.random.default_rng(seed)
+    n_images, n_tags = 60, 8
+    pair_image = np.arange(n_images)
+    pair_tag = rng.integers(0, n_tags, n_images)
+    if multi:  # a few images carry a second tag (the general path)
+        extra = rng.choice(n_images, 10, replace=False)
+        second = (pair_tag[extra] + 1 + rng.integers(0, n_tags - 1, extra.size)) % n_tags
+        pair_image, pair_tag = np.concatenate([pair_image, extra]), np.concatenate([pair_tag, second])
+    # neighbours lean toward a class: mostly same tag, some other, a few unknown ids (-1, 999)
+    src, dst = [], []
+    for i in range(n_images):
+        for _ in range(int(rng.integers(0, 9))):
+            src.append(i)
+            dst.append(int(rng.choice([*range(n_images), -1, 999])))
+    src, dst = np.array(src), np.array(dst)
+    looks = metrics.looks_like_other_tag(pair_image, pair_tag, src, dst)
+    expected = brute_force_looks(pair_image, pair_tag, src, dst)
+    assert looks.looks_other.tolist() == [e[1] for e in expected]
+    assert looks.other_tag.tolist() == [e[0] for e in expected]
+    assert looks.looks_other.any() or seed  # some cases do look like another tag
