@@ -124,9 +124,15 @@ class EvaluateResult(StageReport):
         line = super().summary_line()
         published = (self.metrics.get("subsets", {}).get(SUBSET_ALL, {}).get("rankers") or {}).get(PUBLISHED)
         if published and published.get(metrics.AUC) is not None:
-            line += f"; published AUC {published[metrics.AUC]:.3f}, P@10 {published[metrics.P_AT_10]:.3f} over all images"
+            line += (
+                f"; published AUC {published[metrics.AUC]:.3f}, P@10 {published[metrics.P_AT_10]:.3f}, "
+                f"R-precision {published[metrics.R_PRECISION]:.3f} over all images"
+            )
         else:
             line += "; no AUC (needs --ground-truth)"
+        suspects = self.metrics.get("suspect_tags") or {}
+        if suspects.get("tags"):
+            line += f"; {suspects['count']} suspect tags, first {suspects['tags'][0]['tag']!r}"
         return line
 
     def report(self) -> str:

@@ -138,6 +138,7 @@ def test_suspect_list_ranks_the_all_wrong_tag_first_and_is_measured(tmp_path: Pa
     # the printed table and the page say all of it
     assert "all R-prec" in result.table and "tags without an AUC: 1 (1 all wrong)" in result.table
     assert f"1. {ALL_WRONG} (12 images)" in result.table and "precision against ground truth: 1.00" in result.table
+    assert "R-precision 1.000 over all images" in result.summary_line() and f"first '{ALL_WRONG}'" in result.summary_line()
     page = (out / schema.REPORT_DIR / "index.html").read_text()
     assert "Suspect tags" in page and "mean R-precision" in page and "Tags the evaluation cannot see" in page
     assert page.index(f"<td>{ALL_WRONG}</td>") < page.index("The published score")
