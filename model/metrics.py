@@ -350,9 +350,12 @@ def suspect_tags(
     listed = sorted(listed.tolist(), key=lambda t: (-share[t], -any_share[t], -images[t], str(names[t])))
     # a pair of tags that look like each other is listed once, under the more suspect one
     kept: list[int] = []
+    kept_set: set[int] = set()
     for t in listed:
-        if not any(main[k] == t and main[t] == k for k in kept):
-            kept.append(t)
+        if int(main[t]) in kept_set and main[main[t]] == t:
+            continue
+        kept.append(t)
+        kept_set.add(t)
     listed = kept
     # how many of the named tag's images look like the listed one
     back = np.zeros(len(listed))
