@@ -599,7 +599,7 @@ def _published_ranker(out: str) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsearch evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output root holding rankings/ (local path or gs://...)")
-    parser.add_argument("--ground-truth", default=None, help="JSON lines {uri, tag, true_tag}: enables AUC and P@10")
+    parser.add_argument("--ground-truth", default=None, help="JSON lines {uri, tag, true_tag}: enables AUC, P@10, R-precision and the suspect list's precision")
     return parser
 
 
