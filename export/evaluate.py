@@ -152,6 +152,30 @@ def _floats(table: pa.Table, column: str) -> np.ndarray:
     return table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
+def _as_published_matcher(values: np.ndarray, columns: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray | None:
+    """One tag's baseline scores ranked as the published matcher ranker ranks the matcher's: the
+    baseline's values in the matcher's place (one model, so one group), and the ranker's own
+    fallback where the tag has none of them. None: no signal at all (index order)."""
+    s, _ = scoring.tag_scores(
+        scoring.MATCHER,
+        matcher=values,
+        fold=np.zeros(idx.size, dtype=np.int64),
+        agreement=columns[scoring.AGREEMENT_COLUMN][idx],
+        mean_feature=columns[schema.MEAN_FEATURE][idx],
+    )
+    return s
+
+
+def _baselines(columns: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray | None]:
+    """The baselines' scores for one tag, with the published rankers' fallback: the in-sample
+    matcher, and the mean feature (the matcher ranker's fallback alone) unless scoring has it as a
+    ranker of its own."""
+    out = {IN_SAMPLE: _as_published_matcher(columns[schema.MATCHER_IN_SAMPLE][idx], columns, idx)}
+    if MEAN_FEATURE not in scoring.RANKERS:
+        out[MEAN_FEATURE] = _as_published_matcher(np.full(idx.size, np.nan), columns, idx)
+    return out
+
+
 def ranker_scores(rankings: pa.Table) -> dict[str, np.ndarray]:
     """ranker -> float64 scores aligned with the rankings rows (higher ranks first, NaN: none).
 
@@ -184,18 +208,8 @@ def ranker_scores(rankings: pa.Table) -> dict[str, np.ndarray]:
                 mean_feature=columns[schema.MEAN_FEATURE][idx],
             )
             out[ranker][idx] = fallback if s is None else s
-        # the baselines through the same fallback as the published matcher ranker: the mean feature
-        # where the matcher has no score (the mean-feature baseline is that fallback alone), index
-        # order where there is no signal at all; the in-sample matcher is one model, one group
-        for name, matcher_column in ((MEAN_FEATURE, np.full(idx.size, np.nan)), (IN_SAMPLE, columns[schema.MATCHER_IN_SAMPLE][idx])):
-            s, _ = scoring.tag_scores(
-                scoring.MATCHER,
-                matcher=matcher_column,
-                fold=np.zeros(idx.size, dtype=fold.dtype),
-                agreement=columns[scoring.AGREEMENT_COLUMN][idx],
-                mean_feature=columns[schema.MEAN_FEATURE][idx],
-            )
-            out[name][idx] = fallback if s is None else s
+        for name, values in _baselines(columns, idx).items():
+            out[name][idx] = fallback if values is None else values
     return out
 
 

@@ -189,8 +189,9 @@ def _rankings(rows: list[tuple[str, float | None, float | None, float | None, fl
             schema.AGREEMENT_WEIGHTED: None, schema.MEAN_FEATURE: mean_feature, schema.FOLD: 0, schema.ORDINAL: i,
             schema.SPLIT: schema.SPLIT_TRAIN,
         }  # fmt: skip
+        # a signal a newer schema adds (e.g. the centroid margin) orders like the mean feature here
         for name in cols:
-            cols[name].append(values[name])
+            cols[name].append(values.get(name, mean_feature))
     return pa.Table.from_pydict(cols, schema=schema.RANKINGS_SCHEMA)
 
 
