@@ -396,8 +396,8 @@ def suspect_tags_section(out: str, rankings: pa.Table, labels: np.ndarray | None
     listed, scored = metrics.suspect_tags(names, pair_tag, image_ids, looks, ordinals)
     section.update(count=len(listed), tags_scored=scored, tags=listed)
     margins = _centroid_margins(out, ids, names, pair_image, pair_tag)
-    section["centroid_margin"] = margins is not None
-    if margins is not None:
+    section["centroid_margin"] = margins is not None and bool(np.isfinite(margins).any())
+    if section["centroid_margin"]:
         # the training-free class signal, where neighbours computed it: the share of a tag's images
         # nearer another tag's mean feature than their own tag's
         finite = np.isfinite(margins)

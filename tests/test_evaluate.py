@@ -83,7 +83,8 @@ def make_out(tmp_path: Path, *, centroid_margin: bool = False, neighbours: bool 
         for i in range(n)
     ]  # fmt: skip
     if centroid_margin:
-        signal_schema = signal_schema.append(pa.field(evaluate.CENTROID_MARGIN, pa.float32()))
+        if evaluate.CENTROID_MARGIN not in signal_schema.names:
+            signal_schema = signal_schema.append(pa.field(evaluate.CENTROID_MARGIN, pa.float32()))
         for row, m in zip(signal_rows, margin):
             row[evaluate.CENTROID_MARGIN] = float(m)
     builders.write_table(out, schema.SIGNALS_DIR, schema.SIGNALS_PREFIX, signal_rows, signal_schema)
