@@ -8,7 +8,10 @@ can be read off the published rankings themselves:
     REPORT/score_histogram.png    the published score, correct vs wrongly tagged (or all images)
     REPORT/precision_at_k.png     mean precision@k, k = 1..50, per ranker   (with ground truth)
 
-plus, for the largest tags, the images the published ranking put last, as thumbnails from the
+plus the suspect tags (tags whose images mostly look like another tag, with example thumbnails:
+no ground truth needed), the tags the evaluation cannot see (no AUC: one image, every image
+wrongly tagged, none wrongly tagged) and the tags whose scores say nothing (one image, all tied),
+and, for the largest tags, the images the published ranking put last, as thumbnails from the
 site: the first place a curator looks for wrong tags. Every text on the page comes from data
 (tags, labels, descriptions), so every text is escaped; a plot that has nothing to show is left
 out with a sentence saying why, so an empty or unlabelled run still gets a page.
@@ -32,7 +35,7 @@ import pyarrow as pa  # noqa: E402
 
 from export.site_data import thumbnail_path  # noqa: E402
 from model import schema, storage  # noqa: E402
-from model.metrics import AUC, P_AT_10, ranking_order  # noqa: E402
+from model.metrics import AUC, NOT_EVALUATED_REASONS, P_AT_10, R_PRECISION, ranking_order  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ STRIP_TAGS = 6  # the largest tags get a strip of their last-ranked images
 STRIP_IMAGES = 8
 MAX_PLOT_TAGS = 60  # beyond this a dot plot is unreadable: the published ranker's worst tags are shown
 MAX_TABLE_TAGS = 1000
+MAX_LISTED_TAGS = 100  # suspect tags, tags without an AUC, tags whose scores say nothing
+SUSPECT_THUMBS = 5
 DPI = 100
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 
@@ -64,7 +69,7 @@ caption{text-align:left;font-weight:600;padding:.3rem 0}
 img.plot{max-width:100%;height:auto;border:1px solid #eee}
 .note{color:#666}.strip{display:flex;gap:.5rem;flex-wrap:wrap;margin:.4rem 0 1.4rem}
 figure{margin:0;width:112px;font-size:.75rem}figure img{width:112px;height:112px;object-fit:contain;background:#f4f4f4;display:block}
-figure.wrong{outline:3px solid #c62828}figure.correct{outline:3px solid #2e7d32}
+figure.wrong{outline:3px solid #c62828}table.listing td,table.listing th{text-align:left}img.ex{width:56px;height:56px;object-fit:contain;background:#f4f4f4;margin-right:.2rem;vertical-align:middle}figure.correct{outline:3px solid #2e7d32}
 .wrong figcaption .label{color:#c62828;font-weight:600}.correct figcaption .label{color:#2e7d32}
 """
 
@@ -265,11 +270,11 @@ def _ranker_table(subset: str, data: Mapping[str, Any], order: Sequence[str], ra
         label = ranker_labels.get(name, name) + (" (published)" if name == published else "")
         rows.append(
             f"<tr{cls}><td>{_e(label)}</td><td>{_e(_fmt(m.get(AUC)))}</td>"
-            f"<td>{_e(_fmt(m.get(P_AT_10)))}</td><td>{_e(_fmt(m.get('tags')))}</td></tr>"
+            f"<td>{_e(_fmt(m.get(P_AT_10)))}</td><td>{_e(_fmt(m.get(R_PRECISION)))}</td><td>{_e(_fmt(m.get('tags')))}</td></tr>"
         )
     return (
         f"<table><caption>{_e(caption)}</caption>"
-        "<thead><tr><th>ranker</th><th>mean AUC</th><th>mean P@10</th><th>tags</th></tr></thead>"
+        "<thead><tr><th>ranker</th><th>mean AUC</th><th>mean P@10</th><th>mean R-precision</th><th>tags</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
@@ -281,12 +286,12 @@ def _per_tag_table(per_tag: Sequence[Mapping[str, Any]], order: Sequence[str], r
     rows = []
     for entry in per_tag[:MAX_TABLE_TAGS]:
         cells = "".join(
-            f"<td>{_e(_fmt((entry.get(r) or {}).get(AUC)))}</td><td>{_e(_fmt((entry.get(r) or {}).get(P_AT_10)))}</td>"
+            "".join(f"<td>{_e(_fmt((entry.get(r) or {}).get(m)))}</td>" for m in (AUC, P_AT_10, R_PRECISION))
             for r in rankers
         )
         rows.append(f"<tr><td>{_e(entry.get('tag'))}</td><td>{_e(_fmt(entry.get('images')))}</td><td>{_e(_fmt(entry.get('true')))}</td>{cells}</tr>")
-    head = "".join(f'<th colspan="2">{_e(ranker_labels.get(r, r))}</th>' for r in rankers)
-    sub = "".join("<th>AUC</th><th>P@10</th>" for _ in rankers)
+    head = "".join(f'<th colspan="3">{_e(ranker_labels.get(r, r))}</th>' for r in rankers)
+    sub = "".join("<th>AUC</th><th>P@10</th><th>R-prec</th>" for _ in rankers)
     more = f'<p class="note">The first {MAX_TABLE_TAGS} of {len(per_tag)} tags.</p>' if len(per_tag) > MAX_TABLE_TAGS else ""
     return (
         "<details><summary>Per-tag numbers</summary>"
@@ -295,12 +300,94 @@ def _per_tag_table(per_tag: Sequence[Mapping[str, Any]], order: Sequence[str], r
     )
 
 
+def _suspect_section(section: Mapping[str, Any] | None, thumb_prefix: str) -> str:
+    """The suspect tags, most suspect first, with example thumbnails; their precision where
+    ground truth measured it."""
+    if not section:
+        return ""
+    parts = ["<h2>Suspect tags</h2>", f'<p class="note">{_e(section.get("rule", ""))}</p>']
+    if section.get("note"):
+        return "".join(parts) + f'<p class="note">{_e(section["note"])}</p>'
+    tags = section.get("tags") or []
+    truth = section.get("ground_truth")
+    parts.append(f"<p>{_e(section.get('count', len(tags)))} suspect tags of {_e(_fmt(section.get('tags_scored')))} scored.</p>")
+    if truth is not None:
+        parts.append(
+            f"<p>Against ground truth: precision {_e(_fmt(truth.get('precision')))} "
+            f"({_e(_fmt(truth.get('listed_mostly_wrong')))} of {_e(_fmt(truth.get('listed_with_ground_truth')))} listed tags "
+            f"have mostly wrongly tagged images); {len(truth.get('mostly_wrong_tags') or [])} tags are mostly wrongly tagged, "
+            f"of which listed: {_e(_fmt(truth.get('recall')))}.</p>"
+        )
+    if not tags:
+        return "".join(parts)
+    margin = any(e.get("negative_centroid_margin_share") is not None for e in tags)
+    head = ["#", "tag", "images", "look like", "share", "like any other tag", "of the other tag's, look like it"]
+    head += ["nearer another tag's mean"] if margin else []
+    head += ["truly wrong"] if truth is not None else []
+    head += ["examples"]
+    rows = []
+    for i, e in enumerate(tags[:MAX_LISTED_TAGS], 1):
+        cells = [str(i), e.get("tag"), _fmt(e.get("images")), e.get("other_tag"), _fmt(e.get("share")), _fmt(e.get("share_any_other")), _fmt(e.get("share_back"))]
+        cells += [_fmt(e.get("negative_centroid_margin_share"))] if margin else []
+        cells += [_fmt(e.get("wrong_share"))] if truth is not None else []
+        thumbs = "".join(
+            f'<img class="ex" src="{_e(thumb_prefix + thumbnail_path(str(image_id)))}" alt="{_e(image_id)}" title="{_e(image_id)}" loading="lazy">'
+            for image_id in (e.get("examples") or [])[:SUSPECT_THUMBS]
+        )
+        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + f"<td>{thumbs}</td></tr>")
+    more = _first_of(len(rows), len(tags))
+    return (
+        "".join(parts)
+        + '<table class="listing suspects"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead>"
+        + f"<tbody>{''.join(rows)}</tbody></table>{more}"
+    )
+
+
+def _first_of(shown: int, total: int) -> str:
+    return f'<p class="note">The first {shown} of {total}; all of them are in metrics.json.</p>' if total > shown else ""
+
+
+def _unseen_section(metrics: Mapping[str, Any]) -> str:
+    """The tags the means leave out (over all images), and the tags whose scores say nothing."""
+    missing = ((metrics.get("subsets") or {}).get("all") or {}).get("tags_not_evaluated")
+    flat = metrics.get("uninformative_scores")
+    if not missing and not flat:
+        return ""
+    parts = ["<h2>Tags the evaluation cannot see</h2>"]
+    if missing:
+        by = ", ".join(f"{n} {NOT_EVALUATED_REASONS.get(r, r)}" for r, n in (missing.get("by_reason") or {}).items() if n)
+        parts.append(f"<p>{_e(missing.get('count', 0))} tags have no AUC, P@10 or R-precision and are left out of the means"
+                     + (f": {_e(by)}" if by else "") + ".</p>")
+        rows = [
+            f"<tr><td>{_e(e.get('tag'))}</td><td>{_e(_fmt(e.get('images')))}</td><td>{_e(_fmt(e.get('true')))}</td>"
+            f"<td>{_e(NOT_EVALUATED_REASONS.get(e.get('reason'), e.get('reason')))}</td></tr>"
+            for e in (missing.get("tags") or [])[:MAX_LISTED_TAGS]
+        ]
+        if rows:
+            parts.append('<table class="listing"><thead><tr><th>tag</th><th>images</th><th>truly tagged</th><th>why no AUC</th></tr></thead>'
+                         f"<tbody>{''.join(rows)}</tbody></table>" + _first_of(len(rows), len(missing.get("tags") or [])))
+    if flat and flat.get("count"):
+        reasons = flat.get("reasons") or {}
+        parts.append(
+            f"<p>{_e(flat['count'])} tags have scores that say nothing about their images (a within-tag score compares "
+            "an image with the tag's others): they are left out of the score histogram and their scores are not shown below.</p>"
+        )
+        rows = [f"<tr><td>{_e(e.get('tag'))}</td><td>{_e(_fmt(e.get('images')))}</td><td>{_e(reasons.get(e.get('reason'), e.get('reason')))}</td></tr>"
+                for e in (flat.get("tags") or [])[:MAX_LISTED_TAGS]]
+        parts.append('<table class="listing"><thead><tr><th>tag</th><th>images</th><th>why</th></tr></thead>'
+                     f"<tbody>{''.join(rows)}</tbody></table>" + _first_of(len(rows), len(flat.get("tags") or [])))
+    return "".join(parts)
+
+
 def _strip(tag: str, rows: np.ndarray, *, ranks: np.ndarray, image_ids: np.ndarray, scores: np.ndarray,
-           labels: np.ndarray | None, total: int, thumb_prefix: str) -> str:
+           labels: np.ndarray | None, total: int, thumb_prefix: str, meaningless: bool = False) -> str:
     figures = []
     for row in rows:
         rank, image_id = int(ranks[row]), str(image_ids[row])
-        score = "no score" if not np.isfinite(scores[row]) else f"score {scores[row]:.3f}"
+        if meaningless:
+            score = "score says nothing here"
+        else:
+            score = "no score" if not np.isfinite(scores[row]) else f"score {scores[row]:.3f}"
         cls, mark = "", ""
         if labels is not None:
             cls = " wrong" if not labels[row] else " correct"
@@ -384,6 +471,13 @@ def write_report(
         parts.append(_ranker_table(subset, subsets[subset] or {}, order, ranker_labels, published))
     if not subsets:
         parts.append('<p class="note">No evaluation was given.</p>')
+    else:
+        parts.append(
+            '<p class="note">R-precision: the share of the first R images that truly show the tag, where R is the '
+            "number of the tag's images that truly show it (1 when every true image comes before every wrong one). "
+            + _e(metrics.get("baseline_fallback") or "")
+            + "</p>"
+        )
 
     per_tag = (subsets.get("all") or {}).get("per_tag") or []
     auc_plot = plot_per_tag_auc(per_tag, order, ranker_labels) if order else None
@@ -392,13 +486,22 @@ def write_report(
                                "No tag has an AUC (it needs ground truth and both correct and wrongly tagged images).", note))
     parts.append(_per_tag_table(per_tag, order, ranker_labels))
 
-    histogram = plot_score_histogram(scores, labels)
+    parts.append(_unseen_section(metrics))
+    parts.append(_suspect_section(metrics.get("suspect_tags"), thumb_prefix))
+
+    # a score that compares an image with nothing (one image, all tied) is not shown as one
+    meaningless = {e.get("tag") for e in ((metrics.get("uninformative_scores") or {}).get("tags") or [])}
+    shown = scores.copy()
+    if meaningless:
+        shown[np.isin(tags.astype(str), np.array(sorted(map(str, meaningless)), dtype=str))] = np.nan
+    histogram = plot_score_histogram(shown, labels)
     parts.append(
         _plot_section(
             "The published score" + (", correct vs wrongly tagged" if labels is not None else ""),
             put(SCORE_HISTOGRAM_PNG, histogram) if histogram else None,
             "histogram of the published score",
-            "No image has a published score.",
+            "No image has a published score" + (" that says something." if meaningless else "."),
+            f"Without the {len(meaningless)} tags whose scores say nothing." if meaningless else "",
         )
     )
 
@@ -417,7 +520,7 @@ def write_report(
         )
         for tag, rows in strips:
             parts.append(_strip(tag, rows, ranks=ranks, image_ids=image_ids, scores=scores, labels=labels,
-                                total=int(groups[tag].size), thumb_prefix=thumb_prefix))
+                                total=int(groups[tag].size), thumb_prefix=thumb_prefix, meaningless=tag in meaningless))
     else:
         parts.append('<p class="note">Nothing was ranked.</p>')
 

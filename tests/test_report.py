@@ -52,9 +52,9 @@ def make_metrics(tags: list[str], with_truth: bool = True) -> dict:
         if not with_truth:
             return {}
         return {
-            "combined": {"auc": auc_pub, "p_at_10": 0.875, "tags": len(tags)},
-            "index_order": {"auc": 0.5123, "p_at_10": 0.6, "tags": len(tags)},
-            "dead": {"auc": None, "p_at_10": None, "tags": 0},
+            "combined": {"auc": auc_pub, "p_at_10": 0.875, "r_precision": 0.8642, "tags": len(tags)},
+            "index_order": {"auc": 0.5123, "p_at_10": 0.6, "r_precision": 0.6172, "tags": len(tags)},
+            "dead": {"auc": None, "p_at_10": None, "r_precision": None, "tags": 0},
         }
 
     per_tag = [
@@ -116,7 +116,7 @@ def test_report_with_ground_truth(tmp_path: Path) -> None:
     page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
 
     # ranker tables: the published ranker first, with its values, in every subset
-    for value in ("0.877", "0.900", "0.700", "0.875", "0.512"):
+    for value in ("0.877", "0.900", "0.700", "0.875", "0.512", "0.864", "0.617"):
         assert value in page
     tables = re.findall(r"<tbody>(.*?)</tbody>", page, flags=re.S)[:3]
     for body in tables:
@@ -220,3 +220,78 @@ def test_report_rejects_misaligned_scores(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ranker 'x'"):
         report.write_report(str(tmp_path), rankings=table, ranker_scores={"x": published[:2]}, ranker_labels={},
                             labels=None, metrics={}, thumb_prefix="../")
+
+
+def suspect_metrics(tags: list[str], ids: list[str], with_truth: bool) -> dict:
+    """metrics.json's suspect_tags and the tags the evaluation cannot see, as evaluate writes them."""
+    entry = {"tag": HOSTILE, "images": 12, "images_with_neighbours": 12, "other_tag": "fish", "share": 0.9167,
+             "share_any_other": 1.0, "share_back": 0.0333, "examples": ids[:3]}
+    second = {"tag": "apple", "images": 20, "images_with_neighbours": 20, "other_tag": "dog", "share": 0.55,
+              "share_any_other": 0.6, "share_back": 0.0, "examples": ids[3:4]}
+    section = {"rule": "neighbours rule", "threshold": 0.5, "min_images": 3, "count": 2, "tags_scored": len(tags),
+               "tags": [entry, second], "centroid_margin": False}
+    if with_truth:
+        entry["wrong_share"], second["wrong_share"] = 1.0, 0.2
+        section["ground_truth"] = {"precision": 0.5, "listed_with_ground_truth": 2, "listed_mostly_wrong": 1, "recall": 1.0,
+                                   "mostly_wrong_tags": [{"tag": HOSTILE, "images": 12, "wrong_share": 1.0, "suspect_rank": 1}]}
+    return section
+
+
+@pytest.mark.parametrize("with_truth", [True, False])
+def test_report_suspects_and_unseen_tags(tmp_path: Path, with_truth: bool) -> None:
+    sizes = {"fish": 30, HOSTILE: 12, "apple": 20, "solo": 1, "flat": 4}
+    table, published, labels = make_rankings(sizes)
+    ids = table.column(schema.IMAGE_ID).to_pylist()
+    tags = table.column(schema.TAG).to_pylist()
+    flat_rows = [i for i, t in enumerate(tags) if t == "flat"]
+    published[flat_rows] = 0.0  # every score of "flat" tied
+    table = table.set_column(table.schema.get_field_index(schema.SCORE), schema.SCORE, pa.array(published, pa.float32()))
+    example_ids = [ids[i] for i, t in enumerate(tags) if t == HOSTILE][:3] + [ids[tags.index("apple")]]
+    m = make_metrics(list(sizes), with_truth=with_truth)
+    m["suspect_tags"] = suspect_metrics(list(sizes), example_ids, with_truth)
+    m["uninformative_scores"] = {
+        "count": 2, "by_reason": {"one_image": 1, "all_tied": 1},
+        "reasons": {"one_image": "one image: its score compares it with nothing", "all_tied": "every image has the same score"},
+        "tags": [{"tag": "flat", "images": 4, "reason": "all_tied"}, {"tag": "solo", "images": 1, "reason": "one_image"}],
+    }
+    if with_truth:
+        m["subsets"]["all"]["tags_not_evaluated"] = {
+            "count": 2, "by_reason": {"one_image": 1, "all_wrong": 1, "none_wrong": 0},
+            "tags": [{"tag": "solo", "images": 1, "true": 1, "reason": "one_image"},
+                     {"tag": "gone", "images": 5, "true": 0, "reason": "all_wrong"}],
+        }
+    report.write_report(str(tmp_path), rankings=table, ranker_scores=rankers_for(table, published), ranker_labels=LABELS,
+                        labels=labels if with_truth else None, metrics=m, thumb_prefix=THUMB_PREFIX)
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    section = page.split("<h2>Suspect tags</h2>", 1)[1].split("<h2>", 1)[0]
+    # most suspect first, the other tag named, the shares, the example thumbnails from the site
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(.*?)</td><td>(\d+)</td><td>(.*?)</td><td>([0-9.]+)</td>", section)
+    assert [(r[0], html.unescape(r[1]), r[2], r[3], r[4]) for r in rows] == [
+        ("1", HOSTILE, "12", "fish", "0.917"), ("2", "apple", "20", "dog", "0.550")]
+    assert HOSTILE not in page
+    for image_id in example_ids:
+        assert f'src="{THUMB_PREFIX}{thumbnail_path(image_id)}"' in section
+    assert ("precision 0.500" in section) == with_truth and ("truly wrong" in section) == with_truth
+    # the tags without an AUC, with their reasons (ground truth only), and the scores that say nothing
+    unseen = page.split("<h2>Tags the evaluation cannot see</h2>", 1)[1].split("<h2>", 1)[0]
+    assert ("<td>gone</td><td>5</td><td>0</td><td>every image wrongly tagged" in unseen) == with_truth
+    assert "<td>flat</td><td>4</td><td>every image has the same score</td>" in unseen
+    assert "2 tags have scores that say nothing" in unseen
+    # the histogram leaves them out and says so; no strip shows their scores as if they meant something
+    assert "Without the 2 tags whose scores say nothing." in page
+    found = strips(page)
+    assert all(caption.split("<br>")[0].endswith("score says nothing here") for _, caption in found["flat"])
+    assert all("score says nothing" not in caption for _, caption in found["fish"])
+
+
+def test_no_histogram_when_every_score_says_nothing(tmp_path: Path) -> None:
+    table, published, _ = make_rankings({"solo": 1, "flat": 3})
+    published[:] = 0.0
+    table = table.set_column(table.schema.get_field_index(schema.SCORE), schema.SCORE, pa.array(published, pa.float32()))
+    flagged = {"count": 2, "by_reason": {}, "reasons": {},
+               "tags": [{"tag": "flat", "images": 3, "reason": "all_tied"}, {"tag": "solo", "images": 1, "reason": "one_image"}]}
+    written = report.write_report(str(tmp_path), rankings=table, ranker_scores={"combined": published}, ranker_labels={},
+                                  labels=None, metrics={"uninformative_scores": flagged}, thumb_prefix="../")
+    assert report.SCORE_HISTOGRAM_PNG not in {Path(p).name for p in written}
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "No image has a published score that says something." in page
