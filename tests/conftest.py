@@ -56,7 +56,7 @@ PIPELINE_MODULES = {
     "test_index", "test_neighbours", "test_rank", "test_train", "test_onnx_export", "test_bench",
     "test_precision_quality", "test_gcs_emulator",
 }
-E2E_MODULES = {"test_end_to_end"}
+E2E_MODULES = {"test_end_to_end", "test_portable"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
