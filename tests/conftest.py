@@ -10,6 +10,9 @@ import pytest
 
 from model.synthetic_images import broken_file_names, draw_image, write_broken_files
 
+# Beam's portable path (job service, worker pool) and the session's quick in-process build
+pytest_plugins = ["tests.portable_fixtures"]
+
 BROKEN_FILES = broken_file_names()
 
 

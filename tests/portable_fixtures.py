@@ -1,6 +1,7 @@
 """Beam's portable path on this machine: a job service and a pool of SDK worker processes, as
 Dataflow v2, Flink and Spark run a pipeline (serialised through the Job API, DoFns in separate
-workers over the Fn API). A test module imports the fixtures it uses from here.
+workers over the Fn API). tests/conftest.py loads this module as a plugin, so each fixture
+below is made once however many modules use it.
 
     portable_services  a job service and a worker pool on 127.0.0.1, stopped after the module
     quick_corpus       16 generated images over 4 tags, their manifest and word vectors (session)

@@ -24,7 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from model import schema, storage
 from model.tags import image_id_for
 from tests.conftest import write_image_collection
-from tests.portable_fixtures import in_process_build, quick_corpus, rankings  # noqa: F401 (fixtures)
+from tests.portable_fixtures import rankings
 
 DIM = 8
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.portable_fixtures import in_process_build, quick_corpus, rankings  # noqa: F401 (fixtures)
+from tests.portable_fixtures import rankings
 
 MULTI_PROCESS = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
 

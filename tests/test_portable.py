@@ -17,15 +17,7 @@ from pathlib import Path
 import pytest
 
 from model import schema
-from tests.portable_fixtures import (  # noqa: F401 (fixtures)
-    PROBE_NAMESPACE,
-    CountByWorkerFn,
-    in_process_build,
-    portable_services,
-    quick_corpus,
-    rankings,
-    worker_environment,
-)
+from tests.portable_fixtures import PROBE_NAMESPACE, CountByWorkerFn, rankings, worker_environment
 
 BUILD_TIMEOUT_S = 420  # a build takes about a minute here; a worker that cannot start hangs ~300 s
 STAGE_TIMEOUT_S = 180
