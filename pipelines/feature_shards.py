@@ -3,10 +3,11 @@
 A run names its shards features-<UTC time>-<random>-<digest>.parquet, so they never clash with an
 earlier run's, and a chunk's digest is that of the image ids it holds, in order, so a retried
 bundle rewrites the chunks it had committed instead of adding copies of them; each chunk is
-written under a temporary name and renamed into place, so a reader sees it whole or not at all; readers match finished names only, and existing shards of
-another encoder, weights or vector space (int8 against float) are refused rather than mixed.
-Each chunk's metadata records the encoder, weights, dimension and the precision its rows were
-made in (and the int8 model's name for int8 rows).
+written under a temporary name and renamed into place, so a reader sees it whole or not at all;
+readers match finished names only, and existing shards of another encoder, weights or vector
+space (int8 against float) are refused rather than mixed. Each chunk's metadata records the
+encoder, weights, dimension and the precision its rows were made in (and the int8 model's name
+for int8 rows).
 """
 
 from __future__ import annotations
