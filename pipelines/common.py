@@ -321,6 +321,7 @@ def with_default_runner(options: PipelineOptions) -> PipelineOptions:
 def make_options(beam_options: PipelineOptions, save_main_session: bool) -> PipelineOptions:
     """The stage's PipelineOptions: the local runner unless --runner names one, main session saved."""
     with_default_runner(beam_options)
+    __import__("pipelines.launcher").launcher.check_worker_python(beam_options)  # Dataflow: the worker image's Python
     beam_options.view_as(SetupOptions).save_main_session = save_main_session
     return beam_options
 

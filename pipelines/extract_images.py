@@ -12,10 +12,11 @@ listed rows are reported as `index_rows`), reads its bytes through Beam's FileSy
 preprocesses it (model.preprocess, the encoder's own transform), and batches it through
 RunInference(KeyedModelHandler(PytorchModelHandlerTensor)). Writes
 
-- OUT/features/image/features-<run>-<writer>-SSSSS.parquet (schema.image_features_schema) with
+- OUT/features/image/features-<run>-<digest>.parquet (schema.image_features_schema) with
   the encoder, weights, dimension and precision in the file metadata. Each worker commits its
   rows every --commit-every images (written under a temporary name, then renamed), so a run
-  killed at 90% keeps 90% of its work and the next run (incremental) does the rest;
+  killed at 90% keeps 90% of its work and the next run (incremental) does the rest; a chunk is
+  named by the image ids it holds, so a retried bundle rewrites its chunks instead of copying them;
 - OUT/failures/extract-images-SSSSS-of-NNNNN.parquet (schema.FAILURES_SCHEMA): every image that
   could not be read, decoded or encoded, with its exception class. One bad image never fails
   the job; counters failed_<ExceptionClass> say why. Crawled bytes are decoded only as the

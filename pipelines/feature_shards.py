@@ -1,16 +1,19 @@
 """The feature shards of extract-images: naming, finding, checking, writing and committing them.
 
-A run names its shards features-<UTC time>-<random>-<writer>-SSSSS.parquet, so they never clash
-with an earlier run's; each chunk is written under a temporary name and renamed into place, so
-a reader sees it whole or not at all; readers match finished names only, and existing shards of
-another encoder, weights or vector space (int8 against float) are refused rather than mixed.
-Each chunk's metadata records the encoder, weights, dimension and the precision its rows were
-made in (and the int8 model's name for int8 rows).
+A run names its shards features-<UTC time>-<random>-<digest>.parquet, so they never clash with an
+earlier run's, and a chunk's digest is that of the image ids it holds, in order, so a retried
+bundle rewrites the chunks it had committed instead of adding copies of them; each chunk is
+written under a temporary name and renamed into place, so a reader sees it whole or not at all;
+readers match finished names only, and existing shards of another encoder, weights or vector
+space (int8 against float) are refused rather than mixed. Each chunk's metadata records the
+encoder, weights, dimension and the precision its rows were made in (and the int8 model's name
+for int8 rows).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import secrets
 import time
@@ -181,8 +184,14 @@ def clear_inprogress_chunks(out: str) -> list[str]:
     return stale
 
 
-def chunk_name(run_prefix_: str, writer: str, seq: int) -> str:
-    return f"{run_prefix_}-{writer}-{seq:05d}{schema.PARQUET_SUFFIX}"
+CHUNK_DIGEST_CHARS = 16
+
+
+def chunk_name(run_prefix_: str, image_ids: Sequence[str]) -> str:
+    """A chunk's name in this run: named by the image ids it holds, in order, so the same rows
+    committed again (a retried bundle, on any worker) replace the chunk rather than copy it."""
+    digest = hashlib.sha256("\n".join(image_ids).encode("utf-8")).hexdigest()[:CHUNK_DIGEST_CHARS]
+    return f"{run_prefix_}-{digest}{schema.PARQUET_SUFFIX}"
 
 
 def inprogress_path(final: str) -> str:
@@ -269,8 +278,10 @@ class CommitFeaturesFn(beam.DoFn):
 
     Beam's file sinks make every file visible only when the whole job finishes, so a killed job
     kept nothing; here each worker renames a full chunk into place (and the rest at the end of a
-    bundle). A retried bundle may commit some rows twice: readers keep one row per image_id.
-    Yields the committed paths.
+    bundle). Idempotent under a retried bundle: a chunk is named by its image ids (chunk_name),
+    so the same rows in the same order rewrite the same chunks, whichever worker retries them.
+    A runner that splits a retried bundle differently may commit some rows twice, under other
+    names: readers keep one row per image_id (common.OnePerKey). Yields the committed paths.
     """
 
     def __init__(self, run_prefix_: str, table_schema: pa.Schema, commit_every: int, int8_model: str | None = None):
@@ -283,21 +294,13 @@ class CommitFeaturesFn(beam.DoFn):
         # row groups capped at ROW_GROUP_BYTES of embeddings: bounded memory for streamed readers
         self._row_group_rows = max(1, ROW_GROUP_BYTES // (4 * dim))
         self._chunks = common.counter(STAGE, FEATURE_CHUNKS)
-        self._writer = ""
-        self._seq = 0
         self._rows: list[dict[str, Any]] = []
-
-    def setup(self) -> None:
-        # one name per DoFn instance: workers never clash, and a chunk's name says which wrote it
-        self._writer = secrets.token_hex(4)
-        self._seq = 0
 
     def start_bundle(self) -> None:
         self._rows = []
 
     def _commit(self) -> str:
-        final = chunk_name(self._run_prefix, self._writer, self._seq)
-        self._seq += 1
+        final = chunk_name(self._run_prefix, [r[schema.IMAGE_ID] for r in self._rows])
         table_schema = self._schema
         if self._precision:  # what the worker ran, which --precision auto decides there
             base = dict(self._schema.metadata or {})

@@ -225,13 +225,18 @@ class WriteStore(beam.PTransform):
         self._prefix = prefix
         self._num_shards = num_shards
 
-    def expand(self, rows):
-        return rows | "WriteParquet" >> beam.io.WriteToParquet(
+    def parquet_write(self) -> beam.io.WriteToParquet:
+        """Beam's Parquet sink: each bundle attempt writes its own temporary file, and only those
+        of the attempts whose output was kept are renamed into place (a retry stores nothing twice)."""
+        return beam.io.WriteToParquet(
             self._prefix,
             schema.IMAGE_STORE_SCHEMA,
             file_name_suffix=schema.PARQUET_SUFFIX,
             num_shards=self._num_shards,
         )
+
+    def expand(self, rows):
+        return rows | "WriteParquet" >> self.parquet_write()
 
 
 # ---------------------------------------------------------------------------

