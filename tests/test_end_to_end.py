@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pytest
 
 from export.publish_check import check_site
-from export import site_data
+from export import similar, site_data
 from model import schema, storage
 from model.tags import image_id_for
 
@@ -65,6 +65,7 @@ def test_every_indexed_image_has_features_or_a_recorded_failure(demo_out: Path):
 
 
 def test_rankings_cover_exactly_the_images_with_features(demo_out: Path):
+    """Every image with features is ranked under its tag, or folded into a copy ranked there."""
     images = _table(demo_out, schema.IMAGES_DIR)
     features = _table(demo_out, schema.IMAGE_FEATURES_DIR)
     rankings = _table(demo_out, schema.RANKINGS_DIR)
@@ -73,8 +74,22 @@ def test_rankings_cover_exactly_the_images_with_features(demo_out: Path):
         (t, i) for t, i in zip(images.column(schema.TAG).to_pylist(), images.column(schema.IMAGE_ID).to_pylist()) if i in feature_ids
     }
     ranked = set(zip(rankings.column(schema.TAG).to_pylist(), rankings.column(schema.IMAGE_ID).to_pylist()))
-    assert ranked == expected
-    assert rankings.num_rows == len(expected)
+    assert ranked <= expected and rankings.num_rows == len(ranked)
+    group_of = similar.read_duplicates(str(demo_out)) or {}
+    ranked_groups = {(t, group_of[i]) for t, i in ranked if i in group_of}
+    folded = expected - ranked
+    assert all(i in group_of and (t, group_of[i]) in ranked_groups for t, i in folded), sorted(folded)[:5]
+
+
+def test_the_corpus_copies_are_found_as_duplicates(demo_out: Path):
+    """The demo's byte-identical copies share a duplicate group with their original."""
+    truth = [json.loads(line) for line in (demo_out / "corpus" / "ground_truth.jsonl").read_text().splitlines()]
+    group_of = similar.read_duplicates(str(demo_out)) or {}
+    exact = [t for t in truth if t["copy_kind"] == "exact"]
+    assert exact
+    for t in exact:
+        copy, original = image_id_for(t[schema.URI]), image_id_for(t["copy_of"])
+        assert group_of.get(copy) is not None and group_of.get(copy) == group_of.get(original), t
 
 
 def test_site_agrees_with_rankings(demo_out: Path):
@@ -106,7 +121,10 @@ def test_the_published_rankings_beat_every_baseline_over_all_images(demo_out: Pa
     rankers = metrics["subsets"]["all"]["rankers"]
     published = rankers["published"]
     assert published["tags"] >= 20 and metrics["counts"]["rows_with_ground_truth"] == metrics["counts"]["rows"]
-    assert published["auc"] >= 0.97, rankers
+    # the demo is hard on purpose (look-alike wrong tags, copies, small tags): at 600 images the
+    # published AUC measured 0.954 when the corpus was made hard (0.97 before); this guards against
+    # a broken pipeline, issue 18's targets are measured on the full demo
+    assert published["auc"] >= 0.93, rankers
     for baseline in ("mean_feature", "index_order", "matcher_in_sample"):
         assert published["auc"] > rankers[baseline]["auc"], (baseline, rankers)
     # both kinds of images are measured, each on its own

@@ -24,14 +24,15 @@ ranking designs can be told apart on it:
   * one tag without a class of its own (objects.ALL_WRONG_TAG, "lantern", ALL_WRONG_SHARE of the
     originals): every picture under it truly shows another class, mostly its look-alike (traffic
     lights), so no ranking of it is right and only a check across tags can notice. Its pictures
-    count in the wrong share, and it is left out where they would be over half of it (at 0);
+    count in the wrong share, and it is left out where they would be over half of it (so a
+    corpus with wrong_share 0 has no wrong tag at all);
   * tags arrive with raw variation (capitals, extra spaces) and a few exact duplicate rows;
   * JPEG and PNG (RGB, RGBA and palette, some transparent) at different sizes;
   * three broken files are listed too (truncated JPEG, zero bytes, text named .jpg);
   * two tags are two words ("fire truck", "traffic light") and one tag's word ("hourglass") never
     occurs in the captions, so it is out of vocabulary for the demo word vectors.
-A corpus too small for them (a few dozen pictures) drops the special tags that do not fit in a
-quarter of its originals, largest first, and has no copies under 20 pictures.
+A small corpus (a few dozen pictures) keeps, largest first, the small tags that fit in a quarter
+of its originals, then the all-wrong tag if it still fits; under 20 pictures it has no copies.
 
 Files written under the folder:
   manifest.jsonl      {"uri": <path relative to the manifest>, "tag": <crawled tag, raw>}, in crawl order
