@@ -71,7 +71,8 @@ def _fold_tag_pages(
         item = dict(items[pos], **{site_data.ITEM_RANK: new_rank})
         if pos in copies:
             item["copies"] = [
-                {k: items[c][k] for k in (site_data.ITEM_IMAGE_ID, site_data.ITEM_THUMB, site_data.ITEM_URI)} for c in copies[pos]
+                {k: items[c].get(k) for k in (site_data.ITEM_IMAGE_ID, site_data.ITEM_THUMB, site_data.ITEM_VIEW, site_data.ITEM_URI)}
+                for c in copies[pos]
             ]
         folded.append(item)
     pages = list(site_data.ranking_pages(tag, folded, ranked_by=ranked_by, page_size=page_size, data_root=data_root))
