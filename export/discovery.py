@@ -210,6 +210,7 @@ def publish_extras(
     facts: dict[str, Any] = {}
 
     manifest["home"], facts["home"] = home.publish_home(write, _reader(site_root), data_root, entries)
+    manifest["az"], facts["az"] = home.publish_az(write, data_root, entries)
 
     manifest[related_words.KIND], facts["related_words"] = _lookup(out, write, data_root, entries, related_vocab, word_vectors)
 

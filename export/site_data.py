@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from export import score_labels
 from model import schema
 from model.tags import tag_key
 
@@ -196,6 +197,7 @@ def build_manifest(
         "thumbnails": thumbnails,
         "tag_shards": shard_index,
         "data": data_root,  # where this publish's ranking pages are: data/v/<version>
+        "score_labels": score_labels.LABELS,  # a tile's words for its score (export/score_labels.py)
     }
     if report:
         body["report"] = report  # the evaluation page, relative to the site root

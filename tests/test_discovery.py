@@ -330,3 +330,29 @@ def test_a_tags_first_page_says_how_big_its_probably_strip_is(tmp_path):
     first = json.loads((tmp_path / site_data.ranking_page_path(tag_key("dog"), 0)).read_bytes())
     second = json.loads((tmp_path / site_data.ranking_page_path(tag_key("dog"), 1)).read_bytes())
     assert first[discovery.STRIP_COUNT] == 5 and discovery.STRIP_COUNT not in second
+
+
+def test_a_to_z_groups_orders_and_cuts_by_the_folded_first_letter(tmp_path):
+    entries = [(t, 1, 1) for t in ["zebra", "ñandú", "nail", "oak", "øre", "猫", "7up", "apple", "ápex", "quail"]]
+    written: dict[str, bytes] = {}
+    az, facts = home.publish_az(lambda p, b: written.__setitem__(p, b), "data/v/x", entries, per_page=2)
+    assert [row[0] for row in az["letters"]] == ["a", "n", "o", "q", "z", "#"]  # no empty letters
+    assert dict((r[0], r[1:]) for r in az["letters"])["n"] == [2, 1]
+    a = json.loads(written[home.az_path("data/v/x", "a", 0)])
+    assert [t[0] for t in a["tags"]] == ["ápex", "apple"]  # "apex" < "apple": accents folded
+    n = json.loads(written[home.az_path("data/v/x", "n", 0)])
+    assert [t[0] for t in n["tags"]] == ["nail", "ñandú"]
+    assert [t[0] for t in json.loads(written[home.az_path("data/v/x", "o", 0)])["tags"]] == ["oak", "øre"]
+    other = json.loads(written[home.az_path("data/v/x", "#", 0)])
+    assert other["letter"] == "#" and {t[0] for t in other["tags"]} == {"7up", "猫"}
+    assert facts["files"] == len(written) == 6
+
+
+def test_score_labels_are_one_table_the_manifest_publishes():
+    from export import score_labels
+
+    assert [score_labels.label(s) for s in (2.3, 1.0, 0.2, -1.0, -1.2, None)] == [
+        "strong match", "strong match", "typical", "typical", "doubtful", None]
+    m = site_data.build_manifest(shard_index=[], images=0, tags=0, ranked_images=0, oov_tags=0, model={},
+                                 thumbnails=True, generated_at="x")
+    assert m["score_labels"] == score_labels.LABELS
