@@ -241,6 +241,7 @@ SMALL_COUNTS = {
     LONG_TAG: 2,
 }
 SMALL_PER_SHARD = 8
+SMALL_AZ_PER_PAGE = 2  # so that a letter (r: red, red apple, red car, reddish) has pages
 
 
 @dataclass
@@ -324,7 +325,7 @@ def write_discovery(root: Path, entries: list[tuple[str, int, int]], data_root: 
     extra: dict[str, Any] = {}
     extra["home"], _ = home.publish_home(write, lambda rel: (root / rel).read_bytes(), data_root, entries)
     extra[related_words.KIND] = related_words.publish(write, data_root, RELATED, entries=entries, vocab=len(RELATED)).manifest
-    extra["az"], _ = home.publish_az(write, data_root, entries)
+    extra["az"], _ = home.publish_az(write, data_root, entries, per_page=SMALL_AZ_PER_PAGE)
 
     # every published item, in a ring of neighbours across tags
     published: dict[str, tuple[str, str]] = {}
@@ -364,7 +365,7 @@ def write_discovery(root: Path, entries: list[tuple[str, int, int]], data_root: 
             ],
             "red car": [
                 {"image_id": it[site_data.ITEM_IMAGE_ID], "tag": "car", "uri": it[site_data.ITEM_URI], "score": 0.5,
-                 "neighbours": [12, 20], "matcher": 0.4, "own_score": -0.5}
+                 "neighbours": [12, 20], "matcher": -0.2, "own_score": -0.5}  # the matcher a little below typical
                 for it in make_items("car", 2, start=30)
             ],
         },
