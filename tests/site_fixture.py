@@ -505,7 +505,11 @@ def write_full_shape_discovery(
         sims = sorted((round(rng.uniform(0.5, 0.8), 3) for _ in range(5)), reverse=True)
         FULL_RELATED[word] = [[rng.choice(popular), s] for s in sims]
     # a word close enough to show its best tag's results: that tag's first page is published
-    shown = next(w for w, rel in FULL_RELATED.items() if rel[0][1] >= related_words.DEFAULT_SHOW_AT)
+    # (and no tag one edit away, whose spelling would rank above it)
+    shown = next(
+        w for w, rel in FULL_RELATED.items()
+        if rel[0][1] >= related_words.DEFAULT_SHOW_AT and not any(related_words._one_edit(w, t) for t in names)
+    )
     FULL_RELATED[shown][0][0] = popular[0]
     extra[related_words.KIND] = related_words.publish(
         write, site_data.DATA_DIR, FULL_RELATED, entries=entries, vocab=FULL_WORDS
