@@ -232,6 +232,7 @@ SMALL_COUNTS = {
     "dog": 20,
     "tree": 9,
     "apple": 30,
+    "kite": 3,  # two edits from "kitten", one from "kiten"
     OOV_TAG: 25,
     SLOW_TAG: 10,
     XSS_TAG: 3,
@@ -303,6 +304,7 @@ def build_small_site(root: Path, base_url: str) -> tuple[dict[str, Any], dict[st
 RELATED = {  # a word that is not a tag -> its related tags (show_at 0.7: automobile shows "car")
     "automobile": [["car", 0.91], ["red car", 0.64], ["blue car", 0.6]],
     "kitten": [["cat", 0.62], ["dog", 0.55]],
+    "catt": [["dog", 0.52]],  # related to dog, and one edit from cat: one list ranks both
     "crimson": [["red", 0.66], ["reddish", 0.58]],
     "vehicle": [["car", 0.64], ["blue car", 0.6]],
     XSS_TAG + "x": [[XSS_TAG, 0.6]],
