@@ -512,7 +512,7 @@ def test_run_file_names_are_hex_even_for_hostile_tags(published):
             rel = path.relative_to(data).as_posix()
             assert re.fullmatch(
                 r"(v/[0-9T]+-[0-9a-f]{6}/((rank/[0-9a-f]{2}/[0-9a-f]{20}-\d{4}|tags/[0-9a-f]{12}|home"
-                r"|(related|similar|probably)/\d{5,})\.json|report/[a-z_]+\.(html|png))|manifest\.json)", rel
+                r"|(lookup|similar|probably)/\d{5,}|az/[0-9a-z]-\d{4})\.json|report/[a-z_]+\.(html|png))|manifest\.json)", rel
             ), rel
     for tag in HOSTILE_TAGS:
         items = _page_items(site, normalize_tag(tag))
