@@ -79,15 +79,3 @@ export function scoreLabel(score, labels) {
   }
   return null;
 }
-
-// Short text for the manifest's model object ({encoder, dim, word_vectors, matcher, ...}).
-export function modelLabel(model) {
-  const str = (v) => ((typeof v === 'string' && v) || Number.isFinite(v) ? String(v).slice(0, 80) : '');
-  const m = model && typeof model === 'object' ? model : {};
-  const encoder = str(m.encoder);
-  const words = str(m.word_vectors).split(/[\\/]/).pop(); // a path: its file name says enough
-  let label = str(m.name) || 'a two-tower matcher';
-  if (encoder) label += ` over ${encoder}${str(m.dim) ? ` (${str(m.dim)}-d)` : ''} image features`;
-  if (words) label += `${encoder ? ' and' : ' over'} ${words} word vectors`;
-  return label;
-}

@@ -74,8 +74,9 @@ def test_enter_takes_the_only_suggestion_shown(open_page, small_site, viewport):
     expect(page.locator("#results-title")).to_have_text("No tag “re”")
 
 
-def test_related_and_spelled_like_tags_are_one_ranked_list(site_page, small_site):
-    page = site_page
+@WIDTHS
+def test_related_and_spelled_like_tags_are_one_ranked_list(open_page, small_site, viewport):
+    page = open_page(viewport).page
     # "catt" is a word of the vocabulary: related to dog, and one edit from cat
     page.goto(query_url(small_site.url, "catt"))
     expect(page.locator("#related a").first).to_be_visible()
