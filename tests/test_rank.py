@@ -547,6 +547,10 @@ def test_check_site_reports_a_corrupted_copy(published, tmp_path):
         stale.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(site / site_data.ranking_page_path(tag_key("cat"), 0, _data_root(site)), stale)
 
+    def drop_view(site: Path) -> None:
+        (site / site_data.view_path(image_id("c1"))).unlink()
+
+    assert any("larger rendition" in p for p in corrupted(drop_view))
     assert any("rank 1" in p for p in corrupted(swap_items))
     assert any("missing file" in p for p in corrupted(drop_page))
     assert any("stale ranking page" in p for p in corrupted(stale_page))
