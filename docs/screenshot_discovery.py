@@ -34,7 +34,7 @@ def main(site_dir: str, word: str = "automobile", tag: str = "fish") -> list[Pat
     with site_page(site_dir, VIEWPORT) as (page, base):
         page.goto(base)
         page.wait_for_selector("#popular .pop img", timeout=15000)
-        page.locator("#az-letters button[data-prefix=f]").click()
+        page.locator("#az-letters button[data-letter=f]").click()
         page.wait_for_selector("#az-list a")
         page.wait_for_load_state("networkidle")
         saved.append(save_small(page.screenshot(), docs / "home.png"))
@@ -49,6 +49,7 @@ def main(site_dir: str, word: str = "automobile", tag: str = "fish") -> list[Pat
         page.locator(".tile").nth(1).click()
         page.wait_for_selector("#viewer-similar .mini img")
         page.wait_for_load_state("networkidle")
+        page.wait_for_function("(document.querySelector('#viewer-figure img')?.currentSrc || '').includes('/views/')")
         saved.append(save_small(page.screenshot(), docs / "viewer.png"))
     return saved
 

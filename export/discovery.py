@@ -71,7 +71,8 @@ def _fold_tag_pages(
         item = dict(items[pos], **{site_data.ITEM_RANK: new_rank})
         if pos in copies:
             item["copies"] = [
-                {k: items[c][k] for k in (site_data.ITEM_IMAGE_ID, site_data.ITEM_THUMB, site_data.ITEM_URI)} for c in copies[pos]
+                {k: items[c][k] for k in (site_data.ITEM_IMAGE_ID, site_data.ITEM_THUMB, site_data.ITEM_VIEW, site_data.ITEM_URI) if k in items[c]}
+                for c in copies[pos]
             ]
         folded.append(item)
     pages = list(site_data.ranking_pages(tag, folded, ranked_by=ranked_by, page_size=page_size, data_root=data_root))
@@ -146,25 +147,50 @@ def fold_duplicates(
 # ---------------------------------------------------------------------------
 @dataclasses.dataclass
 class Extras:
-    manifest: dict[str, Any]  # merged into the manifest: home, related, similar, probably
+    manifest: dict[str, Any]  # merged into the manifest: home, lookup, similar, probably
     facts: dict[str, Any]  # rank's report details
     strip_metrics: dict[str, Any] | None = None  # with ground truth: the strips measured
 
 
-def _related(out: str, write, data_root: str, vocab: int, word_vectors: str | None) -> tuple[dict | None, dict]:
+def _related(out: str, vocab: int, word_vectors: str | None) -> tuple[dict[str, list[list[Any]]], dict, float, int]:
+    """(word -> related tags, facts when skipped, seconds, vocabulary size)."""
     if vocab <= 0:
-        return None, {"skipped": "--related-vocab 0"}
+        return {}, {"skipped": "--related-vocab 0"}, 0.0, 0
     path = word_vectors or related_words.word_vectors_path(out)
     if not path or not storage.exists(path):
-        return None, {"skipped": f"word vectors not found ({path or 'not named by the text features'}): pass --word-vectors"}
+        return {}, {"skipped": f"word vectors not found ({path or 'not named by the text features'}): pass --word-vectors"}, 0.0, 0
     from model import text_vectors  # gensim: loaded only when related words are made
 
     started = time.monotonic()
     kv = text_vectors.load_keyed_vectors(path)
     tags, tag_vectors = related_words.read_tag_vectors(out)
     related = related_words.build(kv, tags, tag_vectors, vocab=vocab)
-    result = related_words.publish(write, data_root, related, vocab=min(vocab, len(kv.index_to_key)), seconds=time.monotonic() - started)
-    return result.manifest, result.facts
+    return related, {}, time.monotonic() - started, min(vocab, len(kv.index_to_key))
+
+
+def _lookup(out: str, write, data_root: str, entries, vocab: int, word_vectors: str | None) -> tuple[dict, dict]:
+    """The lookup index: every tag, and related words where there are word vectors."""
+    related, skipped, seconds, size = _related(out, vocab, word_vectors)
+    result = related_words.publish(write, data_root, related, entries=entries, vocab=size, seconds=seconds)
+    return result.manifest, {**result.facts, **skipped}
+
+
+STRIP_COUNT = "probably"  # on a tag's first ranking page: how many images its "probably" strip holds
+
+
+def mark_strips(site_root: str, data_root: str, counts: dict[str, int]) -> None:
+    """Write each strip's size on its tag's first ranking page, so the page can say at once that
+    the strip exists and link to it, however many pages the tag has."""
+    read, write = _reader(site_root), _writer(site_root)
+    for tag, count in counts.items():
+        relpath = site_data.ranking_page_path(tag_key(tag), 0, data_root)
+        try:
+            page = json.loads(read(relpath))
+        except (OSError, ValueError):
+            continue  # a strip for a tag without pages: the page never opens it
+        if count:
+            page[STRIP_COUNT] = count
+            write(relpath, site_data.encode_json(page))
 
 
 def publish_extras(
@@ -184,10 +210,9 @@ def publish_extras(
     facts: dict[str, Any] = {}
 
     manifest["home"], facts["home"] = home.publish_home(write, _reader(site_root), data_root, entries)
+    manifest["az"], facts["az"] = home.publish_az(write, data_root, entries)
 
-    related, facts["related_words"] = _related(out, write, data_root, related_vocab, word_vectors)
-    if related is not None:
-        manifest["related"] = related
+    manifest[related_words.KIND], facts["related_words"] = _lookup(out, write, data_root, entries, related_vocab, word_vectors)
 
     strip_metrics = None
     if not similar.neighbours_exist(out):
@@ -208,6 +233,7 @@ def publish_extras(
     cosines = probably.matcher_cosines(out, [(c.image_id, c.tag) for c in found], folds)
     strips = probably.build_strips(found, cosines, probably.tag_stats(rankings), published, own_scores)
     manifest["probably"], facts["probably"] = probably.publish_strips(write, data_root, strips)
+    mark_strips(site_root, data_root, {tag: len(items) for tag, items in strips.by_tag.items()})
     facts["probably"]["seconds"] = round(time.monotonic() - started, 2)
     if ground_truth:
         strip_metrics = probably.evaluate_strips(strips.by_tag, metrics.load_ground_truth(ground_truth), rankings)

@@ -11,6 +11,7 @@ under 150 KB.
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any, Callable, Sequence
 
 from export import site_data
@@ -18,6 +19,11 @@ from model.tags import tag_key
 
 POPULAR = 48
 HOME_FILE = "home.json"
+AZ_DIR = "az"
+AZ_PER_PAGE = 512
+OTHER_LETTER = "#"  # tags that start with no Latin letter (digits, CJK, symbols)
+# letters NFKD does not take apart, folded as a reader of the A–Z list expects
+_LETTER_FOLD = {"ø": "o", "æ": "a", "œ": "o", "ß": "s", "đ": "d", "ð": "d", "ł": "l", "þ": "t", "ı": "i"}
 
 
 def home_path(data_root: str) -> str:
@@ -61,3 +67,58 @@ def publish_home(
     path = home_path(data_root)
     write_bytes(path, body)
     return path, {"popular": min(POPULAR, len(entries)), "bytes": len(body)}
+
+
+# ---------------------------------------------------------------------------
+# A–Z: every tag grouped, ordered and cut by its folded first letter
+# ---------------------------------------------------------------------------
+def fold_for_az(tag: str) -> str:
+    """The tag without accents, each letter folded ("Ñandú" -> "nandu"): what the A–Z list groups
+    and orders by."""
+    decomposed = unicodedata.normalize("NFKD", tag.casefold())
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return "".join(_LETTER_FOLD.get(c, c) for c in plain)
+
+
+def az_letter(tag: str) -> str:
+    first = fold_for_az(tag)[:1]
+    return first if "a" <= first <= "z" else OTHER_LETTER
+
+
+def az_path(data_root: str, letter: str, page: int) -> str:
+    name = "0" if letter == OTHER_LETTER else letter
+    return f"{data_root}/{AZ_DIR}/{name}-{page:04d}.json"
+
+
+def publish_az(
+    write_bytes: Callable[[str, bytes], None],
+    data_root: str,
+    entries: Sequence[tuple[str, int, int]],
+    per_page: int = AZ_PER_PAGE,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the A–Z pages: per letter that has tags, its tags ordered by their folded spelling,
+    `per_page` a file ({"v", "letter", "page", "pages", "tags": [[tag, count, key, pages], …]}).
+
+    Returns the manifest's `az` object ({"letters": [[letter, tags, pages], …]}, only letters that
+    have tags, a–z then "#") and report facts."""
+    by_letter: dict[str, list[tuple[str, int, int]]] = {}
+    for entry in entries:
+        by_letter.setdefault(az_letter(entry[0]), []).append(entry)
+    letters = []
+    files = 0
+    for letter in sorted(by_letter, key=lambda x: (x == OTHER_LETTER, x)):
+        tags = sorted(by_letter[letter], key=lambda e: (fold_for_az(e[0]), site_data.js_sort_key(e[0])))
+        pages = site_data.page_count(len(tags), per_page)
+        for page in range(pages):
+            chunk = tags[page * per_page : (page + 1) * per_page]
+            body = {
+                "v": site_data.SITE_SCHEMA_VERSION,
+                "letter": letter,
+                "page": page,
+                "pages": pages,
+                "tags": [[t, c, tag_key(t), p] for t, c, p in chunk],
+            }
+            write_bytes(az_path(data_root, letter, page), site_data.encode_json(body))
+            files += 1
+        letters.append([letter, len(tags), pages])
+    return {"letters": letters}, {"letters": len(letters), "files": files}

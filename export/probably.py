@@ -12,9 +12,12 @@ Found from the neighbour lists, never by scoring every image against every tag:
    summed. A candidate at or above `min_score` (0: the tag's typical image) goes in the strip.
 
 Each tag's strip (best first, at most `per_tag`) is published after the tag's own images,
-labelled "Probably 'cat', crawled as 'dog'", with its evidence: how many neighbours carry the
-tag, the matcher's standard deviations for the tag, and the image's score under its crawled
-tag. Strips are cut into files by a hash of the tag's key (export/hashed_shards.py).
+labelled "Probably 'cat', crawled under another tag", each item with the fields the page turns
+into one sentence of evidence (site/js/probably.js): how many neighbours carry the tag, and the
+matcher's standard deviations for the tag (named only when above the tag's typical image); the
+image's score under its crawled tag rides along. A tag's first ranking page says how many the
+strip holds (export/discovery.mark_strips). Strips are cut into files by a hash of the tag's key
+(export/hashed_shards.py).
 
 `evaluate_strips` measures them against ground truth (the demo's): precision of the first 10 of
 each strip, and the share of wrongly tagged images that their true tag's strip recovers.

@@ -143,6 +143,11 @@ def _check_item(site: _Site, tag: str, item: dict[str, Any], row: tuple, thumbna
         problems.add(f"tag {tag!r} rank {rank}: unexpected thumb {thumb!r}")
     elif not site.exists(thumb):
         problems.add(f"tag {tag!r} rank {rank}: thumbnail {thumb} missing")
+    view = item.get(site_data.ITEM_VIEW)
+    if view is not None and view != site_data.view_path(image_id):
+        problems.add(f"tag {tag!r} rank {rank}: unexpected view {view!r}")
+    elif view is not None and not site.exists(view):
+        problems.add(f"tag {tag!r} rank {rank}: larger rendition {view} missing")
 
 
 def _check_tag_pages(
@@ -250,7 +255,7 @@ class _NoThumbnailCheck(_Site):
 
     def __init__(self, site: _Site):  # noqa: D107 (shares the wrapped site's fs and root)
         self.fs, self.root = site.fs, site.root
-        self._thumbs_prefix = "thumbs/"
+        self._thumbs_prefix = ("thumbs/", "views/")
 
     def exists(self, relpath: str) -> bool:
         return relpath.startswith(self._thumbs_prefix) or super().exists(relpath)

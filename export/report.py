@@ -454,6 +454,8 @@ def write_report(
     groups = _tag_groups(tags)
 
     parts = [
+        # the one way back: the search page at the site root (thumb_prefix leads there)
+        f'<p class="back"><a href="{_e(thumb_prefix or "./")}">← Back to the search</a></p>',
         f"<h1>{_e(title)}</h1>",
         f"<p>{_e(metrics.get('description') or 'No description of the score was given.')}</p>",
         f'<p class="note">{n} ranked images in {len(groups)} tags. '

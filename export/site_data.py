@@ -7,6 +7,7 @@ Layout under OUT/site (paths below are relative to the site root):
     data/tags/<contenthash>.json   a contiguous range of the sorted tag list
     data/rank/<kk>/<key>-<PPPP>.json   one page of one tag's ranking; key = tag_key(tag)
     thumbs/<ii>/<image_id>.jpg     thumbnails (absent with --no-thumbnails)
+    views/<ii>/<image_id>.jpg      the viewer's larger renditions, made with the thumbnails
 
 The site fetches the manifest, then the one tag shard whose range holds the query, then the one
 ranking page it shows: three data files for the first results, whatever the collection size.
@@ -22,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from export import score_labels
 from model import schema, scoring
 from model.tags import tag_key
 
@@ -67,6 +69,7 @@ ITEM_RANK = "rank"
 ITEM_IMAGE_ID = "image_id"
 ITEM_SCORE = "score"
 ITEM_THUMB = "thumb"
+ITEM_VIEW = "view"  # the viewer's larger rendition (views/…), or null where there is no thumbnail of ours
 ITEM_URI = "uri"
 
 
@@ -89,6 +92,10 @@ def ranking_page_path(key: str, page: int, data_root: str = DATA_DIR) -> str:
 
 def thumbnail_path(image_id: str) -> str:
     return f"thumbs/{image_id[:2]}/{image_id}.jpg"
+
+
+def view_path(image_id: str) -> str:
+    return f"views/{image_id[:2]}/{image_id}.jpg"
 
 
 def page_count(total: int, page_size: int = PAGE_SIZE) -> int:
@@ -190,6 +197,8 @@ def build_manifest(
         "thumbnails": thumbnails,
         "tag_shards": shard_index,
         "data": data_root,  # where this publish's ranking pages are: data/v/<version>
+        "score_labels": score_labels.LABELS,  # a tile's words for its score (export/score_labels.py)
+        "ranked_by": scoring.explanations(),  # what ordered a tag, in words (model/scoring.py's registry)
     }
     if report:
         body["report"] = report  # the evaluation page, relative to the site root

@@ -183,12 +183,14 @@ class RankTagFn(beam.DoFn):
         page_items = []
         for rank, i in enumerate(order, start=1):
             image_id, uri = items[i][_ITEM_IMAGE_ID], items[i][_ITEM_URI]
+            thumb = thumbnails.thumb_for(image_id, uri, self._thumbnails, failed_thumbs, self._links)
             page_items.append(
                 {
                     site_data.ITEM_RANK: rank,
                     site_data.ITEM_IMAGE_ID: image_id,
                     site_data.ITEM_SCORE: page_score(final[i]),
-                    site_data.ITEM_THUMB: thumbnails.thumb_for(image_id, uri, self._thumbnails, failed_thumbs, self._links),
+                    site_data.ITEM_THUMB: thumb,
+                    site_data.ITEM_VIEW: thumbnails.view_for(image_id, thumb, self._thumbnails),
                     site_data.ITEM_URI: self._links.display(uri),
                 }
             )

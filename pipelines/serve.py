@@ -31,6 +31,14 @@ class SiteRequestHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         log.debug("%s - %s", self.address_string(), format % args)
 
+    def handle(self) -> None:
+        # a browser cancels requests all the time (a thumbnail scrolled past, a page left): one
+        # line, not a BrokenPipe traceback
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exn:
+            log.info("%s cancelled %s (%s)", self.address_string(), getattr(self, "path", "a request"), type(exn).__name__)
+
 
 def make_server(site_dir: str, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
     root = Path(site_dir)

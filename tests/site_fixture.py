@@ -132,9 +132,22 @@ def write_front_end(root: Path) -> None:
         write_file(root, rel, body)
 
 
+@functools.lru_cache(maxsize=None)
+def view_bytes(variant: int) -> bytes:
+    """The viewer's larger rendition of thumbnail_bytes(variant): the same picture at 384 px."""
+    with Image.open(io.BytesIO(thumbnail_bytes(variant))) as small:
+        big = small.resize((384, 384))
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=70)
+    return buf.getvalue()
+
+
 def write_thumbnail(root: Path, image_id: str) -> str:
+    """The thumbnail and the viewer's rendition, as rank makes them together."""
     rel = site_data.thumbnail_path(image_id)
-    write_file(root, rel, thumbnail_bytes(int(image_id[:4], 16) % THUMB_VARIANTS))
+    variant = int(image_id[:4], 16) % THUMB_VARIANTS
+    write_file(root, rel, thumbnail_bytes(variant))
+    write_file(root, site_data.view_path(image_id), view_bytes(variant))
     return rel
 
 
@@ -148,8 +161,10 @@ def make_items(tag: str, n: int, *, scored: bool = True, start: int = 0) -> list
             {
                 site_data.ITEM_RANK: i + 1,
                 site_data.ITEM_IMAGE_ID: image_id,
-                site_data.ITEM_SCORE: round(0.99 - i * 0.0031, 4) if scored else None,
+                # from a strong match down to doubtful ones (export/score_labels.py)
+                site_data.ITEM_SCORE: round(2.5 - i * 0.031, 4) if scored else None,
                 site_data.ITEM_THUMB: site_data.thumbnail_path(image_id),
+                site_data.ITEM_VIEW: site_data.view_path(image_id),
                 site_data.ITEM_URI: uri,
             }
         )
@@ -217,6 +232,7 @@ SMALL_COUNTS = {
     "dog": 20,
     "tree": 9,
     "apple": 30,
+    "kite": 3,  # two edits from "kitten", one from "kiten"
     OOV_TAG: 25,
     SLOW_TAG: 10,
     XSS_TAG: 3,
@@ -226,6 +242,7 @@ SMALL_COUNTS = {
     LONG_TAG: 2,
 }
 SMALL_PER_SHARD = 8
+SMALL_AZ_PER_PAGE = 2  # so that a letter (r: red, red apple, red car, reddish) has pages
 
 
 @dataclass
@@ -287,6 +304,7 @@ def build_small_site(root: Path, base_url: str) -> tuple[dict[str, Any], dict[st
 RELATED = {  # a word that is not a tag -> its related tags (show_at 0.7: automobile shows "car")
     "automobile": [["car", 0.91], ["red car", 0.64], ["blue car", 0.6]],
     "kitten": [["cat", 0.62], ["dog", 0.55]],
+    "catt": [["dog", 0.52]],  # related to dog, and one edit from cat: one list ranks both
     "crimson": [["red", 0.66], ["reddish", 0.58]],
     "vehicle": [["car", 0.64], ["blue car", 0.6]],
     XSS_TAG + "x": [[XSS_TAG, 0.6]],
@@ -303,12 +321,13 @@ def _write(root: Path):
 def write_discovery(root: Path, entries: list[tuple[str, int, int]], data_root: str = site_data.DATA_DIR) -> dict[str, Any]:
     """home.json, related-word, more-like-this and "probably" shards, and copies on one item,
     written with export/'s own functions; returns the manifest's extra objects."""
-    from export import hashed_shards, home, probably, related_words, similar
+    from export import discovery, hashed_shards, home, probably, related_words, similar
 
     write = _write(root)
     extra: dict[str, Any] = {}
     extra["home"], _ = home.publish_home(write, lambda rel: (root / rel).read_bytes(), data_root, entries)
-    extra["related"] = related_words.publish(write, data_root, RELATED, vocab=len(RELATED)).manifest
+    extra[related_words.KIND] = related_words.publish(write, data_root, RELATED, entries=entries, vocab=len(RELATED)).manifest
+    extra["az"], _ = home.publish_az(write, data_root, entries, per_page=SMALL_AZ_PER_PAGE)
 
     # every published item, in a ring of neighbours across tags
     published: dict[str, tuple[str, str]] = {}
@@ -348,13 +367,14 @@ def write_discovery(root: Path, entries: list[tuple[str, int, int]], data_root: 
             ],
             "red car": [
                 {"image_id": it[site_data.ITEM_IMAGE_ID], "tag": "car", "uri": it[site_data.ITEM_URI], "score": 0.5,
-                 "neighbours": [12, 20], "matcher": 0.4, "own_score": -0.5}
+                 "neighbours": [12, 20], "matcher": -0.2, "own_score": -0.5}  # the matcher a little below typical
                 for it in make_items("car", 2, start=30)
             ],
         },
         {},
     )
     extra["probably"], _ = probably.publish_strips(write, data_root, strip)
+    discovery.mark_strips(str(root), data_root, {tag: len(items) for tag, items in strip.by_tag.items()})
     assert hashed_shards.fnv1a32("") == hashed_shards.FNV_OFFSET
     return extra
 
@@ -487,9 +507,16 @@ def write_full_shape_discovery(
         sims = sorted((round(rng.uniform(0.5, 0.8), 3) for _ in range(5)), reverse=True)
         FULL_RELATED[word] = [[rng.choice(popular), s] for s in sims]
     # a word close enough to show its best tag's results: that tag's first page is published
-    shown = next(w for w, rel in FULL_RELATED.items() if rel[0][1] >= related_words.DEFAULT_SHOW_AT)
+    # (and no tag one edit away, whose spelling would rank above it)
+    shown = next(
+        w for w, rel in FULL_RELATED.items()
+        if rel[0][1] >= related_words.DEFAULT_SHOW_AT and not any(related_words._one_edit(w, t) for t in names)
+    )
     FULL_RELATED[shown][0][0] = popular[0]
-    extra["related"] = related_words.publish(write, site_data.DATA_DIR, FULL_RELATED, vocab=FULL_WORDS).manifest
+    extra[related_words.KIND] = related_words.publish(
+        write, site_data.DATA_DIR, FULL_RELATED, entries=entries, vocab=FULL_WORDS
+    ).manifest
+    extra["az"], _ = home.publish_az(write, site_data.DATA_DIR, entries)
     shards = -(-SIMILAR_ENTRY_BYTES * FULL_IMAGES // similar.SIMILAR_TARGET_BYTES)
     extra["similar"] = {"shards": shards}
     unknown = next(w for w, rel in FULL_RELATED.items() if rel[0][1] < related_words.DEFAULT_SHOW_AT)

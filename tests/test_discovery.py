@@ -153,7 +153,10 @@ def test_related_words_at_200k_words_total_size_and_file_budget(tmp_path, capsys
     related = related_words.build(kv, tags, tag_vectors)
     built = time.monotonic() - started
     written: dict[str, bytes] = {}
-    result = related_words.publish(lambda p, b: written.__setitem__(p, b), "data/v/x", related, vocab=n_words, seconds=built)
+    entries = [(t, 10 + i, 1) for i, t in enumerate(tags)]
+    result = related_words.publish(
+        lambda p, b: written.__setitem__(p, b), "data/v/x", related, entries=entries, vocab=n_words, seconds=built
+    )
     facts = result.facts
     with capsys.disabled():
         print(f"\nrelated words: {len(names):,} words x {n_tags:,} tags, {facts['words']:,} with related tags, "
@@ -163,8 +166,32 @@ def test_related_words_at_200k_words_total_size_and_file_budget(tmp_path, capsys
     assert facts["max_bytes"] <= related_words.BUDGET_BYTES
     assert len(written) == result.manifest["shards"] == facts["files"]
     any_word = next(iter(related))
-    shard = json.loads(written[hashed_shards.shard_path("data/v/x", "related", hashed_shards.shard_of(any_word, facts["files"]))])
-    assert shard["words"][any_word] == related[any_word]
+    path = hashed_shards.shard_path("data/v/x", related_words.KIND, hashed_shards.shard_of(any_word, facts["files"]))
+    shard = json.loads(written[path])
+    counts = dict((t, c) for t, c, _ in entries)
+    assert shard[related_words.FIELD][any_word]["r"] == [[t, sim, counts[t], tag_key(t)] for t, sim in related[any_word]]
+    # every tag is there too: a ?q= link finds its tag without a tag shard
+    tag = tags[7]
+    path = hashed_shards.shard_path("data/v/x", related_words.KIND, hashed_shards.shard_of(tag, facts["files"]))
+    assert json.loads(written[path])[related_words.FIELD][tag] == [counts[tag], tag_key(tag)]
+
+
+def test_spelled_like_finds_one_edit_and_phrases_that_start_with_the_word():
+    tags = ["traffic light", "traffic", "kite", "cat", "cart", "car"]
+    found = related_words.spelled_like(["trafic", "kitten", "cat", "crat", "ca"], tags)
+    assert [t for t, _ in found["trafic"]] == ["traffic"]
+    assert "kitten" not in found  # two edits from kite: not a spelling neighbour
+    assert {t for t, _ in found["crat"]} == {"cat", "cart"}  # a deletion and a swap of neighbours
+    assert "ca" not in found  # too short to guess
+    assert [t for t, _ in related_words.spelled_like(["traffic"], tags)["traffic"]] == ["traffic light"]
+
+
+def test_lookup_entries_hold_tags_and_words_with_counts_and_keys():
+    entries = [("car", 40, 1), ("cat", 61, 2)]
+    terms = related_words.lookup_entries(entries, {"automobile": [["car", 0.9]], "car": [["cat", 0.6]]}, {"cta": [("cat", 1)]})
+    assert terms["car"] == [40, tag_key("car")]  # a tag stays a tag
+    assert terms["automobile"] == {"r": [["car", 0.9, 40, tag_key("car")]]}
+    assert terms["cta"] == {"s": [["cat", 1, 61, tag_key("cat")]]}
 
 
 # ---------------------------------------------------------------------------
@@ -291,3 +318,41 @@ def test_fold_duplicates_rewrites_pages_and_rankings_consistently(tmp_path):
         (site / rel).write_bytes(body)
     (site / site_data.MANIFEST_PATH).write_bytes(site_data.encode_json(manifest))
     assert publish_check.check_site(str(site), str(out / "staged")) == []
+
+
+def test_a_tags_first_page_says_how_big_its_probably_strip_is(tmp_path):
+    from export import discovery
+
+    items = site_fixture.make_items("dog", 70)
+    for rel, page in site_data.ranking_pages("dog", items, ranked_by=site_data.RANKED_BY_MATCHER):
+        site_fixture.write_file(tmp_path, rel, site_data.encode_json(page))
+    discovery.mark_strips(str(tmp_path), site_data.DATA_DIR, {"dog": 5, "no pages": 3})
+    first = json.loads((tmp_path / site_data.ranking_page_path(tag_key("dog"), 0)).read_bytes())
+    second = json.loads((tmp_path / site_data.ranking_page_path(tag_key("dog"), 1)).read_bytes())
+    assert first[discovery.STRIP_COUNT] == 5 and discovery.STRIP_COUNT not in second
+
+
+def test_a_to_z_groups_orders_and_cuts_by_the_folded_first_letter(tmp_path):
+    entries = [(t, 1, 1) for t in ["zebra", "ñandú", "nail", "oak", "øre", "猫", "7up", "apple", "ápex", "quail"]]
+    written: dict[str, bytes] = {}
+    az, facts = home.publish_az(lambda p, b: written.__setitem__(p, b), "data/v/x", entries, per_page=2)
+    assert [row[0] for row in az["letters"]] == ["a", "n", "o", "q", "z", "#"]  # no empty letters
+    assert dict((r[0], r[1:]) for r in az["letters"])["n"] == [2, 1]
+    a = json.loads(written[home.az_path("data/v/x", "a", 0)])
+    assert [t[0] for t in a["tags"]] == ["ápex", "apple"]  # "apex" < "apple": accents folded
+    n = json.loads(written[home.az_path("data/v/x", "n", 0)])
+    assert [t[0] for t in n["tags"]] == ["nail", "ñandú"]
+    assert [t[0] for t in json.loads(written[home.az_path("data/v/x", "o", 0)])["tags"]] == ["oak", "øre"]
+    other = json.loads(written[home.az_path("data/v/x", "#", 0)])
+    assert other["letter"] == "#" and {t[0] for t in other["tags"]} == {"7up", "猫"}
+    assert facts["files"] == len(written) == 6
+
+
+def test_score_labels_are_one_table_the_manifest_publishes():
+    from export import score_labels
+
+    assert [score_labels.label(s) for s in (2.3, 1.0, 0.2, -1.0, -1.2, None)] == [
+        "strong match", "strong match", "typical", "typical", "doubtful", None]
+    m = site_data.build_manifest(shard_index=[], images=0, tags=0, ranked_images=0, oov_tags=0, model={},
+                                 thumbnails=True, generated_at="x")
+    assert m["score_labels"] == score_labels.LABELS

@@ -232,6 +232,16 @@ def test_make_thumbnail_shrinks_long_side_keeps_aspect_and_fixes_exif():
         assert img.size == (40, 20) and min(img.getpixel((5, 5))) > 240
 
 
+def test_renditions_come_from_one_decode_at_both_sizes():
+    thumb, view = thumbnails.make_renditions(draw_image(1, (1600, 1000)))
+    with Image.open(io.BytesIO(thumb)) as a, Image.open(io.BytesIO(view)) as b:
+        assert (a.format, a.size, b.format, b.size) == ("JPEG", (256, 160), "JPEG", (768, 480))
+    # never enlarged: a small image's rendition is its own size
+    thumb, view = thumbnails.make_renditions(draw_image(1, (300, 200)))
+    with Image.open(io.BytesIO(view)) as b:
+        assert b.size == (300, 200)
+
+
 def test_make_thumbnail_raises_on_broken_bytes(tmp_path):
     for path in write_broken_images(tmp_path):
         with pytest.raises(Exception):
@@ -319,6 +329,8 @@ def test_rank_images_composite_known_order_oov_skips_and_failures(tmp_path):
     assert zzyzx["ranked_by"] == site_data.RANKED_BY_INDEX and [i["score"] for i in zzyzx["items"]] == [None, None]
     assert (site / site_data.thumbnail_path(image_id("c1"))).is_file()
     assert not (site / site_data.thumbnail_path(image_id("c5"))).exists()
+    # the viewer's larger rendition is made with the thumbnail, and only then named on the item
+    assert (site / site_data.view_path(image_id("c1"))).is_file() and dog["items"][0]["view"] is None
 
 
 def test_image_tower_failure_goes_to_dead_letter_not_crash(tmp_path):
@@ -502,7 +514,7 @@ def test_run_file_names_are_hex_even_for_hostile_tags(published):
             rel = path.relative_to(data).as_posix()
             assert re.fullmatch(
                 r"(v/[0-9T]+-[0-9a-f]{6}/((rank/[0-9a-f]{2}/[0-9a-f]{20}-\d{4}|tags/[0-9a-f]{12}|home"
-                r"|(related|similar|probably)/\d{5,})\.json|report/[a-z_]+\.(html|png))|manifest\.json)", rel
+                r"|(lookup|similar|probably)/\d{5,}|az/[0-9a-z]-\d{4})\.json|report/[a-z_]+\.(html|png))|manifest\.json)", rel
             ), rel
     for tag in HOSTILE_TAGS:
         items = _page_items(site, normalize_tag(tag))
@@ -537,6 +549,10 @@ def test_check_site_reports_a_corrupted_copy(published, tmp_path):
         stale.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(site / site_data.ranking_page_path(tag_key("cat"), 0, _data_root(site)), stale)
 
+    def drop_view(site: Path) -> None:
+        (site / site_data.view_path(image_id("c1"))).unlink()
+
+    assert any("larger rendition" in p for p in corrupted(drop_view))
     assert any("rank 1" in p for p in corrupted(swap_items))
     assert any("missing file" in p for p in corrupted(drop_page))
     assert any("stale ranking page" in p for p in corrupted(stale_page))

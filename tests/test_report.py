@@ -114,6 +114,7 @@ def test_report_with_ground_truth(tmp_path: Path) -> None:
     for p in written:
         assert Path(p).stat().st_size > 0
     page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    assert f'<a href="{THUMB_PREFIX}">← Back to the search</a>' in page  # the report links back
 
     # ranker tables: the published ranker first, with its values, in every subset
     for value in ("0.877", "0.900", "0.700", "0.875", "0.512", "0.864", "0.617"):

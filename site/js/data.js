@@ -54,6 +54,17 @@ export function thumbFor(m, imageId, uri) {
   return typeof uri === 'string' && /^https?:\/\//i.test(uri) ? uri : null;
 }
 
+// The viewer's larger rendition, made with each thumbnail of ours (export/site_data.view_path).
+export function viewFor(m, imageId) {
+  return m?.thumbnails && IMAGE_ID.test(imageId) ? `views/${imageId.slice(0, 2)}/${imageId}.jpg` : null;
+}
+
+// How much a spelling neighbour counts in the one ranked list of tags to try: one edit in a long
+// word is nearly certain, two in a short one is a guess (below every related tag: "kitten" is
+// "cat" before it is "kite").
+export const spellScore = (edits, query) => Math.max(0.05, 1 - (1.5 * edits) / Math.max(query.length, 1));
+const WHY_ORDER = { word: 0, related: 1, spelled: 2, popular: 3 };
+
 const toEntry = (row) => ({ tag: String(row[0]), count: Number(row[1]) || 0, key: String(row[2]), pages: Number(row[3]) || 1 });
 
 export function createData(siteRoot) {
@@ -111,9 +122,21 @@ export function createData(siteRoot) {
     return Math.min(i, list.length - 1);
   }
 
+  // The lookup index's value for a term (export/related_words.py): [count, key] for a tag,
+  // {r: related, s: spelled like it} for a word, or null.
+  async function lookup(term) {
+    return (await manifest()).lookup ? hashed('lookup', term, 'terms') : null;
+  }
+  const asEntry = (tag, v) => (Array.isArray(v) && KEY.test(String(v[1]))
+    ? { tag, count: Number(v[0]) || 0, key: String(v[1]), pages: 1 } : null);
+
+  // A tag's entry, or null: from its tag shard when that is loaded (the search box loaded it),
+  // else from the lookup index (a ?q= link: one small file, no tag shard).
   async function findTag(tag) {
+    const m = await manifest();
+    if (!m.tag_shards.length) return null;
     const i = await shardFor(tag);
-    if (!(await manifest()).tag_shards.length) return null;
+    if (!shards.has(i) && m.lookup) return asEntry(tag, await lookup(tag));
     const entries = await shard(i);
     const j = lastAtOrBefore(entries, tag, (e) => e.tag);
     return j >= 0 && entries[j].tag === tag ? entries[j] : null;
@@ -133,27 +156,79 @@ export function createData(siteRoot) {
     return [...prefix.sort(order), ...inner.sort(order)].slice(0, limit);
   }
 
-  // Known tags spelled like `tag`, from its shard and both neighbours.
-  async function nearTags(tag, limit = 8) {
-    const i = await shardFor(tag);
-    const count = (await manifest()).tag_shards.length;
-    await Promise.all([i - 1, i, i + 1].filter((k) => k >= 0 && k < count).map(shard));
-    const max = tag.length <= 4 ? 1 : tag.length <= 8 ? 2 : 3;
-    const scored = [];
+  // Tags spelled like `query` in the tag shard where it would sort (and any shard already
+  // loaded): [{entry, score}]. Used for a query the lookup index does not know.
+  async function spelledFromShards(query) {
+    const m = await manifest();
+    if (!m.tag_shards.length) return [];
+    await shard(await shardFor(query));
+    const max = query.length <= 4 ? 1 : query.length <= 8 ? 2 : 3;
+    const found = [];
     for (const entries of shards.values()) {
       for (const e of entries) {
-        let rank = null;
-        if (e.tag.startsWith(tag)) rank = 0;
+        let score = null;
+        if (e.tag.startsWith(query)) score = 0.9 * (query.length / e.tag.length);
         else {
-          const d = editDistance(tag, e.tag, max);
-          if (d <= max) rank = d;
-          else if (tag.startsWith(e.tag) && e.tag.length >= 3) rank = max + 1;
+          const d = editDistance(query, e.tag, max);
+          if (d <= max) score = spellScore(d, query);
+          else if (query.startsWith(e.tag) && e.tag.length >= 3) score = 0.3 * (e.tag.length / query.length);
         }
-        if (rank !== null) scored.push([rank, e]);
+        if (score !== null) found.push({ entry: e, score });
       }
     }
-    scored.sort((a, b) => a[0] - b[0] || b[1].count - a[1].count);
-    return scored.slice(0, limit).map(([, e]) => e);
+    return found;
+  }
+
+  // What to offer for a query that is no tag: ONE list, best first, of its related tags, the tags
+  // spelled like it and (several words) the tags among its words; the collection's popular tags
+  // when nothing matches. `best` is the related tag close enough to show its results at once.
+  async function candidates(query, limit = 8) {
+    const m = await manifest();
+    const found = new Map();
+    const add = (tag, count, key, why, score, sim) => {
+      if (typeof tag !== 'string' || !KEY.test(String(key)) || !Number.isFinite(score)) return;
+      const old = found.get(tag);
+      if (old && (old.score > score || (old.score === score && WHY_ORDER[old.why] <= WHY_ORDER[why]))) return;
+      found.set(tag, { tag, count: Number(count) || 0, key: String(key), pages: 1, why, score, sim });
+    };
+    const rows = (v) => (Array.isArray(v) ? v : []).filter((r) => Array.isArray(r) && typeof r[0] === 'string');
+    const fromWord = (value, weight) => {
+      if (!value || typeof value !== 'object' || Array.isArray(value)) return false;
+      for (const r of rows(value.r)) add(r[0], r[2], r[3], 'related', weight * Number(r[1]), Number(r[1]));
+      for (const r of rows(value.s)) add(r[0], r[2], r[3], 'spelled', weight * spellScore(Number(r[1]), query));
+      return true;
+    };
+    const known = fromWord(await lookup(query), 1);
+    const words = [...new Set(query.split(' ').filter(Boolean))];
+    if (!known && words.length > 1 && m.lookup) {
+      const values = await Promise.all(words.map((w) => lookup(w).catch(() => null)));
+      values.forEach((v, k) => {
+        const tag = asEntry(words[k], v);
+        if (tag) add(tag.tag, tag.count, tag.key, 'word', 1);
+        else fromWord(v, 1 / words.length);
+      });
+    }
+    if (!known) for (const { entry: e, score } of await spelledFromShards(query)) add(e.tag, e.count, e.key, 'spelled', score);
+    const items = [...found.values()]
+      .sort((a, b) => b.score - a.score || WHY_ORDER[a.why] - WHY_ORDER[b.why] || b.count - a.count || (a.tag < b.tag ? -1 : 1))
+      .slice(0, limit);
+    const showAt = Number(m.lookup?.show_at);
+    const best = items[0]?.why === 'related' && items[0].sim >= showAt ? items[0] : null;
+    if (items.length) return { items, best, popular: false };
+    const popular = rows(m.lookup?.popular).filter((r) => KEY.test(String(r[2])))
+      .map((r) => ({ tag: r[0], count: Number(r[1]) || 0, key: String(r[2]), pages: 1, why: 'popular', score: 0 }));
+    return { items: popular, best: null, popular: true };
+  }
+
+  // One page of the A–Z list: the tags whose folded first letter is `letter` (export/home.py).
+  async function azPage(letter, page) {
+    const m = await manifest();
+    const row = (Array.isArray(m.az?.letters) ? m.az.letters : []).find((r) => Array.isArray(r) && r[0] === letter);
+    if (!row || !/^[a-z#]$/.test(letter) || !Number.isInteger(page) || page < 0 || page >= Number(row[2])) return null;
+    const path = `${dataRoot(m)}/az/${letter === '#' ? '0' : letter}-${String(page).padStart(4, '0')}.json`;
+    const body = await getJSON(path, { version: m.build });
+    const entries = (Array.isArray(body?.tags) ? body.tags : []).filter(Array.isArray).map(toEntry);
+    return { letter, page, pages: Number(row[2]), entries };
   }
 
   async function rankingPage(entry, page, signal) {
@@ -182,32 +257,14 @@ export function createData(siteRoot) {
     return map && typeof map === 'object' && Object.hasOwn(map, key) ? map[key] : null;
   }
 
-  // Tags related to a query that is not a tag: the phrase's own entry, else its words' entries
-  // merged (each tag's similarity averaged over the words). [{tag, sim}] best first.
-  async function relatedTags(query, limit = 5) {
-    const m = await manifest();
-    if (!m.related) return [];
-    const words = [...new Set(query.split(' ').filter(Boolean))];
-    const asList = (rows) => (Array.isArray(rows) ? rows : [])
-      .filter((r) => Array.isArray(r) && typeof r[0] === 'string' && Number.isFinite(r[1]))
-      .map((r) => ({ tag: r[0], sim: r[1] }));
-    const phrase = asList(await hashed('related', query, 'words'));
-    if (phrase.length || words.length < 2) return phrase.slice(0, limit);
-    const lists = await Promise.all(words.map((w) => hashed('related', w, 'words').then(asList)));
-    const sum = new Map();
-    for (const list of lists) for (const { tag, sim } of list) sum.set(tag, (sum.get(tag) || 0) + sim);
-    return [...sum].map(([tag, s]) => ({ tag, sim: s / words.length }))
-      .sort((a, b) => b.sim - a.sim || (a.tag < b.tag ? -1 : 1)).slice(0, limit);
-  }
-
   // An image's record for the viewer: {tag, uri, similar: [[id, tag, cosine]], copies: [[id, uri]]}.
   const similar = (imageId) => (IMAGE_ID.test(imageId) ? hashed('similar', imageId, 'images') : Promise.resolve(null));
   // A tag's "probably" strip: [{image_id, tag, uri, score, neighbours, matcher, own_score}].
   const probably = async (entry) => (KEY.test(entry.key) ? (await hashed('probably', entry.key, 'tags')) || [] : []);
 
   return {
-    manifest, shard, shardFor, prefixShard, findTag, matches, nearTags, rankingPage,
-    home, relatedTags, similar, probably,
+    manifest, shard, shardFor, prefixShard, findTag, matches, candidates, rankingPage,
+    home, azPage, similar, probably,
     hasShard: (i) => shards.has(i),
   };
 }

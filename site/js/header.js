@@ -1,6 +1,6 @@
-// The header line: collection size and the model that ranked it, from the manifest; and a link
-// to the evaluation report when the manifest names one.
-import { formatCount, modelLabel, safeUrl } from './text.js';
+// The header line: what the site is, in plain words, from the manifest; and the one link to the
+// evaluation report (which says how the ranking was made) when the manifest names one.
+import { formatCount, safeUrl } from './text.js';
 import { EVENTS } from './events.js';
 
 export const REPORT_LINK_TEXT = 'How this ranking was made';
@@ -18,7 +18,7 @@ export function mountHeader(hub, { line, header, siteRoot }) {
   let link = null;
   hub.on(EVENTS.MANIFEST, (m) => {
     const c = m.counts || {};
-    line.textContent = `${formatCount(c.images)} images · ${formatCount(c.tags)} tags · ranked by ${modelLabel(m.model)}`;
+    line.textContent = `Search ${formatCount(c.images)} crawled images by their ${formatCount(c.tags)} tags, each tag's best pictures first.`;
     const href = header && siteRoot ? reportUrl(m, siteRoot) : null;
     if (!href) { link?.remove(); link = null; return; }
     if (!link) {

@@ -1,11 +1,10 @@
 // The home page: short facts about the collection, its popular tags each with its top image,
-// and every tag A–Z, one tag shard a page. Shown when there is no query.
+// and every tag A–Z: a button for each letter that has tags, each letter's tags a page at a time,
+// grouped and ordered by their first letter without accents (export/home.py). Shown when there
+// is no query.
 import { formatCount, safeUrl } from './text.js';
-import { reportUrl, REPORT_LINK_TEXT } from './header.js';
 import { placeholder, tagWithCount } from './results.js';
 import { EVENTS } from './events.js';
-
-const LETTERS = 'abcdefghijklmnopqrstuvwxyz'.split('');
 
 function tagLink(entry, hub) {
   const a = document.createElement('a');
@@ -32,17 +31,25 @@ export function mountHome(hub, { section, facts, popular, letters, list, pager, 
     if (!manifest) return;
     const c = manifest.counts || {};
     const built = when(manifest.generated_at);
-    facts.replaceChildren(`${formatCount(c.images)} images under ${formatCount(c.tags)} tags${built ? `, built ${built}` : ''}. `);
-    const href = reportUrl(manifest, siteRoot);
-    if (href) {
-      const a = document.createElement('a');
-      a.href = href;
-      a.textContent = REPORT_LINK_TEXT;
-      facts.append(a);
-    }
+    facts.replaceChildren(`${formatCount(c.images)} images under ${formatCount(c.tags)} tags${built ? `, built ${built}` : ''}.`);
   }
 
-  hub.on(EVENTS.MANIFEST, (m) => { manifest = m; renderFacts(); });
+  function renderLetters() {
+    const rows = (Array.isArray(manifest?.az?.letters) ? manifest.az.letters : [])
+      .filter((r) => Array.isArray(r) && typeof r[0] === 'string' && /^[a-z#]$/.test(r[0]));
+    letters.replaceChildren(...rows.map(([letter, count]) => {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.textContent = letter === '#' ? '#' : letter.toUpperCase();
+      b.dataset.letter = letter;
+      b.setAttribute('aria-pressed', 'false');
+      const name = letter === '#' ? 'not starting with a letter' : `from ${letter.toUpperCase()}`;
+      b.setAttribute('aria-label', `Tags ${name} (${formatCount(Number(count) || 0)})`);
+      return b;
+    }));
+  }
+
+  hub.on(EVENTS.MANIFEST, (m) => { manifest = m; renderFacts(); renderLetters(); });
   hub.on(EVENTS.QUERY, ({ tag }) => { shown = !tag; section.hidden = !shown; });
 
   hub.on(EVENTS.HOME, ({ popular: tags }) => {
@@ -69,28 +76,19 @@ export function mountHome(hub, { section, facts, popular, letters, list, pager, 
       li.append(a);
       return li;
     }));
-    if (!letters.children.length) {
-      letters.replaceChildren(...LETTERS.map((letter) => {
-        const b = document.createElement('button');
-        b.type = 'button';
-        b.textContent = letter.toUpperCase();
-        b.dataset.prefix = letter;
-        b.setAttribute('aria-label', `Tags from ${letter.toUpperCase()}`);
-        return b;
-      }));
-    }
   });
 
   letters.addEventListener('click', (ev) => {
-    const b = ev.target.closest('button[data-prefix]');
-    if (b) hub.emit(EVENTS.BROWSE, { prefix: b.dataset.prefix });
+    const b = ev.target.closest('button[data-letter]');
+    if (b) hub.emit(EVENTS.BROWSE, { letter: b.dataset.letter, page: 0 });
   });
   pager.addEventListener('click', (ev) => {
-    const b = ev.target.closest('button[data-shard]');
-    if (b) hub.emit(EVENTS.BROWSE, { shard: Number(b.dataset.shard) });
+    const b = ev.target.closest('button[data-page]');
+    if (b) hub.emit(EVENTS.BROWSE, { letter: b.dataset.letter, page: Number(b.dataset.page) });
   });
 
-  hub.on(EVENTS.BROWSE_PAGE, ({ shard, shards, entries }) => {
+  hub.on(EVENTS.BROWSE_PAGE, ({ letter, page, pages, entries }) => {
+    for (const b of letters.children) b.setAttribute('aria-pressed', String(b.dataset.letter === letter));
     list.replaceChildren(...entries.map((entry) => {
       const li = document.createElement('li');
       const a = tagLink(entry, hub);
@@ -107,14 +105,17 @@ export function mountHome(hub, { section, facts, popular, letters, list, pager, 
       b.type = 'button';
       b.textContent = text;
       b.setAttribute('aria-label', label);
-      b.dataset.shard = String(target);
-      b.disabled = target < 0 || target >= shards;
+      b.dataset.letter = letter;
+      b.dataset.page = String(target);
+      b.disabled = target < 0 || target >= pages;
       return b;
     };
     const where = document.createElement('span');
     where.className = 'count';
     where.textContent = entries.length ? `${entries[0].tag} – ${entries[entries.length - 1].tag}` : '';
-    pager.replaceChildren(button('Previous tags', shard - 1, '‹ Previous'), where, button('Next tags', shard + 1, 'Next ›'));
+    if (pages > 1) {
+      pager.replaceChildren(button('Previous tags', page - 1, '‹ Previous'), where, button('Next tags', page + 1, 'Next ›'));
+    } else pager.replaceChildren(where);
     pager.hidden = false;
     list.querySelector('a')?.focus();
   });

@@ -1,17 +1,7 @@
 // The results: a heading, a note on how the tag is ranked, and a grid of thumbnails in rank
 // order that asks for the next page when its sentinel scrolls into view.
-import { formatCount, formatScore, safeUrl } from './text.js';
+import { formatCount, formatScore, safeUrl, scoreLabel } from './text.js';
 import { EVENTS } from './events.js';
-
-// What ordered a tag (the ranking page's ranked_by), in words; scores are standard deviations above
-// the tag's typical image.
-const RANKED_BY = {
-  combined: 'score: the matcher and the image\'s neighbours agree it shows the tag',
-  matcher: 'score from the matcher',
-  neighbours: 'score: how many of the image\'s nearest neighbours carry the tag',
-  mean_feature: 'score: likeness to the tag\'s other images',
-  mean_feature_neighbours: 'score: likeness to the tag\'s other images, and how many of the image\'s nearest neighbours carry the tag',
-};
 
 export function tileContent(item, tag, thumbUrl) {
   const frag = document.createDocumentFragment();
@@ -48,8 +38,12 @@ export function tagWithCount(entry) {
   return [name, count];
 }
 
-// Links to tags, for the spelling suggestions and the related tags of a query that is no tag.
-function tagLinks(list, entries, label) {
+// Why a tag is offered for a query that is no tag, in words.
+const WHY = { related: 'related', spelled: 'spelled like it', word: 'one of your words', popular: 'popular' };
+
+// The one ranked list of tags to try for a query that is no tag: each a link, why it is offered
+// and its image count.
+function tagLinks(list, entries) {
   list.replaceChildren(...entries.map((s) => {
     const li = document.createElement('li');
     const a = document.createElement('a');
@@ -58,19 +52,24 @@ function tagLinks(list, entries, label) {
     a.dataset.tag = s.tag;
     const c = document.createElement('span');
     c.className = 'count';
-    c.textContent = label(s);
+    c.textContent = `${WHY[s.why] ? `${WHY[s.why]} · ` : ''}${formatCount(s.count)}`;
+    if (s.why) li.dataset.why = s.why;
     li.append(a, ' ', c);
     return li;
   }));
   list.hidden = !entries.length;
 }
 
-const similarity = (s) => `${Math.round(s.sim * 100)}% alike`;
-
-export function mountResults(hub, { section, title, note, near, related, instead, grid, sentinel, status, siteRoot }) {
+export function mountResults(hub, { section, title, note, related, instead, stripNote, grid, sentinel, status, siteRoot }) {
   let tag = '';
   let count = 0;
   let more = false;
+  let labels = null; // the manifest's score_labels
+  let rankedByWords = {}; // the manifest's ranked_by: what ordered a tag, in words (model/scoring.py)
+  hub.on(EVENTS.MANIFEST, (m) => {
+    labels = m.score_labels;
+    rankedByWords = m.ranked_by && typeof m.ranked_by === 'object' ? m.ranked_by : {};
+  });
 
   const observer = new IntersectionObserver((entries) => {
     if (more && entries.some((e) => e.isIntersecting)) hub.emit(EVENTS.RESULTS_MORE);
@@ -85,8 +84,8 @@ export function mountResults(hub, { section, title, note, near, related, instead
 
   function reset(heading) {
     grid.replaceChildren();
-    near.replaceChildren();
-    near.hidden = true;
+    stripNote.replaceChildren();
+    stripNote.hidden = true;
     related.replaceChildren();
     related.hidden = true;
     instead.replaceChildren();
@@ -107,7 +106,9 @@ export function mountResults(hub, { section, title, note, near, related, instead
     btn.dataset.index = String(index);
     const rank = item.rank ?? index + 1;
     const score = formatScore(item.score);
-    btn.setAttribute('aria-label', `Rank ${rank}${score ? `, score ${score}` : ''}: open larger`);
+    const label = scoreLabel(item.score, labels);
+    const said = label && score ? `${label} (score ${score})` : score ? `score ${score}` : '';
+    btn.setAttribute('aria-label', `Rank ${rank}${said ? `, ${said}` : ''}: open larger`);
     const url = safeUrl(item.thumb, siteRoot, true);
     btn.append(tileContent({ ...item, rank }, tag, url));
     const cap = document.createElement('span');
@@ -117,9 +118,13 @@ export function mountResults(hub, { section, title, note, near, related, instead
     r.textContent = `#${rank}`;
     cap.append(r);
     if (score) {
+      // a few words; the number (standard deviations above the tag's typical image) in the title
       const s = document.createElement('span');
       s.className = 'score';
-      s.textContent = score;
+      s.textContent = label || score;
+      if (label) s.dataset.label = label;
+      s.dataset.score = score;
+      btn.title = `Score ${score}: standard deviations above this tag's typical image`;
       cap.append(s);
     }
     btn.append(cap);
@@ -145,24 +150,37 @@ export function mountResults(hub, { section, title, note, near, related, instead
     status.textContent = 'Loading…';
   });
 
-  hub.on(EVENTS.RESULTS_START, ({ tag: t, total, rankedBy, instead: asked }) => {
+  hub.on(EVENTS.RESULTS_START, ({ tag: t, total, rankedBy, instead: asked, strip }) => {
     tag = t;
     reset(`“${t}”`);
     if (asked) {
       // the query is no tag, but its best related tag is close: its results, said so
       title.textContent = `Showing results for “${t}”`;
       instead.append(`No tag “${asked.query}”. `);
-      const others = asked.related.filter((r) => r.tag !== t);
-      if (others.length) instead.append('Also related:');
+      const others = asked.candidates.filter((r) => r.tag !== t);
+      if (others.length) instead.append('Other tags to try:');
       instead.hidden = false;
-      tagLinks(related, others, similarity);
+      tagLinks(related, others);
     }
     section.hidden = false;
-    const how = Object.hasOwn(RANKED_BY, rankedBy) ? RANKED_BY[rankedBy] : '';
+    const how = Object.hasOwn(rankedByWords, rankedBy) ? String(rankedByWords[rankedBy]) : '';
     note.textContent = rankedBy === 'index'
       ? `${formatCount(total)} images, in the index's order: nothing could score this tag.`
-      : `${formatCount(total)} images, best match first (${how || 'scored by the matcher'}).`;
+      : `${formatCount(total)} images, best match first${how ? `: ${how}` : ''}.`;
     note.dataset.rankedBy = how || rankedBy === 'index' ? rankedBy : 'matcher';
+    if (strip > 0) {
+      // the strip comes after the last page, which may be thousands of pages away: say so here
+      const a = document.createElement('a');
+      a.href = '#probably';
+      a.id = 'strip-link';
+      a.textContent = `Probably “${t}”, crawled under another tag (${formatCount(strip)})`;
+      a.addEventListener('click', (ev) => {
+        ev.preventDefault();
+        hub.emit(EVENTS.PROBABLY_WANTED, { tag: t });
+      });
+      stripNote.append('Also: ', a);
+      stripNote.hidden = false;
+    }
   });
 
   hub.on(EVENTS.RESULTS_PAGE, ({ items, more: hasMore }) => {
@@ -176,18 +194,14 @@ export function mountResults(hub, { section, title, note, near, related, instead
 
   hub.on(EVENTS.RESULTS_LOADING_MORE, () => { status.textContent = 'Loading more…'; });
 
-  hub.on(EVENTS.RESULTS_UNKNOWN, ({ query, suggestions, related: close = [] }) => {
+  hub.on(EVENTS.RESULTS_UNKNOWN, ({ query, candidates = [], popular }) => {
     section.hidden = false;
     reset(`No tag “${query}”`);
-    if (close.length) {
-      instead.append('Related: ');
-      instead.hidden = false;
-    }
-    tagLinks(related, close, similarity);
-    note.textContent = suggestions.length
-      ? 'That tag is not in the collection. Tags spelled like it:'
-      : 'That tag is not in the collection, and no tag is spelled like it.';
-    tagLinks(near, suggestions, (s) => formatCount(s.count));
+    instead.textContent = popular
+      ? 'Nothing in the collection is tagged or spelled like it. Popular tags:'
+      : 'That tag is not in the collection. Tags to try, best first:';
+    instead.hidden = false;
+    tagLinks(related, candidates);
   });
 
   hub.on(EVENTS.RESULTS_ERROR, ({ message }) => {
@@ -201,7 +215,6 @@ export function mountResults(hub, { section, title, note, near, related, instead
     ev.preventDefault();
     hub.emit(EVENTS.SEARCH, { text: a.dataset.tag, push: true });
   };
-  near.addEventListener('click', follow);
   related.addEventListener('click', follow);
 
   grid.addEventListener('click', (ev) => {

@@ -66,10 +66,12 @@ export function mountSearchBox(hub, { form, input, list }) {
       if (next >= options.length) next = -1;
       else if (next < -1) next = options.length - 1;
       highlight(next);
-    } else if (ev.key === 'Enter' && open && active >= 0) {
+    } else if (ev.key === 'Enter' && open && (active >= 0 || options.length === 1)) {
+      // the highlighted suggestion, or the only one shown: "ca" + Enter with only "car" opens car
       ev.preventDefault();
-      input.value = options[active].tag;
-      choose(options[active].tag);
+      const item = options[Math.max(active, 0)];
+      input.value = item.tag;
+      choose(item.tag);
     } else if (ev.key === 'Escape' && open) {
       ev.preventDefault();
       awaiting = null;

@@ -69,14 +69,13 @@ export const formatCount = (n) => (Number.isFinite(n) ? n.toLocaleString('en-US'
 
 export const formatScore = (s) => (typeof s === 'number' && Number.isFinite(s) ? s.toFixed(3) : null);
 
-// Short text for the manifest's model object ({encoder, dim, word_vectors, matcher, ...}).
-export function modelLabel(model) {
-  const str = (v) => ((typeof v === 'string' && v) || Number.isFinite(v) ? String(v).slice(0, 80) : '');
-  const m = model && typeof model === 'object' ? model : {};
-  const encoder = str(m.encoder);
-  const words = str(m.word_vectors).split(/[\\/]/).pop(); // a path: its file name says enough
-  let label = str(m.name) || 'a two-tower matcher';
-  if (encoder) label += ` over ${encoder}${str(m.dim) ? ` (${str(m.dim)}-d)` : ''} image features`;
-  if (words) label += `${encoder ? ' and' : ' over'} ${words} word vectors`;
-  return label;
+// A score in words ("strong match", "typical", "doubtful") from the manifest's score_labels
+// ([[lowest score, label], …, [null, label]], export/score_labels.py), or null.
+export function scoreLabel(score, labels) {
+  if (typeof score !== 'number' || !Number.isFinite(score) || !Array.isArray(labels)) return null;
+  for (const row of labels) {
+    if (!Array.isArray(row) || typeof row[1] !== 'string') continue;
+    if (row[0] === null || (Number.isFinite(row[0]) && score >= row[0])) return row[1].slice(0, 40);
+  }
+  return null;
 }

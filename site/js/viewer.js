@@ -2,12 +2,13 @@
 // copies and a strip of the images most like it (each opens here too). Esc closes it (native
 // dialog), arrow keys step through the ranking (loading pages as needed) or through the list
 // the image was opened from (more like this, a "probably" strip).
-import { formatScore, safeUrl } from './text.js';
+import { formatScore, safeUrl, scoreLabel } from './text.js';
 import { tileContent } from './results.js';
 import { EVENTS } from './events.js';
 
 function showSource(source, uri, siteRoot) {
-  // only an absolute http(s) source is linked; anything else is shown as text
+  // the original is a link where the site has public links (an absolute http(s) source); a
+  // relative path is only named: it is not on the web
   const href = safeUrl(uri, siteRoot, false);
   source.replaceChildren();
   if (href) {
@@ -15,11 +16,29 @@ function showSource(source, uri, siteRoot) {
     a.href = href;
     a.rel = 'noopener noreferrer nofollow';
     a.target = '_blank';
-    a.textContent = 'Source';
+    a.textContent = 'Open the original';
     source.append(a);
   } else if (typeof uri === 'string' && uri) {
-    source.textContent = `Source: ${uri}`;
+    source.textContent = `Original: ${uri} (not published on the web)`;
   }
+}
+
+// The viewer's image: the thumbnail at once (already loaded by the grid), then the larger
+// rendition in its place once it has arrived; srcset lets a small screen keep the thumbnail.
+function showImage(figure, item, rank, tag, siteRoot) {
+  figure.replaceChildren(tileContent({ ...item, rank }, tag, safeUrl(item.thumb, siteRoot, true)));
+  const img = figure.querySelector('img');
+  const thumb = img?.getAttribute('src');
+  const view = safeUrl(item.view, siteRoot, true);
+  if (!img || !view || !thumb) return;
+  const big = document.createElement('img');
+  big.decoding = 'async';
+  big.alt = img.alt;
+  big.sizes = '(max-width: 48rem) 100vw, 44rem';
+  big.srcset = `${thumb} 256w, ${view} 768w`;
+  big.addEventListener('load', () => { if (img.isConnected) img.replaceWith(big); }, { once: true });
+  big.addEventListener('error', () => big.remove(), { once: true });
+  big.src = view;
 }
 
 function thumbButton(item, i, siteRoot, label) {
@@ -51,12 +70,21 @@ export function mountViewer(hub, { dialog, figure, title, meta, source, copies, 
   let opener = null; // what had focus before the viewer opened from outside the ranking
   let shownId = '';
   let similarItems = [];
+  let labels = null; // the manifest's score_labels
+  let quiet = false; // closed by the page (Back, a new query), not by the person
+  hub.on(EVENTS.MANIFEST, (m) => { labels = m.score_labels; });
+
+  function closeQuietly() {
+    if (!dialog.open) return;
+    quiet = true;
+    dialog.close();
+  }
 
   function showOther(i) {
     const item = items[i];
     if (!item) return;
     index = i;
-    figure.replaceChildren(tileContent({ ...item, rank: i + 1 }, item.tag || '', safeUrl(item.thumb, siteRoot, true)));
+    showImage(figure, item, i + 1, item.tag || '', siteRoot);
     title.textContent = item.tag || '';
     const parts = [`${listLabel}: ${i + 1} of ${items.length}`];
     if (Number.isFinite(item.similarity)) parts.push(`${Math.round(item.similarity * 100)}% alike`);
@@ -88,11 +116,11 @@ export function mountViewer(hub, { dialog, figure, title, meta, source, copies, 
     rankingIndex = i;
     pending = null;
     const rank = item.rank ?? i + 1;
-    const url = safeUrl(item.thumb, siteRoot, true);
-    figure.replaceChildren(tileContent({ ...item, rank }, tag, url));
+    showImage(figure, item, rank, tag, siteRoot);
     title.textContent = tag;
     const score = formatScore(item.score);
-    meta.textContent = `Rank ${rank} of ${total}${score ? ` · score ${score}` : ' · index order, no score'}`;
+    const label = scoreLabel(item.score, labels);
+    meta.textContent = `Rank ${rank} of ${total}${score ? ` · ${label ? `${label} (score ${score})` : `score ${score}`}` : ' · index order, no score'}`;
     meta.dataset.rank = String(rank);
     showSource(source, item.uri, siteRoot);
     afterShow(item);
@@ -127,7 +155,7 @@ export function mountViewer(hub, { dialog, figure, title, meta, source, copies, 
     more = false;
     pending = null;
     rankingIndex = -1;
-    if (dialog.open) dialog.close();
+    closeQuietly();
   });
   hub.on(EVENTS.RESULTS_PAGE, ({ items: page, more: hasMore }) => {
     ranking = ranking.concat(page);
@@ -135,7 +163,8 @@ export function mountViewer(hub, { dialog, figure, title, meta, source, copies, 
     more = hasMore;
     if (pending !== null && dialog.open && listLabel === null) show(pending);
   });
-  hub.on(EVENTS.RESULTS_CLEAR, () => { if (dialog.open) dialog.close(); });
+  hub.on(EVENTS.RESULTS_CLEAR, closeQuietly);
+  hub.on(EVENTS.VIEWER_CLOSE, closeQuietly);
   hub.on(EVENTS.VIEW, ({ index: i }) => { useRanking(); show(i); });
   hub.on(EVENTS.VIEW_ITEM, ({ items: list, index: i, label }) => {
     if (!dialog.open) opener = document.activeElement;
@@ -185,6 +214,8 @@ export function mountViewer(hub, { dialog, figure, title, meta, source, copies, 
   });
   dialog.addEventListener('close', () => {
     pending = null;
+    if (!quiet) hub.emit(EVENTS.VIEWER_DONE);
+    quiet = false;
     const back = opener;
     const fromRanking = listLabel === null || !back;
     useRanking();

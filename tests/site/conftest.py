@@ -21,7 +21,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 375, "height": 667}
+PHONE = {"width": 390, "height": 844}  # the phone
 TIMEOUT_MS = 10_000
 
 

@@ -30,11 +30,12 @@ def type_query(page: Any, text: str) -> None:
 
 
 def tiles(page: Any) -> list[tuple[int, float | None]]:
-    """(rank, score or None) of every grid tile, in DOM order."""
+    """(rank, score or None) of every grid tile, in DOM order (the score is the number the tile
+    keeps behind its label)."""
     rows = page.eval_on_selector_all(
         TILE,
         "els => els.map(e => [e.querySelector('.rank').textContent,"
-        " e.querySelector('.score') ? e.querySelector('.score').textContent : null])",
+        " e.querySelector('.score') ? e.querySelector('.score').dataset.score : null])",
     )
     return [(int(r.lstrip("#")), None if s is None else float(s)) for r, s in rows]
 
@@ -50,3 +51,9 @@ def suggestions(page: Any) -> list[tuple[str, str]]:
 
 def wait_tile_count(page: Any, n: int) -> None:
     page.wait_for_function(f"document.querySelectorAll('{TILE}').length === {n}")
+
+
+def offered(page: Any) -> list[tuple[str, str]]:
+    """(tag, why) of the one list of tags offered for a query that is no tag, in order."""
+    rows = page.eval_on_selector_all("#related li", "els => els.map(e => [e.querySelector('a').textContent, e.dataset.why])")
+    return [tuple(row) for row in rows]

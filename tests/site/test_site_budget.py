@@ -1,6 +1,8 @@
-"""The data budget on a collection of full shape (1.7M images, 100k tags): showing the first
-results for a tag, typed or opened by a ?q= link, fetches at most 3 data files and at most
-150 KB with the page's own HTML, CSS and JS (thumbnails excluded)."""
+"""The data budget on a collection of full shape (1.7M images, 100k tags), for every kind of
+query: the home page, a tag's first results (the hottest, the rarest and others, typed or opened
+by a ?q= link), a word that is not a tag (its related tags only, or the best related tag's
+results shown), and opening the viewer. Each fetches at most 3 data files and at most 150 KB
+with the page's own HTML, CSS and JS (thumbnails and the viewer's renditions excluded)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from export import site_data
+from export import related_words, site_data
 from tests.site.helpers import TILE, open_home, query_url, type_query
 
 MAX_DATA_FILES = 3
@@ -32,7 +34,7 @@ class Measured:
 
 def kind(path: str) -> str | None:
     """What a request counts as: None for thumbnails (excluded from the budget)."""
-    if path.startswith("/thumbs/"):
+    if path.startswith(("/thumbs/", "/views/")):
         return None
     if path.startswith(f"/{site_data.DATA_DIR}/"):
         return "data"
@@ -108,7 +110,11 @@ def test_first_results_fit_the_data_budget(open_page, full_site, capsys, how):
     for r in rows:
         assert len(r.data_files) <= MAX_DATA_FILES, (r.what, r.data_files)
         assert r.data_files[0] == f"/{site_data.MANIFEST_PATH}", r.data_files
-        assert sum(p.startswith("/data/tags/") for p in r.data_files) == 1, r.data_files
+        # the tag found in one file: its tag shard when the search box loaded it, else (a link,
+        # or Enter before the box fetched a shard) its lookup shard
+        assert sum(p.startswith(("/data/tags/", f"/data/{related_words.KIND}/")) for p in r.data_files) == 1, r.data_files
+        if how == "link":
+            assert not any(p.startswith("/data/tags/") for p in r.data_files), r.data_files
         assert sum(p.startswith("/data/rank/") for p in r.data_files) == 1, r.data_files
         assert r.total <= MAX_BYTES, (r.what, r.bytes_by_kind)
 
@@ -117,11 +123,12 @@ def test_first_results_fit_the_data_budget(open_page, full_site, capsys, how):
 # Beyond a tag's first results: the home page, a word that is no tag, the viewer
 # ---------------------------------------------------------------------------
 HOME_MAX_DATA_FILES = 3
-RELATED_FILE_MAX = 20 * 1024
+LOOKUP_FILE_MAX = related_words.BUDGET_BYTES
 SIMILAR_FILE_MAX = 10 * 1024
-# manifest, up to 3 tag shards (spellings), 1 related file, and when the best related tag's
-# results are shown, its tag shard and its first ranking page
-UNKNOWN_MAX_DATA_FILES = 7
+# manifest, the word's lookup file and, when the best related tag's results are shown, its first
+# ranking page (the lookup file holds the tag's key: no tag shard)
+UNKNOWN_MAX_DATA_FILES = 3
+VIEWER_MAX_DATA_FILES = 1
 
 
 def watch(page):
@@ -162,7 +169,7 @@ def test_home_page_fits_the_budget(open_page, full_site, capsys):
 
 
 @pytest.mark.parametrize("what", ["related only", "results shown"])
-def test_a_word_that_is_no_tag_costs_one_small_related_file(open_page, full_site, capsys, what):
+def test_a_word_that_is_no_tag_fits_the_budget(open_page, full_site, capsys, what):
     word = full_site.words[what]
     page = open_page().page
     responses = watch(page)
@@ -174,12 +181,14 @@ def test_a_word_that_is_no_tag_costs_one_small_related_file(open_page, full_site
         page.wait_for_selector("#related a")
     page.wait_for_load_state("networkidle")
     data_files, by_kind = tally(full_site, responses)
-    related = [(p, s) for p, s in data_files if "/related/" in p]
+    lookup = [(p, s) for p, s in data_files if f"/{related_words.KIND}/" in p]
+    total = sum(by_kind.values())
     with capsys.disabled():
-        print(f"\nunknown word ({what}): {len(data_files)} data files, related file {related}, "
-              f"{sum(by_kind.values())} B total ({by_kind})")
-    assert len(related) == 1 and related[0][1] <= RELATED_FILE_MAX
+        print(f"\nunknown word ({what}): {len(data_files)} data files {data_files}, {total} B total ({by_kind})")
+    assert len(lookup) == 1 and lookup[0][1] <= LOOKUP_FILE_MAX
+    assert not any("/tags/" in p for p, _ in data_files)  # no tag shard: the lookup file says it all
     assert len(data_files) <= UNKNOWN_MAX_DATA_FILES
+    assert total <= MAX_BYTES
 
 
 def test_opening_the_viewer_costs_one_small_more_like_this_file(open_page, full_site, capsys):
@@ -192,8 +201,9 @@ def test_opening_the_viewer_costs_one_small_more_like_this_file(open_page, full_
     page.locator(TILE).first.click()
     page.wait_for_selector("#viewer-similar .mini")
     page.wait_for_load_state("networkidle")
-    data_files, _ = tally(full_site, responses)
+    data_files, by_kind = tally(full_site, responses)
     with capsys.disabled():
-        print(f"\nviewer: {data_files}")
-    assert len(data_files) == 1 and "/similar/" in data_files[0][0]
+        print(f"\nviewer: {data_files}, {sum(by_kind.values())} B ({by_kind})")
+    assert len(data_files) == VIEWER_MAX_DATA_FILES and "/similar/" in data_files[0][0]
     assert data_files[0][1] <= SIMILAR_FILE_MAX
+    assert sum(by_kind.values()) <= SIMILAR_FILE_MAX  # nothing else but the file (renditions excluded)

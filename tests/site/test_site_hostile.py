@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests import site_fixture as sf
-from tests.site.helpers import TILE, open_home, open_query, suggestions, tiles, type_query, wait_tile_count
+from tests.site.helpers import TILE, open_home, open_query, query_url, suggestions, tiles, type_query, wait_tile_count
 
 # every src/href in the page's body (the viewer dialog included), as written
 ALL_URLS = """() => [...document.body.querySelectorAll('[src],[href]')]
@@ -26,9 +26,14 @@ def test_markup_in_a_tag_is_shown_as_text(site_page, small_site):
     type_query(page, "<img")
     expect(page.locator("#suggestions [role=option]").first).to_be_visible()
     assert suggestions(page)[0] == (sf.XSS_TAG, "3")
-    page.keyboard.press("Enter")  # no option chosen: searches the typed text, an unknown tag
+    page.keyboard.press("Enter")  # the only suggestion shown is taken
+    expect(page.locator("#results-title")).to_have_text(f"“{sf.XSS_TAG}”")
+    wait_tile_count(page, 3)
+
+    page.goto(query_url(small_site.url, "<img"))  # an unknown tag: the markup tag offered as text
     expect(page.locator("#results-title")).to_have_text("No tag “<img”")
-    assert sf.XSS_TAG in page.locator("#near a").all_text_contents()
+    expect(page.locator("#related a").first).to_be_visible()
+    assert sf.XSS_TAG in page.locator("#related a").all_text_contents()
 
     type_query(page, sf.XSS_TAG)
     page.keyboard.press("Enter")
@@ -37,9 +42,9 @@ def test_markup_in_a_tag_is_shown_as_text(site_page, small_site):
     assert [r for r, _ in tiles(page)] == [1, 2, 3]
     page.locator(TILE).first.click()
     expect(page.locator("#viewer-title")).to_have_text(sf.XSS_TAG)
-    # nothing was parsed as markup: the only images are the thumbnails we published
+    # nothing was parsed as markup: the only images are the thumbnails and renditions we published
     srcs = page.eval_on_selector_all("img", "els => els.map(e => e.getAttribute('src'))")
-    assert srcs and all(s.startswith(small_site.url + "thumbs/") for s in srcs), srcs
+    assert srcs and all(s.startswith((small_site.url + "thumbs/", small_site.url + "views/")) for s in srcs), srcs
     assert page.locator("img[onerror]").count() == 0
     assert sf.XSS_TAG in page.title()
 
@@ -89,7 +94,7 @@ def test_hostile_urls_are_never_loaded_or_linked(site_page, small_site):
             linked.append(links.get_attribute("href").startswith("https://images.example.org/"))
         else:
             # a hostile source is shown as plain text
-            assert page.locator("#viewer-source").text_content().startswith("Source: ")
+            assert page.locator("#viewer-source").text_content().startswith("Original: ")
             linked.append(False)
         page.keyboard.press("ArrowRight")
     assert linked == [False] * bad + [True, True]

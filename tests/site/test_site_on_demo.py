@@ -52,3 +52,26 @@ def test_the_demo_oov_tag_is_ranked_without_the_matcher(open_page: Any, demo_sit
     assert [r for r, _ in shown] == [row[schema.RANK] for row in expected[: len(shown)]]
     assert all(s is not None for _, s in shown)
     assert "index" not in page.locator("main").inner_text().lower()
+
+
+def test_the_demo_viewer_shows_the_rendition_rank_made(open_page: Any, demo_site: str):
+    page = open_page().page
+    open_query(page, demo_site, "fish")
+    page.locator(TILE).first.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "(() => { const i = document.querySelector('#viewer-figure img');"
+        " return i && i.currentSrc.includes('/views/') && i.complete && i.naturalWidth > 0; })()"
+    )
+
+
+def test_the_header_links_to_the_report_once_and_the_report_links_back(open_page: Any, demo_site: str):
+    page = open_page().page
+    page.goto(demo_site)
+    page.wait_for_selector("#report-link")
+    assert page.get_by_role("link", name="How this ranking was made").count() == 1
+    page.locator("#report-link").click()
+    page.wait_for_selector("text=← Back to the search")
+    page.get_by_role("link", name="← Back to the search").click()
+    page.wait_for_selector("#popular .pop")
+    assert page.url.rstrip("/") == demo_site.rstrip("/")

@@ -10,6 +10,7 @@ from playwright.sync_api import expect
 
 from export import site_data
 
+from model import scoring
 from model.tags import tag_key
 from tests import site_fixture as sf
 from tests.site.helpers import (
@@ -26,13 +27,14 @@ from tests.site.helpers import (
 PAGE = site_data.PAGE_SIZE  # the published page size, from the code
 
 
-def test_header_shows_collection_size_and_model(site_page, small_site):
+def test_header_says_what_the_site_is_in_plain_words(site_page, small_site):
     open_home(site_page, small_site.url)
     line = site_page.locator("#collection").text_content()
     images = sum(small_site.counts.values())
-    assert f"{images:,} images" in line
+    assert f"{images:,} crawled images" in line
     assert f"{len(small_site.counts)} tags" in line
-    assert "efficientnet_lite0 (1280-d)" in line and "test-w2v.kv" in line
+    # which model ranked it is the report's business, not the header's
+    assert "efficientnet" not in line and "w2v" not in line and "matcher" not in line
 
 
 def test_typing_suggests_prefix_matches_first_with_counts(site_page, small_site):
@@ -99,6 +101,14 @@ def test_results_are_in_rank_order_and_scrolling_loads_more(site_page, small_sit
     assert all(a >= b for a, b in zip(scores, scores[1:]))
 
 
+def test_the_note_says_in_words_what_ranked_the_tag_from_the_registry(site_page, small_site):
+    page = site_page
+    open_query(page, small_site.url, "red car")
+    note = page.locator("#results-note")
+    expect(note).to_have_attribute("data-ranked-by", site_data.RANKED_BY_MATCHER)
+    expect(note).to_contain_text(scoring.explanations()[site_data.RANKED_BY_MATCHER])
+
+
 def test_index_ranked_tag_says_so_and_shows_no_scores(site_page, small_site):
     page = site_page
     open_query(page, small_site.url, sf.OOV_TAG)
@@ -136,8 +146,8 @@ def test_unknown_tag_offers_known_tags_by_spelling(site_page, small_site):
     page = site_page
     page.goto(query_url(small_site.url, "red cat"))
     expect(page.locator("#results-title")).to_have_text("No tag “red cat”")
-    expect(page.locator("#results-note")).to_contain_text("not in the collection")
-    near = page.locator("#near a")
+    expect(page.locator("#instead")).to_contain_text("not in the collection")
+    near = page.locator("#related a")
     expect(near.first).to_be_visible()
     assert "red car" in near.all_text_contents()
     assert page.locator(TILE).count() == 0
@@ -146,19 +156,21 @@ def test_unknown_tag_offers_known_tags_by_spelling(site_page, small_site):
     type_query(page, "dgo")
     page.keyboard.press("Enter")
     expect(page.locator("#results-title")).to_have_text("No tag “dgo”")
-    expect(page.locator("#near a", has_text="dog")).to_be_visible()
+    expect(page.locator("#related a", has_text="dog")).to_be_visible()
 
-    page.locator("#near a", has_text="dog").click()
+    page.locator("#related a", has_text="dog").click()
     expect(page.locator("#results-title")).to_have_text("“dog”")
     expect(page).to_have_url(query_url(small_site.url, "dog"))
     wait_tile_count(page, 20)
 
 
-def test_unknown_tag_without_neighbours_says_so(site_page, small_site):
+def test_unknown_tag_without_neighbours_offers_the_popular_tags(site_page, small_site):
     page = site_page
     page.goto(query_url(small_site.url, "zzzzzzzzzzzz"))
-    expect(page.locator("#results-note")).to_have_text(re.compile("no tag is spelled like it"))
-    expect(page.locator("#near")).to_be_hidden()
+    expect(page.locator("#instead")).to_have_text(re.compile("Nothing in the collection is tagged or spelled like it"))
+    expect(page.locator("#related a").first).to_be_visible()
+    popular = [t for t, _ in sorted(small_site.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:8]]
+    assert page.locator("#related a").all_text_contents() == popular
 
 
 def test_a_slow_older_query_never_replaces_a_newer_one(site_page, small_site):

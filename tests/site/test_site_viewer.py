@@ -18,7 +18,7 @@ def test_click_opens_viewer_with_tag_score_rank_and_source(site_page, small_site
     dialog = page.locator("#viewer")
     expect(dialog).to_be_visible()
     expect(page.locator("#viewer-title")).to_have_text("red car")
-    expect(page.locator("#viewer-meta")).to_have_text("Rank 1 of 150 · score 0.990")
+    expect(page.locator("#viewer-meta")).to_have_text("Rank 1 of 150 · strong match (score 2.500)")
     link = page.locator("#viewer-source a")
     assert link.get_attribute("href").startswith("https://images.example.org/crawl/")
     assert link.get_attribute("rel") == "noopener noreferrer nofollow"
@@ -79,6 +79,8 @@ def test_keyboard_only_flow(site_page, small_site):
     wait_tile_count(page, PAGE)
 
     page.keyboard.press("Tab")  # the Search button
+    page.keyboard.press("Tab")  # the link to the "probably" strip, on the first page
+    expect(page.locator("#strip-link")).to_be_focused()
     page.keyboard.press("Tab")  # the first tile
     expect(page.locator(f"{TILE}[data-index='0']")).to_be_focused()
     assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
