@@ -405,3 +405,30 @@ def delete(paths: Iterable[str]) -> None:
     paths = list(paths)
     if paths:
         FileSystems.delete(paths)
+
+
+class BeamFiles:
+    """What storage.StagedOutput needs of a filesystem, through Beam's FileSystems: for code that
+    runs on Beam workers (whose images need not carry fsspec's gs:// driver)."""
+
+    def files(self, pattern: str) -> list[str]:
+        return glob(pattern)
+
+    def rename(self, sources: list[str], targets: list[str]) -> None:
+        for parent in {t.rsplit("/", 1)[0] for t in targets}:
+            # object stores have no folders; a local one must exist before a rename into it
+            if "://" not in parent and not FileSystems.exists(parent):
+                FileSystems.mkdirs(parent)
+        FileSystems.rename(list(sources), list(targets))
+
+    def delete(self, paths: list[str]) -> None:
+        delete(p for p in paths if FileSystems.exists(p))
+
+    def exists(self, path: str) -> bool:
+        return FileSystems.exists(path)
+
+    def open_write(self, path: str):
+        parent = path.rsplit("/", 1)[0]
+        if parent and "://" not in path and not FileSystems.exists(parent):
+            FileSystems.mkdirs(parent)
+        return FileSystems.create(path, mime_type="application/octet-stream")

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 
-from model import schema, tags
+from model import schema, storage, tags
 from pipelines import common, manifests
 
 log = logging.getLogger(__name__)
@@ -339,28 +339,17 @@ OUTPUT_PATTERNS = (
 )
 
 
-def staging_root(out: str) -> str:
-    """Where a run writes its outputs, in OUT's layout, until they replace the previous ones."""
-    return schema.out_path(out, f".staging-{STAGE}-{common.run_id()}")
+def staged_outputs(out: str) -> storage.StagedOutput:
+    """Where a run writes its outputs, in OUT's layout, until they replace the previous ones
+    (after the pipeline finished: an interrupted or failed run leaves the previous index whole)."""
+    return storage.StagedOutput(
+        out, OUTPUT_PATTERNS, staging=schema.out_path(out, f".staging-{STAGE}-{common.run_id()}")
+    )
 
 
-def replace_outputs(out: str, staged: str) -> list[str]:
-    """The previous run's outputs out, the staged ones in (renamed: on gs:// a copy then a delete).
-
-    Called after the pipeline finished, so an interrupted or failed run leaves the previous
-    index whole; returns the previous outputs removed."""
-    old = [p for pattern in OUTPUT_PATTERNS for p in common.glob(schema.out_path(out, pattern))]
-    common.delete(old)
-    new = [p for pattern in OUTPUT_PATTERNS for p in common.glob(schema.out_path(staged, pattern))]
-    targets = [schema.out_path(out, p[len(staged.rstrip("/")) + 1 :]) for p in new]
-    for parent in {t.rsplit("/", 1)[0] for t in targets}:
-        # object stores have no folders; a local one must exist before a rename into it
-        if "://" not in parent and not common.exists(parent):
-            common.FileSystems.mkdirs(parent)
-    if new:
-        common.FileSystems.rename(new, targets)
-    if common.exists(staged):
-        common.delete([staged])  # a local folder goes whole; on gs:// nothing is left under it
+def replace_outputs(staged: storage.StagedOutput) -> list[str]:
+    """The previous run's outputs out, the staged ones in; returns the previous outputs removed."""
+    old = staged.commit().removed
     if old:
         log.info("replaced %d outputs of an earlier index run", len(old))
     return old
@@ -373,16 +362,16 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     fmt = manifests.detect_format(manifest)
     roots = manifests.default_allowed_roots(manifest, fmt, images_dir, [manifests.absolute_input(r) for r in args.allow_root])
     log.info("index: %s manifest %s -> %s (local uris confined to %s)", fmt, manifest, args.out, ", ".join(roots))
-    staged = staging_root(args.out)
+    staged = staged_outputs(args.out)
 
     pipeline = test_pipeline or beam.Pipeline(
         options=common.make_options(beam_options, save_main_session)
     )
     outputs = pipeline | "ReadManifest" >> manifests.ReadManifest(manifest, fmt, images_dir) | "IndexRows" >> IndexRows(roots)
-    _ = outputs | "WriteIndex" >> WriteIndex(staged)
+    _ = outputs | "WriteIndex" >> WriteIndex(staged.root)
 
     _, counters, seconds = common.run_pipeline(pipeline, STAGE)
-    replace_outputs(args.out, staged)
+    replace_outputs(staged)
     folds_path = schema.out_path(args.out, schema.TAG_FOLDS_JSON)
     examples = json.loads(common.read_bytes(folds_path)) if common.exists(folds_path) else []
     report = common.report_from_counters(STAGE, counters, seconds, format=fmt, **{FOLD_EXAMPLES: examples})
