@@ -151,7 +151,7 @@ class Collection:
 def feature_units(out: str) -> ImageFeatureFiles:
     """train's ImageFeatureFiles, narrowed to the finished shards (features-*.parquet): a file
     of another name in that folder is not one of extract-images' shards."""
-    features = find_image_features(out)
+    features = find_image_features(out, stage=STAGE)
     pattern = schema.shard_pattern(out, schema.IMAGE_FEATURES_DIR, schema.IMAGE_FEATURES_PREFIX).rsplit("/", 1)[-1]
     keep = {f for f in features.files if fnmatch.fnmatchcase(f.rsplit("/", 1)[-1], pattern)}
     if not keep:

@@ -57,6 +57,12 @@ class StageRefused(RuntimeError):
         super().__init__(message)
 
 
+class RunRefused(ValueError):
+    """The run refuses before it starts: an input it cannot use (features of another encoder, NaN
+    features), or OUT locked by another build. The CLI prints the message, no traceback, and
+    exits 3."""
+
+
 class FailureRateExceeded(StageRefused):
     """Too many of a stage's rows failed (over --max-failure-rate)."""
 

@@ -340,11 +340,12 @@ def run(
     clear_previous_failures(args.out)
     feature_shards.clear_inprogress_chunks(args.out)
     metadata = feature_shards.features_metadata(spec, expected)
+    quarantined: list[str] = []  # unreadable shards moved aside: their images are extracted again
     if args.full:
         # the previous features stay the ones read until this run is done (promote_full_run)
         existing = feature_shards.resumable_full_run(args.out, metadata)
     else:
-        existing = feature_shards.usable_feature_shards(args.out, metadata)
+        existing = feature_shards.usable_feature_shards(args.out, metadata, quarantined=quarantined)
         if existing:
             log.info("%s: %d feature shards exist; extracting only images they lack (--full redoes all)", STAGE, len(existing))
         if feature_shards.full_run_shards(args.out):
@@ -407,6 +408,8 @@ def run(
             precision_requested=args.precision,
             decode="device" if decode_on_device else "pillow",
             batch_size=batch_size,
+            quarantined_shards=len(quarantined),
+            **({"quarantined": quarantined} if quarantined else {}),
             **extra,
         )
     except common.StageRefused:

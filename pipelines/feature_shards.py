@@ -26,7 +26,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from model import inference, schema, storage
+from model import features, inference, schema, storage
+from model.report import RunRefused
 from pipelines import common
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "extract-images"  # whose shards these are, in log lines
 SHARD_PREFIX = schema.IMAGE_FEATURES_PREFIX
-UNREADABLE_SUBDIR = "unreadable"
+UNREADABLE_SUBDIR = features.UNREADABLE_SUBDIR
 # a --full run's chunks until the run is done: readers list only the folder's own files, so the
 # previous features stay the ones read, whole, until the new set replaces them
 FULL_RUN_SUBDIR = "full-run"
@@ -123,17 +124,20 @@ class ShardWriteError(OSError):
     """A feature chunk could not be written (disk full, permissions): nothing of it was committed."""
 
 
-class IncompatibleFeatures(ValueError):
+class IncompatibleFeatures(RunRefused):
     """Existing features were made by another encoder: appending would mix two vector spaces."""
 
 
-def usable_feature_shards(out: str, metadata: dict[bytes, bytes], shards: Sequence[str] | None = None) -> list[str]:
+def usable_feature_shards(
+    out: str, metadata: dict[bytes, bytes], shards: Sequence[str] | None = None, quarantined: list[str] | None = None
+) -> list[str]:
     """Existing shards (OUT's, or those given) this run can add to; unreadable ones are moved
     aside, never half-read.
 
     Beam writes a shard to a temporary folder and renames it into place, so a shard under its
     final name is whole; one that is not (copied in by hand, or a store that broke mid-copy) is
-    moved to features/image/unreadable/ where no reader looks, with a warning.
+    moved to features/image/unreadable/ where no reader looks, with a warning, and added to
+    `quarantined` (the run's report counts them; their images are extracted again).
     """
     usable = []
     for path in feature_shards(out) if shards is None else shards:
@@ -142,9 +146,9 @@ def usable_feature_shards(out: str, metadata: dict[bytes, bytes], shards: Sequen
         except Exception as exc:
             aside = schema.out_path(out, schema.IMAGE_FEATURES_DIR, UNREADABLE_SUBDIR, path.rsplit("/", 1)[-1])
             log.warning("%s: %s is unreadable (%s); moved to %s", STAGE, path, exc, aside)
-            if not common.exists(aside.rsplit("/", 1)[0]):
-                FileSystems.mkdirs(aside.rsplit("/", 1)[0])
-            FileSystems.rename([path], [aside])
+            common.BeamFiles().rename([path], [aside])
+            if quarantined is not None:
+                quarantined.append(f"{path}: {type(exc).__name__}: {exc}")
             continue
         for key in (schema.META_ENCODER, schema.META_WEIGHTS, schema.META_DIM):
             if found.get(key) != metadata[key]:

@@ -35,7 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
 
 from export import discovery, evaluate, publish, related_words, similar, site_data
-from model import schema, scoring, storage
+from model import features, schema, scoring, storage
 from pipelines import common, image_store, ranking, thumbnails, towers
 
 log = logging.getLogger(__name__)
@@ -281,6 +281,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     text_features_pattern = schema.shard_pattern(out, schema.TEXT_FEATURES_DIR, schema.TEXT_FEATURES_PREFIX)
     _require(images_pattern, "the images table (run index)")
     image_feature_files = _require(image_features_pattern, "image features (run extract-images)")
+    features.check_feature_shards(out, STAGE, image_feature_files)
     text_feature_files = _require(text_features_pattern, "text features (run extract-text)")
     image_tower = schema.out_path(out, schema.IMAGE_TOWER_ONNX)
     text_tower = schema.out_path(out, schema.TEXT_TOWER_ONNX)
