@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-from model import schema
+from model import schema, storage
 from model.report import StageReport  # noqa: F401 - every stage's run() returns one
 from model.report import (  # noqa: F401 - the failure-rate gate every stage shares
     DEFAULT_MAX_FAILURE_RATE,
@@ -376,12 +376,17 @@ def read_bytes(path: str) -> bytes:
 
 
 def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
-    parent = path.rsplit("/", 1)[0]
-    # object stores have no folders; a local parent must exist before create()
-    if parent and "://" not in path and not FileSystems.exists(parent):
-        FileSystems.mkdirs(parent)
-    with FileSystems.create(path, mime_type=mime_type) as f:
-        f.write(data)
+    """A whole file, seen whole or not at all: a local one is written under a temporary name and
+    renamed into place (storage.StagedOutput.file), so a full disk or a kill never leaves half of
+    it under its name; an object store's object appears only once its upload completes."""
+    if "://" in path and not path.startswith("file://"):
+        with FileSystems.create(path, mime_type=mime_type) as f:
+            f.write(data)
+        return
+    files = BeamFiles()
+    with storage.StagedOutput.file(path, files=files) as temp:
+        with files.open_write(temp, mime_type) as f:
+            f.write(data)
 
 
 def write_text(path: str, text: str) -> None:
@@ -427,8 +432,9 @@ class BeamFiles:
     def exists(self, path: str) -> bool:
         return FileSystems.exists(path)
 
-    def open_write(self, path: str):
+    def open_write(self, path: str, mime_type: str = "application/octet-stream"):
         parent = path.rsplit("/", 1)[0]
+        # object stores have no folders; a local parent must exist before create()
         if parent and "://" not in path and not FileSystems.exists(parent):
             FileSystems.mkdirs(parent)
-        return FileSystems.create(path, mime_type="application/octet-stream")
+        return FileSystems.create(path, mime_type=mime_type)

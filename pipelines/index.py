@@ -53,24 +53,44 @@ _FOLD_TAG, _FOLD_SPELLINGS, _FOLD_COUNT = "tag", "spellings", "count"
 # DoFns
 # ---------------------------------------------------------------------------
 class ConfineUriFn(beam.DoFn):
-    """Intermediate row -> itself, or a bad row (OutsideAllowedRoot) when its local uri escapes
-    the allowed roots."""
+    """Intermediate row -> itself, or a bad row: UnsupportedScheme for a uri that is neither a
+    local path nor gs:// nor http(s), OutsideAllowedRoot for a local uri that escapes the allowed
+    roots, by its path or through a symbolic link."""
 
     def __init__(self, allowed_roots: Sequence[str]):
         self.allowed_roots = list(allowed_roots)
 
+    def _problem(self, uri: str, source: str) -> tuple[str, str] | None:
+        """(error, message) of a uri index must not accept, or None."""
+        shown = manifests.excerpt(source)
+        scheme = manifests.unsupported_scheme(source) or manifests.unsupported_scheme(uri)
+        if scheme:
+            return manifests.REJECT_UNSUPPORTED_SCHEME, (
+                f"{shown} has the scheme {scheme!r}: only local paths, gs:// and http(s):// are read "
+                "(a local file whose name holds a colon: write it as ./NAME)"
+            )
+        roots = ", ".join(self.allowed_roots)
+        if manifests.outside_allowed_roots(uri, self.allowed_roots):
+            return manifests.REJECT_OUTSIDE_ROOT, f"{shown} is outside the allowed roots ({roots}); add --allow-root to read it"
+        target = manifests.link_escape(uri, self.allowed_roots)
+        if target:
+            return manifests.REJECT_OUTSIDE_ROOT, (
+                f"{shown} is a symbolic link to {target}, outside the allowed roots ({roots}); "
+                "add --allow-root to read it"
+            )
+        return None
+
     def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         uri = row.get(schema.URI)
-        if manifests.ROW_ERROR in row or not uri or not manifests.outside_allowed_roots(uri, self.allowed_roots):
+        if manifests.ROW_ERROR in row or not uri:
             yield row
             return
-        yield manifests.bad_row(
-            row[schema.ORDINAL],
-            manifests.REJECT_OUTSIDE_ROOT,
-            f"manifest row {row[schema.ORDINAL]}: {manifests.excerpt(row.get(manifests.ROW_SOURCE) or uri)} is outside the allowed "
-            f"roots ({', '.join(self.allowed_roots)}); add --allow-root to read it",
-            uri,
-        )
+        problem = self._problem(uri, row.get(manifests.ROW_SOURCE) or uri)
+        if problem is None:
+            yield row
+            return
+        error, message = problem
+        yield manifests.bad_row(row[schema.ORDINAL], error, f"manifest row {row[schema.ORDINAL]}: {message}", uri)
 
 
 class NormalizeTagFn(beam.DoFn):

@@ -119,7 +119,7 @@ class RankImages(beam.PTransform):
                 scored[ranking.THUMBS]
                 | "JoinImageStore" >> image_store.JoinImageStore(self._store_shards, STAGE)
             ) | "Thumbnails" >> beam.ParDo(
-                thumbnails.MakeThumbnailFn(self._site_root, self._thumbnail_size, STAGE)
+                thumbnails.MakeThumbnailFn(self._site_root, self._thumbnail_size, STAGE, self._links.roots)
             ).with_outputs(thumbnails.FAILURES, main="failed")
             failed_thumbs = thumbs.failed
             failures.append(thumbs[thumbnails.FAILURES])
@@ -374,6 +374,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         index_tags=_indexed_tags(images_pattern),
         max_failure_rate=args.max_failure_rate,
         min_tag_share=args.min_tag_share,
+        without_features=counters.get(ranking.SKIPPED_NO_FEATURES, 0),
     )
     report.details.update(health.facts)
     if not health.healthy:
