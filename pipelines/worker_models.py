@@ -22,7 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from model import encoders, inference, preprocess, quantize, schema
-from pipelines import common, feature_shards, image_decoding, image_store
+from pipelines import common, feature_shards, image_decoding, image_store, manifests
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def calibration_crops(
     crop: preprocess.CropSpec,
     timeout_s: float | None = image_decoding.DEFAULT_IMAGE_TIMEOUT_S,
     stored: dict[str, bytes] | None = None,
+    roots: Sequence[str] = (),
 ) -> np.ndarray:
     """uint8 crops [n, 3, crop, crop] of the sample, read and decoded exactly as the stage does
     (the image store's bytes where fetch stored them, else the uri; DecodeImageFn's Pillow path);
@@ -130,7 +131,9 @@ def calibration_crops(
     stored = stored or {}
     for image_id, uri in refs:
         try:
-            read = functools.partial(image_store.image_bytes, uri, stored.get(image_id), image_decoding.read_uri)
+            read = functools.partial(
+                image_store.image_bytes, uri, stored.get(image_id), functools.partial(image_decoding.read_uri, roots=roots)
+            )
             data = image_decoding.call_with_timeout(read, timeout_s, f"reading {uri}")
             decoded = image_decoding.call_with_timeout(
                 functools.partial(preprocess.decode_image, data, crop.resize_size, keep_mode=True), timeout_s, f"decoding {uri}"
@@ -169,7 +172,7 @@ def prepare_int8_model(
     chosen = set(sample)
     crop = crop_spec(spec)
     stored = image_store.stored_bytes(out, sample)
-    crops = calibration_crops([r for r in refs if r[0] in chosen], crop, timeout_s, stored)
+    crops = calibration_crops([r for r in refs if r[0] in chosen], crop, timeout_s, stored, manifests.recorded_roots(out))
     model = quantize.quantize(quantize.export_onnx(spec.module, crop), crops, spec.name, method)
     write_cached_file(path, model)
     log.info(
