@@ -22,6 +22,7 @@ from model import schema, storage
 from model.report import StageReport  # noqa: F401 - every stage's run() returns one
 from model.report import (  # noqa: F401 - the failure-rate gate every stage shares
     DEFAULT_MAX_FAILURE_RATE,
+    REMEDY_FOLDER,
     MAX_FAILURE_RATE_FLAG,
     FailureRateExceeded,
     StageRefused,

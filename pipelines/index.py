@@ -28,9 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 
 from model import schema, storage, tags
 from pipelines import common, manifests
@@ -405,8 +407,30 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
             report.details[FOLDED_SPELLINGS],
             "; ".join(f"{e[_FOLD_TAG]!r} <- {e[_FOLD_SPELLINGS]}" for e in examples[:2]),
         )
+    if report.details.get(f"failed_{manifests.REJECT_OUTSIDE_ROOT}"):
+        folder = folder_to_allow(args.out)
+        if folder:
+            report.details[common.REMEDY_FOLDER] = folder
+            report.save(args.out)
     common.check_failure_rate(report, args.max_failure_rate)
     return report
+
+
+def folder_to_allow(out: str) -> str | None:
+    """The folder an --allow-root would need to admit this run's OutsideAllowedRoot rows (where
+    their paths, links resolved, lead), read back from the committed failure rows."""
+    folders: dict[str, int] = {}
+    for path in common.glob(schema.out_path(out, schema.FAILURES_DIR, f"{STAGE}-*{schema.PARQUET_SUFFIX}")):
+        with common.FileSystems.open(path) as f:
+            rows = pq.read_table(f, columns=[schema.ERROR, schema.URI]).to_pylist()
+        for row in rows:
+            if row[schema.ERROR] == manifests.REJECT_OUTSIDE_ROOT and row[schema.URI] and "://" not in row[schema.URI]:
+                folder = os.path.dirname(os.path.realpath(row[schema.URI]))
+                folders[folder] = folders.get(folder, 0) + 1
+    if not folders:
+        return None
+    common_folder = os.path.commonpath(list(folders))
+    return common_folder if common_folder != os.sep else max(folders, key=folders.get)
 
 
 if __name__ == "__main__":
