@@ -392,7 +392,11 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     outputs = pipeline | "ReadManifest" >> manifests.ReadManifest(manifest, fmt, images_dir) | "IndexRows" >> IndexRows(roots)
     _ = outputs | "WriteIndex" >> WriteIndex(staged.root)
 
-    _, counters, seconds = common.run_pipeline(pipeline, STAGE)
+    try:
+        _, counters, seconds = common.run_pipeline(pipeline, STAGE)
+    except BaseException:
+        staged.discard()  # the previous index stays whole, and nothing of this run is left
+        raise
     replace_outputs(staged)
     folds_path = schema.out_path(args.out, schema.TAG_FOLDS_JSON)
     examples = json.loads(common.read_bytes(folds_path)) if common.exists(folds_path) else []
