@@ -110,7 +110,11 @@ class FailureRateExceeded(StageRefused):
         self.max_rate = max_rate
         rate = report.rows_failed / report.rows_in
         remedy = remedy_for(report)
-        todo = remedy if remedy else f"raise {MAX_FAILURE_RATE_FLAG} to accept more"
+        todo = (
+            f"{remedy}; {MAX_FAILURE_RATE_FLAG} only accepts failures, it fixes none"
+            if remedy
+            else f"raise {MAX_FAILURE_RATE_FLAG} to accept more"
+        )
         super().__init__(
             report,
             f"{report.stage}: {report.rows_failed} of {report.rows_in} rows failed ({rate:.1%}), over the "

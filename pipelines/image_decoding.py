@@ -64,14 +64,20 @@ def check_regular_file(uri: str) -> None:
         raise NotARegularFile(errno.EINVAL, f"{uri} is {kind}, not a regular file: only regular files are read")
 
 
-def read_uri(uri: str, roots: Sequence[str] = ()) -> bytes:
-    """The bytes of one image (local files checked to stay inside the allowed roots, symbolic
-    links resolved, and to be regular files first)."""
+def read_uri(uri: str) -> bytes:
+    """The bytes of one image (local files checked to be regular files first)."""
     if is_local(uri):
-        manifests.check_confined(uri, roots)
         check_regular_file(uri)
     with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return f.read()
+
+
+def read_confined(uri: str, roots: Sequence[str] = ()) -> bytes:
+    """read_uri, after checking that a local uri stays inside the allowed roots that index
+    recorded (symbolic links resolved: a link out of them is OutsideAllowedRoot, never opened)."""
+    if roots and is_local(uri):
+        manifests.check_confined(uri, roots)
+    return read_uri(uri)
 
 
 def call_with_timeout(fn: Callable[[], Any], timeout_s: float | None, what: str) -> Any:
@@ -126,7 +132,7 @@ class ReadImageFn(beam.DoFn):
         self._roots = tuple(roots)
 
     def _read(self, uri: str) -> bytes:
-        return call_with_timeout(functools.partial(read_uri, uri, self._roots), self._timeout_s, f"reading {uri}")
+        return call_with_timeout(functools.partial(read_confined, uri, self._roots), self._timeout_s, f"reading {uri}")
 
     def process(self, ref: tuple) -> Iterator[Any]:
         image_id, uri, *stored = ref  # (image_id, uri[, the image store's bytes or None]): issue 11

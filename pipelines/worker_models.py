@@ -132,7 +132,7 @@ def calibration_crops(
     for image_id, uri in refs:
         try:
             read = functools.partial(
-                image_store.image_bytes, uri, stored.get(image_id), functools.partial(image_decoding.read_uri, roots=roots)
+                image_store.image_bytes, uri, stored.get(image_id), functools.partial(image_decoding.read_confined, roots=roots)
             )
             data = image_decoding.call_with_timeout(read, timeout_s, f"reading {uri}")
             decoded = image_decoding.call_with_timeout(
