@@ -253,9 +253,11 @@ class StagedOutput:
         try:
             yield temp
             ops.rename([temp], [final])
-        except BaseException:
+        except BaseException as exc:
             try:
                 ops.delete([temp])
             except Exception:  # the store may be failing as a whole; the original error matters
                 pass
+            if isinstance(exc, OSError) and not exc.filename:
+                exc.filename = final  # a full disk says which file it was writing
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import traceback
 
 from model.report import RunRefused, StageRefused
@@ -66,8 +67,11 @@ def failure_line(command: str, exc: BaseException) -> str:
     """imgsearch <command>: refused|failed: <Error>: <message> [at <where>]; <what to do>"""
     verb = "refused" if is_refusal(exc) else "failed"
     message = " ".join(str(exc).split()) or "(no message)"
-    if _no_space(exc) and "disk" not in message.lower():
+    if _no_space(exc) and _NO_SPACE not in message:
         message += f" ({_NO_SPACE})"
     place = "" if is_refusal(exc) else where(exc)  # a refusal's message names its input
     at = f" at {place}" if place and place not in message else ""
-    return f"imgsearch {command}: {verb}: {type(exc).__name__}: {message}{at}; {remedy(exc)}"
+    todo = remedy(exc)
+    if is_refusal(exc) and re.search(r"\b(re)?run\b", message):
+        todo = ""  # the message already says what to run
+    return f"imgsearch {command}: {verb}: {type(exc).__name__}: {message}{at}" + (f"; {todo}" if todo else "")
