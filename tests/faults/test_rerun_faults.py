@@ -140,14 +140,15 @@ def test_a_truncated_shard_is_counted_in_extract_images_report_and_its_images_ex
         uris.append(str(folder / f"{i}.jpg"))
     out = tmp_path / "out"
     builders.write_images(out, builders.image_rows([(u, "cat") for u in uris]))
-    fc.run_extract(out)
-    (shard,) = fc.feature_files(out)
-    shard.write_bytes(shard.read_bytes()[:100])  # a store that broke mid-copy
+    shard = out / schema.IMAGE_FEATURES_DIR / "features-00000-of-00001.parquet"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"PAR1" + b"\0" * 100)  # a store that broke mid-copy: no footer
 
     report = fc.run_extract(out)
 
     assert report.details[features.QUARANTINED_SHARDS] == 1
     assert shard.name in report.details["quarantined"][0]
+    assert (out / schema.IMAGE_FEATURES_DIR / features.UNREADABLE_SUBDIR / shard.name).exists()
     assert report.rows_out == 4 and sorted(fc.feature_ids(out)) == sorted(image_id_for(u) for u in uris)
 
 
