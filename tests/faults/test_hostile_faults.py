@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model import schema, scoring, tags
+from model import neighbours, schema, tags
 from model.tags import image_id_for
-from pipelines import cli, extract_text, index, manifests
+from pipelines import cli, extract_text, index, manifests, thumbnails
 from pipelines import extract_images as ei
 from tests import builders
 from tests.conftest import make_keyed_vectors, write_jsonl
@@ -113,6 +113,18 @@ def test_extract_images_never_reads_a_link_that_leaves_the_recorded_roots(indexe
     assert report.rows_out == 1
 
 
+def test_rank_never_makes_a_thumbnail_of_a_link_out_of_the_roots(indexed, tmp_path: Path):
+    roots = manifests.recorded_roots(str(indexed["out"]))
+    link = indexed["root"] / "crawl" / "images" / "escape.jpg"
+    fn = thumbnails.MakeThumbnailFn(str(tmp_path / "site"), 64, "rank", roots)
+    out = list(fn.process(("id1", str(link), None)))
+    failure = next(o.value for o in out if getattr(o, "tag", None) == thumbnails.FAILURES)
+    assert failure[schema.ERROR] == manifests.REJECT_OUTSIDE_ROOT and "symbolic link to" in failure[schema.MESSAGE]
+    assert not (tmp_path / "site").exists()  # nothing of the outside file was published
+    inside = indexed["root"] / "crawl" / "images" / "inside.jpg"
+    assert not [o for o in fn.process(("id2", str(inside), None)) if getattr(o, "tag", None) == thumbnails.FAILURES]
+
+
 # ---------------------------------------------------------------------------
 # 6. schemes
 # ---------------------------------------------------------------------------
@@ -144,22 +156,20 @@ def test_one_emoji_is_a_usable_tag(raw: str):
 
 def test_an_emoji_tag_is_oov_and_ranked_by_the_mean_feature(indexed, tmp_path: Path):
     out = tmp_path / "out"
-    builders.write_images(out, [r for r in indexed["images"] if r[schema.URI].startswith("/")])
+    rows = [r for r in indexed["images"] if r[schema.URI].startswith("/")]
+    builders.write_images(out, rows)
     vectors = tmp_path / "v.txt"
     make_keyed_vectors(["dog", "cat"], dim=4).save_word2vec_format(str(vectors), binary=False)
     extract_text.run(["--out", str(out), "--word-vectors", str(vectors)], save_main_session=False)
     text = {r[schema.TAG]: r[schema.STATUS] for r in _read(out / schema.TEXT_FEATURES_DIR, "text-*.parquet")}
     assert text[EMOJI] == schema.TEXT_OOV and text["dog"] == schema.TEXT_OK
-    # no word vector: combined ranks it by the mean feature (and agreement), like any oov tag
-    scores, ranked_by = scoring.tag_scores(
-        scoring.DEFAULT_RANKER,
-        matcher=np.full(3, np.nan),
-        fold=np.zeros(3, dtype=np.int64),
-        agreement=np.array([0.1, 0.5, 0.2]),
-        mean_feature=np.array([0.9, 0.1, 0.5]),
-    )
-    assert ranked_by == scoring.BY_MEAN_FEATURE_AND_NEIGHBOURS and scores is not None
-    assert tags.tag_key(EMOJI) != tags.tag_key(tags.strip_invisible(EMOJI.replace("\u200d", "")))
+    # without a word vector, rank orders an oov tag by its images' cosine to the tag's mean feature
+    # (neighbours' signal): the emoji tag gets it like any other tag
+    rng = np.random.default_rng(0)
+    builders.write_image_features(out, {r[schema.IMAGE_ID]: rng.normal(size=8) for r in rows}, encoder="tiny")
+    neighbours.run(["--out", str(out), "--k", "2"])
+    signals = [r for r in _read(out / schema.SIGNALS_DIR, "signals-*.parquet") if r[schema.TAG] == EMOJI]
+    assert len(signals) == 2 and all(r[schema.MEAN_FEATURE] is not None for r in signals)
 
 
 # ---------------------------------------------------------------------------
