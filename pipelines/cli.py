@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         # a refused start (exit 3) or a crash (exit 1): one line that says what failed, where and
         # what to do; the traceback only with -v
         log.debug("imgsearch %s failed", args.command, exc_info=True)
+        summary = getattr(getattr(exc, "report", None), "summary_line", None)
+        if callable(summary):
+            print(summary(), flush=True)
         print(failure_line(args.command, exc), file=sys.stderr, flush=True)
         return exit_status(exc)
     report = getattr(result, "report", None)

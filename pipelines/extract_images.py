@@ -348,7 +348,13 @@ def run(
         # the previous features stay the ones read until this run is done (promote_full_run)
         existing = feature_shards.resumable_full_run(args.out, metadata)
     else:
-        existing = feature_shards.usable_feature_shards(args.out, metadata, quarantined=quarantined)
+        try:
+            existing = feature_shards.usable_feature_shards(args.out, metadata, quarantined=quarantined)
+        except feature_shards.IncompatibleFeatures as exc:
+            # refused before any work: the report says why, and the CLI prints its summary
+            exc.report = common.StageReport(stage=STAGE, details={"refused": str(exc), "quarantined_shards": len(quarantined)})
+            exc.report.save(args.out)
+            raise
         if existing:
             log.info("%s: %d feature shards exist; extracting only images they lack (--full redoes all)", STAGE, len(existing))
         if feature_shards.full_run_shards(args.out):

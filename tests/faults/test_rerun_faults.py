@@ -152,6 +152,20 @@ def test_a_truncated_shard_is_counted_in_extract_images_report_and_its_images_ex
     assert report.rows_out == 4 and sorted(fc.feature_ids(out)) == sorted(image_id_for(u) for u in uris)
 
 
+def test_a_shard_of_another_dimension_refuses_extract_images_with_its_summary(tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    _features_out(out, shards=1)  # 6-d features of the "tiny" encoder: not this run's 1280-d
+
+    rc = cli.main(["extract-images", *fc.extract_argv(out)])
+
+    assert rc == cli.EXIT_REFUSED
+    captured = capsys.readouterr()
+    assert "extract-images: in 0, out 0" in captured.out  # the stage summary
+    assert "features-00000-of-00001.parquet holds" in captured.err and "--full" in captured.err
+    assert "Traceback" not in captured.err
+    assert "refused" in json.loads((out / schema.REPORTS_DIR / "extract-images.json").read_text())["details"]
+
+
 # ---------------------------------------------------------------------------
 # 4. rank's health gate counts images without features
 # ---------------------------------------------------------------------------
