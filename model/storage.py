@@ -258,6 +258,6 @@ class StagedOutput:
                 ops.delete([temp])
             except Exception:  # the store may be failing as a whole; the original error matters
                 pass
-            if isinstance(exc, OSError) and not exc.filename:
+            if isinstance(exc, OSError) and exc.errno is not None and exc.strerror and not exc.filename:
                 exc.filename = final  # a full disk says which file it was writing
             raise
