@@ -223,17 +223,26 @@ def check_health(
     index_tags: int,
     max_failure_rate: float,
     min_tag_share: float,
+    without_features: int = 0,
 ) -> Health:
-    """Whether this run may replace the live site: few failures, most tags ranked, finite scores."""
+    """Whether this run may replace the live site: few failures, most tags ranked, finite scores.
+
+    Rows whose image has no features (extract-images failed or never ran on it) count against
+    --max-failure-rate like failed rows: they are missing from the site all the same."""
     problems: list[str] = []
-    rate = report.rows_failed / report.rows_in if report.rows_in else 0.0
+    missing = report.rows_failed + without_features
+    rate = missing / report.rows_in if report.rows_in else 0.0
     ranked_tags = pc.count_distinct(rankings[schema.TAG]).as_py() if rankings is not None else 0
     share = ranked_tags / index_tags if index_tags else 1.0
-    facts = {"failure_rate": round(rate, 4), "tags_ranked": ranked_tags, "tags_indexed": index_tags, "tag_share": round(share, 4)}
+    facts = {"failure_rate": round(rate, 4), "rows_without_features": without_features, "tags_ranked": ranked_tags, "tags_indexed": index_tags, "tag_share": round(share, 4)}
     if rate > max_failure_rate:
-        problems.append(
-            f"{report.rows_failed} of {report.rows_in} rows failed ({rate:.1%} > --max-failure-rate {max_failure_rate:.1%})"
-        )
+        what = f"{report.rows_failed} of {report.rows_in} rows failed"
+        if without_features:
+            what = (
+                f"{missing} of {report.rows_in} rows failed or have no image features ({without_features} without: "
+                "run extract-images, which extracts only the images that lack them)"
+            )
+        problems.append(f"{what} ({rate:.1%} > --max-failure-rate {max_failure_rate:.1%})")
     if ranked_tags == 0 or share < min_tag_share:
         problems.append(f"only {ranked_tags} of {index_tags} indexed tags were ranked ({share:.1%} < --min-tag-share {min_tag_share:.0%})")
     if rankings is not None:

@@ -23,7 +23,7 @@ Writes
   hash, crawled copies of the same file, count neither way), the same weighted by max(cosine, 0),
   and mean_feature (cosine of the raw feature to the mean raw feature of the tag's other images).
 
-Shards are written under temporary names and renamed into place once all are complete; shards
+Shards are written into a staging folder and renamed into place once all are complete; shards
 of a previous run are removed only then. Plain numpy + faiss on one machine: no Beam here.
 """
 
@@ -36,7 +36,6 @@ import functools
 import json
 import logging
 import math
-import secrets
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -170,7 +169,7 @@ class Collection:
 def feature_units(out: str) -> ImageFeatureFiles:
     """train's ImageFeatureFiles, narrowed to the finished shards (features-*.parquet): a file
     of another name in that folder is not one of extract-images' shards."""
-    features = find_image_features(out)
+    features = find_image_features(out, stage=STAGE)
     pattern = schema.shard_pattern(out, schema.IMAGE_FEATURES_DIR, schema.IMAGE_FEATURES_PREFIX).rsplit("/", 1)[-1]
     keep = {f for f in features.files if fnmatch.fnmatchcase(f.rsplit("/", 1)[-1], pattern)}
     if not keep:
@@ -594,39 +593,37 @@ def signal_table(
     )
 
 
-def write_temp_shards(
+def staged_shards(out: str, directory: str, prefix: str) -> storage.StagedOutput:
+    """OUT/<directory>/.staging/: where a run writes its shards until all are complete; its
+    commit replaces the previous run's <prefix>-* shards. An interrupted run's staging goes."""
+    target = schema.out_path(out, directory)
+    staged = storage.StagedOutput(target, [f"{prefix}-*{schema.PARQUET_SUFFIX}"], staging=schema.out_path(target, ".staging"))
+    staged.discard()
+    return staged
+
+
+def write_staged_shards(
     out: str, directory: str, prefix: str, order: np.ndarray, make_table: Callable[[np.ndarray], pa.Table]
-) -> list[tuple[str, str]]:
-    """Write make_table(order[a:b]) shards under temporary names (which no shard pattern
-    matches); returns (temporary, final) paths for commit_shards."""
+) -> storage.StagedOutput:
+    """Write make_table(order[a:b]) shards into the directory's staging folder."""
     count = max(1, math.ceil(len(order) / ROWS_PER_SHARD))
-    token = secrets.token_hex(4)
-    fs, folder = _fs(schema.out_path(out, directory))
-    fs.makedirs(folder, exist_ok=True)
-    moves = []
+    staged = staged_shards(out, directory, prefix)
+    files = storage.FsspecFiles()
     for i in range(count):
-        final = schema.out_path(out, directory, f"{prefix}-{i:05d}-of-{count:05d}{schema.PARQUET_SUFFIX}")
-        temp = f"{final}{TEMP_MARK}{token}"
-        with fs.open(_fs(temp)[1], "wb") as f:
+        with files.open_write(staged.path(f"{prefix}-{i:05d}-of-{count:05d}{schema.PARQUET_SUFFIX}")) as f:
             table = make_table(order[i * ROWS_PER_SHARD : (i + 1) * ROWS_PER_SHARD])
             pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS, compression="zstd")
-        moves.append((temp, final))
-    return moves
+    return staged
 
 
-def commit_shards(out: str, directory: str, prefix: str, moves: list[tuple[str, str]]) -> None:
-    """Rename finished temporaries into place, then remove the previous run's other shards and
-    any temporaries an interrupted run left behind."""
-    fs, _ = _fs(out)
-    previous = set(finished_shards(out, directory, prefix))
-    for temp, final in moves:
-        fs.mv(_fs(temp)[1], _fs(final)[1])
-    stale = sorted(previous - {final for _, final in moves})
-    stale += fs.glob(_fs(schema.out_path(out, directory, f"{prefix}-*{schema.PARQUET_SUFFIX}{TEMP_MARK}*"))[1])
-    for path in stale:
-        fs.rm(_fs(path)[1])
-    if stale:
-        log.info("%s: removed %d files of a previous run under %s", STAGE, len(stale), directory)
+def commit_shards(directory: str, staged: storage.StagedOutput) -> None:
+    """Rename finished shards into place, then remove the previous run's other shards and any
+    temporaries an older version of this stage left behind."""
+    stale = staged.commit().removed
+    leftovers = storage.FsspecFiles().files(schema.out_path(staged.target, f"*{schema.PARQUET_SUFFIX}{TEMP_MARK}*"))
+    storage.FsspecFiles().delete(leftovers)
+    if stale or leftovers:
+        log.info("%s: removed %d files of a previous run under %s", STAGE, len(stale) + len(leftovers), directory)
 
 
 def write_outputs(
@@ -647,9 +644,9 @@ def write_outputs(
         (schema.NEIGHBOURS_DIR, schema.NEIGHBOURS_PREFIX, by_id, lambda rows: neighbour_table(col, labels, sims, groups, rows, meta)),
         (schema.SIGNALS_DIR, schema.SIGNALS_PREFIX, pairs_by_id, lambda pairs: signal_table(col, pairs, *signals, meta)),
     ]
-    written = [write_temp_shards(out, directory, prefix, order, make) for directory, prefix, order, make in outputs]
-    for (directory, prefix, _, _), moves in zip(outputs, written):
-        commit_shards(out, directory, prefix, moves)
+    written = [write_staged_shards(out, directory, prefix, order, make) for directory, prefix, order, make in outputs]
+    for (directory, _, _, _), staged in zip(outputs, written):
+        commit_shards(directory, staged)
 
 
 # ---------------------------------------------------------------------------

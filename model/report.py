@@ -57,17 +57,69 @@ class StageRefused(RuntimeError):
         super().__init__(message)
 
 
+class RunRefused(ValueError):
+    """The run refuses before it starts: an input it cannot use (features of another encoder, NaN
+    features), or OUT locked by another build. The CLI prints the message, no traceback, and
+    exits 3."""
+
+
+# What fixes a failure reason (a failure row's `error`), when most of a refused run's failures
+# share it; {folder} is the report's REMEDY_FOLDER detail where the stage recorded one.
+REMEDY_FOLDER = "remedy_folder"
+REMEDIES = {
+    "OutsideAllowedRoot": "rerun index with --allow-root {folder} (the folder that holds those files), "
+    "or write the manifest's paths relative to its own folder",
+    "UnsupportedScheme": "only local paths, gs:// and http(s):// uris are read: fix those uris in the manifest",
+    "FileNotFoundError": "the files are not where the manifest says: relative paths resolve against the manifest's folder",
+    "NotFetched": "run `imgsearch fetch` first: it downloads the http(s) images",
+    "ImageTimeout": "raise --image-timeout (seconds per image read and decode), or check the mount they are on",
+    "UnidentifiedImageError": "those files are not images Pillow reads: see the failure rows' messages",
+    "NonFiniteEmbedding": "the encoder's weights hold NaN or inf: check --weights",
+}
+DOMINANT_SHARE = 0.5  # "most failures"
+
+
+def dominant_failure(report: StageReport) -> tuple[str, int] | None:
+    """(error, count) of the reason more than half of the failed rows share, or None."""
+    prefix = "failed_"
+    counts = {
+        k[len(prefix) :]: v for k, v in report.details.items() if k.startswith(prefix) and isinstance(v, int) and v > 0
+    }
+    if not counts or not report.rows_failed:
+        return None
+    error = max(counts, key=counts.get)
+    return (error, counts[error]) if counts[error] > DOMINANT_SHARE * report.rows_failed else None
+
+
+def remedy_for(report: StageReport) -> str | None:
+    """What to do about a refused run whose failures mostly share one reason with a known remedy."""
+    dominant = dominant_failure(report)
+    if dominant is None or dominant[0] not in REMEDIES:
+        return None
+    error, count = dominant
+    folder = report.details.get(REMEDY_FOLDER) or "DIR"
+    return f"{count} of the {report.rows_failed} failures are {error}: " + REMEDIES[error].format(folder=folder)
+
+
 class FailureRateExceeded(StageRefused):
-    """Too many of a stage's rows failed (over --max-failure-rate)."""
+    """Too many of a stage's rows failed (over --max-failure-rate). When most failures share one
+    reason with a known remedy (REMEDIES), the message names it instead of the flag that would
+    only accept the failures."""
 
     def __init__(self, report: StageReport, max_rate: float):
         self.max_rate = max_rate
         rate = report.rows_failed / report.rows_in
+        remedy = remedy_for(report)
+        todo = (
+            f"{remedy}; {MAX_FAILURE_RATE_FLAG} only accepts failures, it fixes none"
+            if remedy
+            else f"raise {MAX_FAILURE_RATE_FLAG} to accept more"
+        )
         super().__init__(
             report,
             f"{report.stage}: {report.rows_failed} of {report.rows_in} rows failed ({rate:.1%}), over the "
             f"allowed {max_rate:.1%}; see the failures of stage {report.stage!r} under OUT/{schema.FAILURES_DIR}/ "
-            f"and OUT/{schema.REPORTS_DIR}/{report.stage}.json (raise {MAX_FAILURE_RATE_FLAG} to accept more)",
+            f"and OUT/{schema.REPORTS_DIR}/{report.stage}.json ({todo})",
         )
 
 

@@ -31,13 +31,58 @@ REJECT_NO_WORD = "TagHasNoWordCharacters"
 INVISIBLE_CATEGORY = "Cf"  # format characters: zero-width space/joiners, BOM, soft hyphen, bidi marks
 
 
+# Emoji sequences: a ZERO WIDTH JOINER between two emoji is part of one picture (👩🏽‍💻 is
+# woman, skin tone, ZWJ, laptop), not an invisible character. site/js/text.js keeps the same ZWJs.
+ZWJ = "\u200d"
+VARIATION_SELECTOR_EMOJI = "\ufe0f"
+COMBINING_KEYCAP = "\u20e3"
+SKIN_TONES = range(0x1F3FB, 0x1F400)  # EMOJI MODIFIER FITZPATRICK TYPE-1-2 .. -6 (category Sk)
+REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)  # two make a flag
+
+
+def _emoji_base(ch: str) -> bool:
+    return unicodedata.category(ch) == "So"
+
+
+def _emoji_end(ch: str) -> bool:
+    """A character that may end one emoji before a joiner: the emoji, its skin tone, its VS16."""
+    return _emoji_base(ch) or ord(ch) in SKIN_TONES or ch in (VARIATION_SELECTOR_EMOJI, COMBINING_KEYCAP)
+
+
+def _joins_emoji(text: str, i: int) -> bool:
+    return text[i] == ZWJ and 0 < i < len(text) - 1 and _emoji_end(text[i - 1]) and _emoji_base(text[i + 1])
+
+
 def has_invisible(text: str) -> bool:
-    return any(unicodedata.category(ch) == INVISIBLE_CATEGORY for ch in text)
+    return any(unicodedata.category(ch) == INVISIBLE_CATEGORY and not _joins_emoji(text, i) for i, ch in enumerate(text))
 
 
 def strip_invisible(text: str) -> str:
-    """Without format characters (category Cf): a tag that looks the same must be the same tag."""
-    return "".join(ch for ch in text if unicodedata.category(ch) != INVISIBLE_CATEGORY)
+    """Without format characters (category Cf): a tag that looks the same must be the same tag.
+    A zero width joiner between two emoji stays: it makes them one picture."""
+    return "".join(ch for i, ch in enumerate(text) if unicodedata.category(ch) != INVISIBLE_CATEGORY or _joins_emoji(text, i))
+
+
+def is_one_emoji(tag: str) -> bool:
+    """Whether a tag is one emoji sequence (one grapheme cluster): an emoji with its skin tone,
+    VS16 or keycap, several joined by ZWJ (👩🏽‍💻), or a flag (two regional indicators)."""
+    codes = [ord(ch) for ch in tag]
+    if len(codes) == 2 and all(c in REGIONAL_INDICATORS for c in codes):
+        return True
+    i, n = 0, len(tag)
+    while i < n:
+        if not _emoji_base(tag[i]) or ord(tag[i]) in REGIONAL_INDICATORS:
+            return False
+        i += 1
+        while i < n and (ord(tag[i]) in SKIN_TONES or tag[i] in (VARIATION_SELECTOR_EMOJI, COMBINING_KEYCAP)):
+            i += 1
+        if i < n:
+            if tag[i] != ZWJ:
+                return False
+            i += 1
+            if i == n:
+                return False
+    return n > 0
 
 
 def normalize_tag(raw: str) -> str:
@@ -62,7 +107,7 @@ def tag_problem(tag: str) -> str | None:
         return REJECT_TOO_LONG
     if any(unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn") for ch in tag):
         return REJECT_CONTROL
-    if not any(ch.isalnum() for ch in tag):
+    if not any(ch.isalnum() for ch in tag) and not is_one_emoji(tag):
         return REJECT_NO_WORD
     return None
 

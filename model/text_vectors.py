@@ -24,6 +24,7 @@ import numpy as np
 from gensim.models import KeyedVectors
 
 from model import schema, storage
+from model.report import RunRefused
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,9 @@ class Word2VecLayout:
     vocab: int | None = None  # the header's count of vectors (None: no header)
 
 
-class WordVectorsError(ValueError):
+class WordVectorsError(RunRefused):
     """A word-vector file that is damaged, truncated or not what it seems; the message names the
-    line (text) or the record (binary)."""
+    line (text) or the record (binary). The run is refused (exit 3), not crashed."""
 
 
 # ---------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def prepare_data(out: str, folds: int = 5, validation_percent: int = 10) -> Trai
     images = load_images(out)
     group_of = load_copy_groups(out)
     text = load_text_features(out)
-    features = find_image_features(out)
+    features = find_image_features(out, stage=STAGE)
     tag_index = text.index()
     is_train = images.split == schema.SPLIT_TRAIN
     train_ids: dict[str, int] = {}

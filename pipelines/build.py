@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable
 
 from model import devices
+from model.out_lock import OutLock
 from model.report import StageReport
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> BuildResult:
     args, beam_args = get_args_parser().parse_known_args(argv)
-    result = run_plan(stage_plan(args, beam_args), _say)
+    # one build at a time into one OUT: a second is refused, naming the first (model/out_lock.py)
+    with OutLock(args.out, "imgsearch build"):
+        result = run_plan(stage_plan(args, beam_args), _say)
     report = result.report()
     if report:
         _say("\n" + report)

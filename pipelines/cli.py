@@ -13,9 +13,11 @@ import logging
 import sys
 from typing import Callable
 
-# the exit status of a stage that finished but refused its output (too many failed rows, a failed
-# health check); argparse's usage errors use 2
+# the exit status of a stage that refused its run (too many failed rows, a failed health check,
+# an input it cannot use); a crash exits 1; argparse's usage errors use 2 (pipelines/failures_line.py)
 EXIT_REFUSED = 3
+
+log = logging.getLogger(__name__)
 
 # commands that print their stages' reports as they go
 PRINT_THEIR_OWN_REPORT = ("demo", "build")
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     if args.command == "serve":
         return _serve(rest)
-    from model.report import StageRefused  # here, not at the top: serve must stay light
+    # here, not at the top: serve must stay light
+    from model.report import StageRefused
+    from pipelines.failures_line import exit_status, failure_line
 
     try:
         result = _stage_function(args.command)(rest)
@@ -108,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.report.summary_line(), flush=True)
         print(f"imgsearch {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_REFUSED
+    except Exception as exc:
+        # a refused start (exit 3) or a crash (exit 1): one line that says what failed, where and
+        # what to do; the traceback only with -v
+        log.debug("imgsearch %s failed", args.command, exc_info=True)
+        summary = getattr(getattr(exc, "report", None), "summary_line", None)
+        if callable(summary):
+            print(summary(), flush=True)
+        print(failure_line(args.command, exc), file=sys.stderr, flush=True)
+        return exit_status(exc)
     report = getattr(result, "report", None)
     if callable(report) and args.command not in PRINT_THEIR_OWN_REPORT:
         text = report()

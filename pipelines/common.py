@@ -18,10 +18,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-from model import schema
+from model import schema, storage
 from model.report import StageReport  # noqa: F401 - every stage's run() returns one
 from model.report import (  # noqa: F401 - the failure-rate gate every stage shares
     DEFAULT_MAX_FAILURE_RATE,
+    REMEDY_FOLDER,
     MAX_FAILURE_RATE_FLAG,
     FailureRateExceeded,
     StageRefused,
@@ -377,12 +378,17 @@ def read_bytes(path: str) -> bytes:
 
 
 def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
-    parent = path.rsplit("/", 1)[0]
-    # object stores have no folders; a local parent must exist before create()
-    if parent and "://" not in path and not FileSystems.exists(parent):
-        FileSystems.mkdirs(parent)
-    with FileSystems.create(path, mime_type=mime_type) as f:
-        f.write(data)
+    """A whole file, seen whole or not at all: a local one is written under a temporary name and
+    renamed into place (storage.StagedOutput.file), so a full disk or a kill never leaves half of
+    it under its name; an object store's object appears only once its upload completes."""
+    if "://" in path and not path.startswith("file://"):
+        with FileSystems.create(path, mime_type=mime_type) as f:
+            f.write(data)
+        return
+    files = BeamFiles()
+    with storage.StagedOutput.file(path, files=files) as temp:
+        with files.open_write(temp, mime_type) as f:
+            f.write(data)
 
 
 def write_text(path: str, text: str) -> None:
@@ -406,3 +412,31 @@ def delete(paths: Iterable[str]) -> None:
     paths = list(paths)
     if paths:
         FileSystems.delete(paths)
+
+
+class BeamFiles:
+    """What storage.StagedOutput needs of a filesystem, through Beam's FileSystems: for code that
+    runs on Beam workers (whose images need not carry fsspec's gs:// driver)."""
+
+    def files(self, pattern: str) -> list[str]:
+        return glob(pattern)
+
+    def rename(self, sources: list[str], targets: list[str]) -> None:
+        for parent in {t.rsplit("/", 1)[0] for t in targets}:
+            # object stores have no folders; a local one must exist before a rename into it
+            if "://" not in parent and not FileSystems.exists(parent):
+                FileSystems.mkdirs(parent)
+        FileSystems.rename(list(sources), list(targets))
+
+    def delete(self, paths: list[str]) -> None:
+        delete(p for p in paths if FileSystems.exists(p))
+
+    def exists(self, path: str) -> bool:
+        return FileSystems.exists(path)
+
+    def open_write(self, path: str, mime_type: str = "application/octet-stream"):
+        parent = path.rsplit("/", 1)[0]
+        # object stores have no folders; a local parent must exist before create()
+        if parent and "://" not in path and not FileSystems.exists(parent):
+            FileSystems.mkdirs(parent)
+        return FileSystems.create(path, mime_type=mime_type)

@@ -62,7 +62,7 @@ import torch
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from model import devices, encoders, inference, preprocess, quantize, schema
-from pipelines import common, encode_handlers, feature_shards, image_decoding, image_store, worker_models
+from pipelines import common, encode_handlers, feature_shards, image_decoding, image_store, manifests, worker_models
 # the stage's name (its counters' namespace), the tag of failure outputs and the key that rides
 # beside each tensor are spelled once, in image_decoding (the stage's parts import it)
 from pipelines.image_decoding import FAILED, STAGE, ImageKey
@@ -195,9 +195,12 @@ class ExtractImageFeatures(beam.PTransform):
         image_timeout_s: float | None = image_decoding.DEFAULT_IMAGE_TIMEOUT_S,
         store_shards: Sequence[str] = (),
         int8_model_path: str | None = None,
+        allowed_roots: Sequence[str] = (),
     ):
-        """The model: see encode_handlers.make_handler (int8, auto with an int8_model_path, or torch)."""
+        """The model: see encode_handlers.make_handler (int8, auto with an int8_model_path, or torch).
+        allowed_roots: index's (index/source.json); a local image outside them is never read."""
         super().__init__()
+        self._allowed_roots = tuple(allowed_roots)
         self._store_shards = list(store_shards)  # OUT/images/store-* written by fetch (issue 11)
         self._encoder_name = encoder_name
         self._weights = weights
@@ -211,7 +214,7 @@ class ExtractImageFeatures(beam.PTransform):
     def expand(self, refs):
         if self._store_shards:  # bytes from the image store, joined by image_id; the rest from their uris
             refs = refs | "JoinImageStore" >> image_store.JoinImageStore(self._store_shards, STAGE)
-        read = refs | "ReadImage" >> beam.ParDo(image_decoding.ReadImageFn(self._timeout_s)).with_outputs(FAILED, main="images")
+        read = refs | "ReadImage" >> beam.ParDo(image_decoding.ReadImageFn(self._timeout_s, self._allowed_roots)).with_outputs(FAILED, main="images")
         decoded = read.images | "DecodeImage" >> beam.ParDo(
             image_decoding.DecodeImageFn(self._encoder_name, self._weights, self._decode_on_device, self._timeout_s)
         ).with_outputs(FAILED, main="tensors")
@@ -341,11 +344,18 @@ def run(
     clear_previous_failures(args.out)
     feature_shards.clear_inprogress_chunks(args.out)
     metadata = feature_shards.features_metadata(spec, expected)
+    quarantined: list[str] = []  # unreadable shards moved aside: their images are extracted again
     if args.full:
         # the previous features stay the ones read until this run is done (promote_full_run)
         existing = feature_shards.resumable_full_run(args.out, metadata)
     else:
-        existing = feature_shards.usable_feature_shards(args.out, metadata)
+        try:
+            existing = feature_shards.usable_feature_shards(args.out, metadata, quarantined=quarantined)
+        except feature_shards.IncompatibleFeatures as exc:
+            # refused before any work: the report says why, and the CLI prints its summary
+            exc.report = common.StageReport(stage=STAGE, details={"refused": str(exc), "quarantined_shards": len(quarantined)})
+            exc.report.save(args.out)
+            raise
         if existing:
             log.info("%s: %d feature shards exist; extracting only images they lack (--full redoes all)", STAGE, len(existing))
         if feature_shards.full_run_shards(args.out):
@@ -380,6 +390,7 @@ def run(
             args.image_timeout,
             store_shards=image_store.store_shards(args.out),
             int8_model_path=int8_path,
+            allowed_roots=manifests.recorded_roots(args.out),
         )
     )
     _ = extracted["features"] | "WriteImageFeatures" >> feature_shards.WriteImageFeatures(
@@ -408,6 +419,8 @@ def run(
             precision_requested=args.precision,
             decode="device" if decode_on_device else "pillow",
             batch_size=batch_size,
+            quarantined_shards=len(quarantined),
+            **({"quarantined": quarantined} if quarantined else {}),
             **extra,
         )
     except common.StageRefused:

@@ -29,7 +29,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.shared import Shared
 
-from model import schema, text_vectors
+from model import schema, storage, text_vectors
 from pipelines import common
 
 log = logging.getLogger(__name__)
@@ -291,34 +291,35 @@ def run(
     # (workers check every line when they load it)
     dim = word_vectors_dim(args.word_vectors)
     log.info("%s: %s has %d-d vectors", STAGE, args.word_vectors, dim)
-    previous = text_shards(args.out)
-    prefix = f"{output_prefix(args.out)}-{common.run_id()}"
-
-    pipeline = test_pipeline or beam.Pipeline(
-        options=common.make_options(beam_options, save_main_session)
+    # the run writes into features/text/.staging-<run>/ (Beam's temporary folders too); only a
+    # complete, accepted run is renamed into place, and a failed or refused one leaves nothing
+    staged = storage.StagedOutput(
+        schema.out_path(args.out, schema.TEXT_FEATURES_DIR),
+        [f"{SHARD_PREFIX}-*{schema.PARQUET_SUFFIX}"],
+        staging=schema.out_path(args.out, schema.TEXT_FEATURES_DIR, f".staging-{common.run_id()}"),
     )
-    _ = (
-        pipeline
-        | "ReadImages" >> beam.io.ReadFromParquet(images_pattern(args.out), columns=[schema.TAG])
-        | "TagVectors" >> TagVectors(args.word_vectors, dim)
-        | "WriteTextFeatures" >> WriteTextFeatures(prefix, dim, args.word_vectors)
-    )
-    # a failed run (a damaged line found by a worker) raises here: the previous shards stay
-    _, counters, seconds = common.run_pipeline(pipeline, STAGE)
-    report = common.report_from_counters(STAGE, counters, seconds, dim=dim, word_vectors=args.word_vectors)
-    report.save(args.out)
-    new = common.glob(prefix + "-*" + schema.PARQUET_SUFFIX)
     try:
+        pipeline = test_pipeline or beam.Pipeline(options=common.make_options(beam_options, save_main_session))
+        _ = (
+            pipeline
+            | "ReadImages" >> beam.io.ReadFromParquet(images_pattern(args.out), columns=[schema.TAG])
+            | "TagVectors" >> TagVectors(args.word_vectors, dim)
+            | "WriteTextFeatures" >> WriteTextFeatures(staged.path(f"{SHARD_PREFIX}-{common.run_id()}"), dim, args.word_vectors)
+        )
+        # a failed run (a damaged line found by a worker) raises here: the previous shards stay
+        _, counters, seconds = common.run_pipeline(pipeline, STAGE)
+        report = common.report_from_counters(STAGE, counters, seconds, dim=dim, word_vectors=args.word_vectors)
+        report.save(args.out)
         check_not_all_oov(report)
         common.check_failure_rate(report, args.max_failure_rate)
-    except common.StageRefused:
-        common.delete(new)  # the previous features stay the ones read downstream
+    except BaseException:
+        staged.discard()  # the previous features stay the ones read downstream
         raise
     # complete and usable: now the new shards replace the old (a rerun may shard differently,
     # and stale shards would be read as extra rows)
-    common.delete([p for p in previous if p not in new])
-    if previous:
-        log.info("%s: replaced %d shards of the previous run", STAGE, len(previous))
+    replaced = staged.commit().removed
+    if replaced:
+        log.info("%s: replaced %d shards of the previous run", STAGE, len(replaced))
     return report
 
 

@@ -29,7 +29,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from model import inference, schema
+from model import features, inference, schema, storage
+from model.report import RunRefused
 from pipelines import common
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "extract-images"  # whose shards these are, in log lines
 SHARD_PREFIX = schema.IMAGE_FEATURES_PREFIX
-UNREADABLE_SUBDIR = "unreadable"
+UNREADABLE_SUBDIR = features.UNREADABLE_SUBDIR
 # a --full run's chunks until the run is done: readers list only the folder's own files, so the
 # previous features stay the ones read, whole, until the new set replaces them
 FULL_RUN_SUBDIR = "full-run"
@@ -102,15 +103,18 @@ def promote_full_run(out: str) -> tuple[int, int]:
 
     The previous shards go first, so no reader ever sees two vector spaces mixed; a crash in
     between leaves the new set whole in its folder, and rerunning --full finishes the move."""
-    staged = full_run_shards(out)
-    previous = feature_shards(out)
-    common.delete(previous)
-    if staged:
-        FileSystems.rename(staged, [f"{shards_dir(out)}/{path.rsplit('/', 1)[-1]}" for path in staged])
+    staged = storage.StagedOutput(
+        shards_dir(out),
+        [f"{SHARD_PREFIX}-*{schema.PARQUET_SUFFIX}"],
+        staging=full_run_dir(out),
+        previous_first=True,
+        files=common.BeamFiles(),
+    )
+    committed = staged.commit()
     if common.exists(full_run_dir(out)):
         common.delete([full_run_dir(out)])  # a local folder goes whole; on gs:// nothing is left under it
-    log.info("%s: --full: %d new shards replaced %d previous ones", STAGE, len(staged), len(previous))
-    return len(previous), len(staged)
+    log.info("%s: --full: %d new shards replaced %d previous ones", STAGE, len(committed.moved), len(committed.removed))
+    return len(committed.removed), len(committed.moved)
 
 
 def read_shard_metadata(path: str) -> dict[bytes, bytes]:
@@ -123,17 +127,20 @@ class ShardWriteError(OSError):
     """A feature chunk could not be written (disk full, permissions): nothing of it was committed."""
 
 
-class IncompatibleFeatures(ValueError):
+class IncompatibleFeatures(RunRefused):
     """Existing features were made by another encoder: appending would mix two vector spaces."""
 
 
-def usable_feature_shards(out: str, metadata: dict[bytes, bytes], shards: Sequence[str] | None = None) -> list[str]:
+def usable_feature_shards(
+    out: str, metadata: dict[bytes, bytes], shards: Sequence[str] | None = None, quarantined: list[str] | None = None
+) -> list[str]:
     """Existing shards (OUT's, or those given) this run can add to; unreadable ones are moved
     aside, never half-read.
 
     Beam writes a shard to a temporary folder and renames it into place, so a shard under its
     final name is whole; one that is not (copied in by hand, or a store that broke mid-copy) is
-    moved to features/image/unreadable/ where no reader looks, with a warning.
+    moved to features/image/unreadable/ where no reader looks, with a warning, and added to
+    `quarantined` (the run's report counts them; their images are extracted again).
     """
     usable = []
     for path in feature_shards(out) if shards is None else shards:
@@ -142,9 +149,9 @@ def usable_feature_shards(out: str, metadata: dict[bytes, bytes], shards: Sequen
         except Exception as exc:
             aside = schema.out_path(out, schema.IMAGE_FEATURES_DIR, UNREADABLE_SUBDIR, path.rsplit("/", 1)[-1])
             log.warning("%s: %s is unreadable (%s); moved to %s", STAGE, path, exc, aside)
-            if not common.exists(aside.rsplit("/", 1)[0]):
-                FileSystems.mkdirs(aside.rsplit("/", 1)[0])
-            FileSystems.rename([path], [aside])
+            common.BeamFiles().rename([path], [aside])
+            if quarantined is not None:
+                quarantined.append(f"{path}: {type(exc).__name__}: {exc}")
             continue
         for key in (schema.META_ENCODER, schema.META_WEIGHTS, schema.META_DIM):
             if found.get(key) != metadata[key]:
@@ -215,23 +222,18 @@ def features_table(rows: Sequence[dict[str, Any]], table_schema: pa.Schema) -> p
 
 def write_parquet_file(path: str, table: pa.Table, row_group_rows: int) -> None:
     """One Parquet file through FileSystems (local or gs://). The fault tests replace this."""
-    with FileSystems.create(path, mime_type="application/octet-stream") as f:
+    with common.BeamFiles().open_write(path) as f:
         pq.write_table(table, f, compression="snappy", row_group_size=row_group_rows)
 
 
 def commit_chunk(final: str, table: pa.Table, row_group_rows: int) -> None:
-    """Write a chunk under a temporary name and rename it into place: a reader sees it whole or
-    not at all. A failed write leaves nothing behind and raises ShardWriteError."""
-    temp = inprogress_path(final)
+    """Write a chunk under a temporary name and rename it into place (storage.StagedOutput.file):
+    a reader sees it whole or not at all. A failed write leaves nothing behind and raises
+    ShardWriteError."""
     try:
-        write_parquet_file(temp, table, row_group_rows)
-        FileSystems.rename([temp], [final])
+        with storage.StagedOutput.file(final, temp=inprogress_path(final), files=common.BeamFiles()) as temp:
+            write_parquet_file(temp, table, row_group_rows)
     except Exception as exc:
-        try:
-            if common.exists(temp):
-                common.delete([temp])
-        except Exception:  # the store may be failing as a whole; the original error matters
-            log.warning("%s: could not remove %s", STAGE, temp)
         raise ShardWriteError(
             getattr(exc, "errno", None) or errno.EIO,
             f"could not write feature chunk {final} ({type(exc).__name__}: {exc}); nothing of it was "

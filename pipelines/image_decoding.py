@@ -13,7 +13,7 @@ import functools
 import os
 import stat
 import threading
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 import torch
@@ -21,7 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from model import encoders, preprocess
-from pipelines import common, image_store
+from pipelines import common, image_store, manifests
 
 STAGE = "extract-images"  # whose counters and failure rows these are
 FAILED = "failed"  # tag of the failure outputs
@@ -72,6 +72,14 @@ def read_uri(uri: str) -> bytes:
         return f.read()
 
 
+def read_confined(uri: str, roots: Sequence[str] = ()) -> bytes:
+    """read_uri, after checking that a local uri stays inside the allowed roots that index
+    recorded (symbolic links resolved: a link out of them is OutsideAllowedRoot, never opened)."""
+    if roots and is_local(uri):
+        manifests.check_confined(uri, roots)
+    return read_uri(uri)
+
+
 def call_with_timeout(fn: Callable[[], Any], timeout_s: float | None, what: str) -> Any:
     """fn() on a daemon thread, or ImageTimeout after timeout_s (None or <= 0: no limit).
 
@@ -119,11 +127,12 @@ class ReadImageFn(beam.DoFn):
     A read that takes longer than timeout_s (a FIFO, a hung mount) fails that image alone.
     """
 
-    def __init__(self, timeout_s: float | None = DEFAULT_IMAGE_TIMEOUT_S):
+    def __init__(self, timeout_s: float | None = DEFAULT_IMAGE_TIMEOUT_S, roots: Sequence[str] = ()):
         self._timeout_s = timeout_s
+        self._roots = tuple(roots)
 
     def _read(self, uri: str) -> bytes:
-        return call_with_timeout(functools.partial(read_uri, uri), self._timeout_s, f"reading {uri}")
+        return call_with_timeout(functools.partial(read_confined, uri, self._roots), self._timeout_s, f"reading {uri}")
 
     def process(self, ref: tuple) -> Iterator[Any]:
         image_id, uri, *stored = ref  # (image_id, uri[, the image store's bytes or None]): issue 11

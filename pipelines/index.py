@@ -28,11 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 
-from model import schema, tags
+from model import schema, storage, tags
 from pipelines import common, manifests
 
 log = logging.getLogger(__name__)
@@ -53,24 +55,44 @@ _FOLD_TAG, _FOLD_SPELLINGS, _FOLD_COUNT = "tag", "spellings", "count"
 # DoFns
 # ---------------------------------------------------------------------------
 class ConfineUriFn(beam.DoFn):
-    """Intermediate row -> itself, or a bad row (OutsideAllowedRoot) when its local uri escapes
-    the allowed roots."""
+    """Intermediate row -> itself, or a bad row: UnsupportedScheme for a uri that is neither a
+    local path nor gs:// nor http(s), OutsideAllowedRoot for a local uri that escapes the allowed
+    roots, by its path or through a symbolic link."""
 
     def __init__(self, allowed_roots: Sequence[str]):
         self.allowed_roots = list(allowed_roots)
 
+    def _problem(self, uri: str, source: str) -> tuple[str, str] | None:
+        """(error, message) of a uri index must not accept, or None."""
+        shown = manifests.excerpt(source)
+        scheme = manifests.unsupported_scheme(source) or manifests.unsupported_scheme(uri)
+        if scheme:
+            return manifests.REJECT_UNSUPPORTED_SCHEME, (
+                f"{shown} has the scheme {scheme!r}: only local paths, gs:// and http(s):// are read "
+                "(a local file whose name holds a colon: write it as ./NAME)"
+            )
+        roots = ", ".join(self.allowed_roots)
+        if manifests.outside_allowed_roots(uri, self.allowed_roots):
+            return manifests.REJECT_OUTSIDE_ROOT, f"{shown} is outside the allowed roots ({roots}); add --allow-root to read it"
+        target = manifests.link_escape(uri, self.allowed_roots)
+        if target:
+            return manifests.REJECT_OUTSIDE_ROOT, (
+                f"{shown} is a symbolic link to {target}, outside the allowed roots ({roots}); "
+                "add --allow-root to read it"
+            )
+        return None
+
     def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         uri = row.get(schema.URI)
-        if manifests.ROW_ERROR in row or not uri or not manifests.outside_allowed_roots(uri, self.allowed_roots):
+        if manifests.ROW_ERROR in row or not uri:
             yield row
             return
-        yield manifests.bad_row(
-            row[schema.ORDINAL],
-            manifests.REJECT_OUTSIDE_ROOT,
-            f"manifest row {row[schema.ORDINAL]}: {manifests.excerpt(row.get(manifests.ROW_SOURCE) or uri)} is outside the allowed "
-            f"roots ({', '.join(self.allowed_roots)}); add --allow-root to read it",
-            uri,
-        )
+        problem = self._problem(uri, row.get(manifests.ROW_SOURCE) or uri)
+        if problem is None:
+            yield row
+            return
+        error, message = problem
+        yield manifests.bad_row(row[schema.ORDINAL], error, f"manifest row {row[schema.ORDINAL]}: {message}", uri)
 
 
 class NormalizeTagFn(beam.DoFn):
@@ -339,28 +361,17 @@ OUTPUT_PATTERNS = (
 )
 
 
-def staging_root(out: str) -> str:
-    """Where a run writes its outputs, in OUT's layout, until they replace the previous ones."""
-    return schema.out_path(out, f".staging-{STAGE}-{common.run_id()}")
+def staged_outputs(out: str) -> storage.StagedOutput:
+    """Where a run writes its outputs, in OUT's layout, until they replace the previous ones
+    (after the pipeline finished: an interrupted or failed run leaves the previous index whole)."""
+    return storage.StagedOutput(
+        out, OUTPUT_PATTERNS, staging=schema.out_path(out, f".staging-{STAGE}-{common.run_id()}")
+    )
 
 
-def replace_outputs(out: str, staged: str) -> list[str]:
-    """The previous run's outputs out, the staged ones in (renamed: on gs:// a copy then a delete).
-
-    Called after the pipeline finished, so an interrupted or failed run leaves the previous
-    index whole; returns the previous outputs removed."""
-    old = [p for pattern in OUTPUT_PATTERNS for p in common.glob(schema.out_path(out, pattern))]
-    common.delete(old)
-    new = [p for pattern in OUTPUT_PATTERNS for p in common.glob(schema.out_path(staged, pattern))]
-    targets = [schema.out_path(out, p[len(staged.rstrip("/")) + 1 :]) for p in new]
-    for parent in {t.rsplit("/", 1)[0] for t in targets}:
-        # object stores have no folders; a local one must exist before a rename into it
-        if "://" not in parent and not common.exists(parent):
-            common.FileSystems.mkdirs(parent)
-    if new:
-        common.FileSystems.rename(new, targets)
-    if common.exists(staged):
-        common.delete([staged])  # a local folder goes whole; on gs:// nothing is left under it
+def replace_outputs(staged: storage.StagedOutput) -> list[str]:
+    """The previous run's outputs out, the staged ones in; returns the previous outputs removed."""
+    old = staged.commit().removed
     if old:
         log.info("replaced %d outputs of an earlier index run", len(old))
     return old
@@ -373,16 +384,20 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     fmt = manifests.detect_format(manifest)
     roots = manifests.default_allowed_roots(manifest, fmt, images_dir, [manifests.absolute_input(r) for r in args.allow_root])
     log.info("index: %s manifest %s -> %s (local uris confined to %s)", fmt, manifest, args.out, ", ".join(roots))
-    staged = staging_root(args.out)
+    staged = staged_outputs(args.out)
 
     pipeline = test_pipeline or beam.Pipeline(
         options=common.make_options(beam_options, save_main_session)
     )
     outputs = pipeline | "ReadManifest" >> manifests.ReadManifest(manifest, fmt, images_dir) | "IndexRows" >> IndexRows(roots)
-    _ = outputs | "WriteIndex" >> WriteIndex(staged)
+    _ = outputs | "WriteIndex" >> WriteIndex(staged.root)
 
-    _, counters, seconds = common.run_pipeline(pipeline, STAGE)
-    replace_outputs(args.out, staged)
+    try:
+        _, counters, seconds = common.run_pipeline(pipeline, STAGE)
+    except BaseException:
+        staged.discard()  # the previous index stays whole, and nothing of this run is left
+        raise
+    replace_outputs(staged)
     folds_path = schema.out_path(args.out, schema.TAG_FOLDS_JSON)
     examples = json.loads(common.read_bytes(folds_path)) if common.exists(folds_path) else []
     report = common.report_from_counters(STAGE, counters, seconds, format=fmt, **{FOLD_EXAMPLES: examples})
@@ -396,8 +411,30 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
             report.details[FOLDED_SPELLINGS],
             "; ".join(f"{e[_FOLD_TAG]!r} <- {e[_FOLD_SPELLINGS]}" for e in examples[:2]),
         )
+    if report.details.get(f"failed_{manifests.REJECT_OUTSIDE_ROOT}"):
+        folder = folder_to_allow(args.out)
+        if folder:
+            report.details[common.REMEDY_FOLDER] = folder
+            report.save(args.out)
     common.check_failure_rate(report, args.max_failure_rate)
     return report
+
+
+def folder_to_allow(out: str) -> str | None:
+    """The folder an --allow-root would need to admit this run's OutsideAllowedRoot rows (where
+    their paths, links resolved, lead), read back from the committed failure rows."""
+    folders: dict[str, int] = {}
+    for path in common.glob(schema.out_path(out, schema.FAILURES_DIR, f"{STAGE}-*{schema.PARQUET_SUFFIX}")):
+        with common.FileSystems.open(path) as f:
+            rows = pq.read_table(f, columns=[schema.ERROR, schema.URI]).to_pylist()
+        for row in rows:
+            if row[schema.ERROR] == manifests.REJECT_OUTSIDE_ROOT and row[schema.URI] and "://" not in row[schema.URI]:
+                folder = os.path.dirname(os.path.realpath(row[schema.URI]))
+                folders[folder] = folders.get(folder, 0) + 1
+    if not folders:
+        return None
+    common_folder = os.path.commonpath(list(folders))
+    return common_folder if common_folder != os.sep else max(folders, key=folders.get)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import csv
 import json
 import logging
 import os
+import re
 import posixpath
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -60,6 +61,12 @@ REJECT_MISSING_FIELD = "MissingField"
 REJECT_WRONG_TYPE = "WrongType"
 REJECT_UNRESOLVED_PIC_ID = "UnresolvedPicId"
 REJECT_OUTSIDE_ROOT = "OutsideAllowedRoot"
+REJECT_UNSUPPORTED_SCHEME = "UnsupportedScheme"
+# what a uri may be: a local path (or file://), a Cloud Storage object, or a web address
+SUPPORTED_SCHEMES = ("file", "gs", "http", "https")
+# RFC 3986's scheme, two characters at least (C:\ stays a Windows path); `javascript:` and
+# `data:` carry no "//", so without this they would read as local file names
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 
 # Intermediate row keys: a parsed manifest row is either {ordinal, uri, tag_raw} or
 # {ordinal, uri (may be None), error, message}.
@@ -183,10 +190,36 @@ def _local_path(uri: str) -> str | None:
     return None
 
 
+def unsupported_scheme(uri: str) -> str | None:
+    """The scheme of a uri that is neither a local path nor gs:// nor http(s) (ftp, javascript,
+    data, mailto, ...), or None."""
+    match = _SCHEME.match(uri)
+    if match is None:
+        return None
+    scheme = match.group(1).lower()
+    return None if scheme in SUPPORTED_SCHEMES else scheme
+
+
 def confinement_root(path: str) -> str:
-    """A local path made absolute and lexically normalised (`..` resolved, no symlinks followed:
-    a link the owner of the folder made is theirs to make; `..` in a crawled manifest is not)."""
+    """A local path made absolute and lexically normalised (`..` resolved). link_escape() then
+    checks where symbolic links lead."""
     return os.path.normpath(os.path.abspath(path))
+
+
+def _inside(path: str, roots: Sequence[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def link_escape(uri: str, roots: Sequence[str]) -> str | None:
+    """Where a local uri really leads when symbolic links (of the file or of a folder on its way)
+    take it out of every allowed root (the roots' own links resolved too), or None."""
+    path = _local_path(uri)
+    if path is None:
+        return None
+    real = os.path.realpath(path)
+    if _inside(real, [os.path.realpath(r) for r in roots]):
+        return None
+    return real
 
 
 def default_allowed_roots(manifest: str, fmt: str, images_dir: str | None, allow_roots: Iterable[str]) -> list[str]:
@@ -202,8 +235,40 @@ def outside_allowed_roots(uri: str, roots: Sequence[str]) -> bool:
     path = _local_path(uri)
     if path is None:
         return False
-    resolved = confinement_root(path)
-    return not any(resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+    return not _inside(confinement_root(path), roots)
+
+
+class OutsideAllowedRoot(PermissionError):
+    """A local image whose path, or a symbolic link on its way, leads out of the allowed roots
+    (index/source.json): it is never opened. Index refuses such rows; readers check again, since a
+    link may have changed since."""
+
+
+def check_confined(uri: str, roots: Sequence[str]) -> None:
+    """Raise OutsideAllowedRoot for a local uri outside the roots (no roots: nothing is checked,
+    as for an OUT that index wrote before it recorded them)."""
+    if not roots:
+        return
+    path = _local_path(uri)
+    if path is None:
+        return
+    if outside_allowed_roots(uri, roots):
+        raise OutsideAllowedRoot(f"{uri} is outside the allowed roots ({', '.join(roots)}); index with --allow-root to read it")
+    target = link_escape(uri, roots)
+    if target:
+        raise OutsideAllowedRoot(
+            f"{uri} is a symbolic link to {target}, outside the allowed roots ({', '.join(roots)}); "
+            "index with --allow-root to read it"
+        )
+
+
+def recorded_roots(out: str) -> tuple[str, ...]:
+    """The allowed roots index recorded for OUT (index/source.json); () when it recorded none."""
+    path = schema.out_path(out, schema.INDEX_SOURCE_JSON)
+    if not FileSystems.exists(path):
+        return ()
+    with FileSystems.open(path) as f:
+        return tuple(json.loads(f.read().decode("utf-8")).get("roots") or ())
 
 
 def _row(ordinal: int, uri: str, tag_raw: str, source_uri: str | None = None) -> dict[str, Any]:

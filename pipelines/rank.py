@@ -35,7 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
 
 from export import discovery, evaluate, publish, related_words, similar, site_data
-from model import schema, scoring, storage
+from model import features, schema, scoring, storage
 from pipelines import common, image_store, ranking, thumbnails, towers
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class RankImages(beam.PTransform):
                 scored[ranking.THUMBS]
                 | "JoinImageStore" >> image_store.JoinImageStore(self._store_shards, STAGE)
             ) | "Thumbnails" >> beam.ParDo(
-                thumbnails.MakeThumbnailFn(self._site_root, self._thumbnail_size, STAGE)
+                thumbnails.MakeThumbnailFn(self._site_root, self._thumbnail_size, STAGE, self._links.roots)
             ).with_outputs(thumbnails.FAILURES, main="failed")
             failed_thumbs = thumbs.failed
             failures.append(thumbs[thumbnails.FAILURES])
@@ -175,19 +175,14 @@ def check_inputs_fit_the_towers(image_tower: str, image_feature_files: Sequence[
     return []
 
 
-def _staging(out: str, directory: str, version: str) -> str:
-    """Where this run writes rankings/ and failures/rank-* until it is allowed to publish: a
-    folder readers never match (they match <dir>/<prefix>-*.parquet only)."""
-    return schema.out_path(out, directory, f".staging-{version}")
-
-
-def _swap_in(staged_dir: str, final_dir: str, prefix: str) -> None:
-    """Replace final_dir's <prefix>-* shards with the staged ones."""
-    common.delete(common.glob(schema.out_path(final_dir, f"{prefix}-*{schema.PARQUET_SUFFIX}")))
-    staged = common.glob(schema.out_path(staged_dir, f"{prefix}-*{schema.PARQUET_SUFFIX}"))
-    if staged:
-        FileSystems.rename(staged, [schema.out_path(final_dir, p.rsplit("/", 1)[-1]) for p in staged])
-    common.delete(common.glob(schema.out_path(staged_dir, "*")))
+def _staged(out: str, directory: str, prefix: str, version: str) -> storage.StagedOutput:
+    """Where this run writes rankings/ or failures/rank-* until it is allowed to publish:
+    <dir>/.staging-V/, a folder readers never match (they match <dir>/<prefix>-*.parquet only).
+    Its commit replaces <dir>'s <prefix>-* shards with the staged ones."""
+    directory = schema.out_path(out, directory)
+    return storage.StagedOutput(
+        directory, [f"{prefix}-*{schema.PARQUET_SUFFIX}"], staging=schema.out_path(directory, f".staging-{version}")
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -287,6 +282,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
     text_features_pattern = schema.shard_pattern(out, schema.TEXT_FEATURES_DIR, schema.TEXT_FEATURES_PREFIX)
     _require(images_pattern, "the images table (run index)")
     image_feature_files = _require(image_features_pattern, "image features (run extract-images)")
+    features.check_feature_shards(out, STAGE, image_feature_files)
     text_feature_files = _require(text_features_pattern, "text features (run extract-text)")
     image_tower = schema.out_path(out, schema.IMAGE_TOWER_ONNX)
     text_tower = schema.out_path(out, schema.TEXT_TOWER_ONNX)
@@ -316,8 +312,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         roots=publish.read_allowed_roots(out), base_url=args.public_base_url, public_gcs=args.public_gcs
     )
     thumbnails = not args.no_thumbnails
-    staged_rankings = _staging(out, schema.RANKINGS_DIR, version)
-    staged_failures = _staging(out, schema.FAILURES_DIR, version)
+    staged_rankings = _staged(out, schema.RANKINGS_DIR, schema.RANKINGS_PREFIX, version)
+    staged_failures = _staged(out, schema.FAILURES_DIR, STAGE, version)
 
     pipeline = test_pipeline or beam.Pipeline(options=common.make_options(beam_options, save_main_session))
     inputs = {
@@ -351,24 +347,24 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         store_shards=image_store.store_shards(out),
     )
     _ = ranked["rankings"] | "WriteRankings" >> WriteToParquet(
-        schema.out_path(staged_rankings, schema.RANKINGS_PREFIX),
+        staged_rankings.path(schema.RANKINGS_PREFIX),
         schema.RANKINGS_SCHEMA,
         codec="snappy",
         file_name_suffix=schema.PARQUET_SUFFIX,
     )
-    _ = ranked["failures"] | "WriteFailures" >> common.WriteFailures(schema.out_path(staged_failures, STAGE))
+    _ = ranked["failures"] | "WriteFailures" >> common.WriteFailures(staged_failures.path(STAGE))
     _result, counters, seconds = common.run_pipeline(pipeline, STAGE)
     # copies of one picture appear once in a tag's ranking, their copies listed (export/discovery.py)
     duplicates = discovery.fold_duplicates(
         out,
         site_root=site_root,
         data_root=data_root,
-        rankings_dir=staged_rankings,
+        rankings_dir=staged_rankings.root,
         page_size=args.page_size,
         near_threshold=args.duplicate_similarity,
     )
 
-    rankings = publish.read_rankings(common.glob(schema.out_path(staged_rankings, f"{schema.RANKINGS_PREFIX}-*")))
+    rankings = publish.read_rankings(common.glob(staged_rankings.path(f"{schema.RANKINGS_PREFIX}-*")))
     entries, by_index_tags, ranked_images = publish.tag_entries_from_rankings(rankings, args.page_size)
     details = dict(tags=len(entries), oov_tags=by_index_tags, ranked_images=ranked_images, ranker=args.ranker, version=version)
     details["duplicates"] = duplicates
@@ -379,6 +375,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         index_tags=_indexed_tags(images_pattern),
         max_failure_rate=args.max_failure_rate,
         min_tag_share=args.min_tag_share,
+        without_features=counters.get(ranking.SKIPPED_NO_FEATURES, 0),
     )
     report.details.update(health.facts)
     if not health.healthy:
@@ -386,7 +383,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         report.details["refused"] = "; ".join(health.problems)
         report.save(out)
         publish.discard_version(site_root, version)
-        common.delete(common.glob(schema.out_path(staged_rankings, "*")) + common.glob(schema.out_path(staged_failures, "*")))
+        staged_rankings.discard()
+        staged_failures.discard()
         publish.refuse(report, health)
 
     # what the site is about to show, measured before the manifest makes it live
@@ -397,11 +395,11 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         args.ranker,
         site_report_dir=site_report,
         site_thumb_prefix="../../../../",
-        rankings_dir=staged_rankings,
+        rankings_dir=staged_rankings.root,
     )
     failures = publish.count_failures(out)
     failures[STAGE] = sum(
-        storage.open_parquet(p).metadata.num_rows for p in common.glob(schema.out_path(staged_failures, f"{STAGE}-*"))
+        storage.open_parquet(p).metadata.num_rows for p in common.glob(staged_failures.path(f"{STAGE}-*"))
     )
     # the home page, related words, more like this, "probably" strips (export/discovery.py)
     extras = discovery.publish_extras(
@@ -433,8 +431,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True, test_pipe
         extra=extras.manifest,
     )
     # the site is live; the rankings and failures that describe it follow
-    _swap_in(staged_rankings, schema.out_path(out, schema.RANKINGS_DIR), schema.RANKINGS_PREFIX)
-    _swap_in(staged_failures, schema.out_path(out, schema.FAILURES_DIR), STAGE)
+    staged_rankings.commit()
+    staged_failures.commit()
     removed = publish.prune_versions(site_root, args.keep_versions)
     report.details.update(build=manifest["build"], versions_removed=len(removed))
     report.save(out)

@@ -10,7 +10,7 @@ survives.
 from __future__ import annotations
 
 import io
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import apache_beam as beam
 from PIL import Image, ImageOps
@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from export import publish, site_data
 from model import schema
 from model.image_formats import open_image
-from pipelines import common, image_store
+from pipelines import common, image_store, manifests
 
 DEFAULT_THUMBNAIL_SIZE = 256
 DEFAULT_VIEW_SIZE = 768  # the viewer's rendition: sharp up to about 760 CSS px
@@ -88,17 +88,22 @@ class MakeThumbnailFn(beam.DoFn):
     Main output: (image_id, error) of each failed thumbnail, so pages can fall back to the uri.
     """
 
-    def __init__(self, site_root: str, size: int, stage: str, view_size: int = DEFAULT_VIEW_SIZE):
+    def __init__(self, site_root: str, size: int, stage: str, roots: Sequence[str] = (), view_size: int = DEFAULT_VIEW_SIZE):
         self._site_root = site_root
         self._size = size
         self._view_size = max(size, view_size)
         self._stage = stage
+        self._roots = tuple(roots)  # index's allowed roots: a local image outside them is never read
+
+    def _read(self, uri: str) -> bytes:
+        manifests.check_confined(uri, self._roots)
+        return common.read_bytes(uri)
 
     def process(self, element: tuple) -> Iterator[Any]:
         # (image_id, uri, stored bytes or None): fetch's store has the bytes of http(s) images
         image_id, uri, *stored = element
         try:
-            data = image_store.image_bytes(uri, stored[0] if stored else None, common.read_bytes)
+            data = image_store.image_bytes(uri, stored[0] if stored else None, self._read)
             thumb, view = make_renditions(data, (self._size, self._view_size))
             common.write_bytes(schema.out_path(self._site_root, site_data.view_path(image_id)), view, "image/jpeg")
             common.write_bytes(schema.out_path(self._site_root, site_data.thumbnail_path(image_id)), thumb, "image/jpeg")

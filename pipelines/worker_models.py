@@ -22,7 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from model import encoders, inference, preprocess, quantize, schema
-from pipelines import common, feature_shards, image_decoding, image_store
+from pipelines import common, feature_shards, image_decoding, image_store, manifests
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,52 @@ def encoder_state(spec: encoders.EncoderSpec) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()[:16]
 
 
+DIGEST_SUFFIX = ".sha256"  # beside a cached model: the sha256 of its bytes, checked before reuse
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cached_file_ok(path: str, expected_sha256: str | None = None) -> bool:
+    """Whether a cached file a later run reuses is whole: its bytes hash to what is expected (the
+    digest given, else the one recorded beside it). A missing, truncated or unverifiable file is
+    not reused; it is rebuilt (and a warning says so)."""
+    if not common.exists(path):
+        return False
+    try:
+        data = common.read_bytes(path)
+        if expected_sha256 is None and not common.exists(path + DIGEST_SUFFIX) and path.endswith(INT8_MODEL_SUFFIX):
+            # written before digests were recorded: reused when it parses as a whole ONNX model
+            import onnx
+
+            onnx.checker.check_model(onnx.load_model_from_string(data))
+            common.write_bytes(path + DIGEST_SUFFIX, _sha256(data).encode("ascii"))
+            return True
+        if expected_sha256 is None:
+            expected_sha256 = common.read_bytes(path + DIGEST_SUFFIX).decode("ascii").strip()
+        actual = _sha256(data)
+    except Exception as exc:
+        log.warning("%s: %s cannot be verified (%s: %s); rebuilding it", STAGE, path, type(exc).__name__, exc)
+        return False
+    if not actual.startswith(expected_sha256) or not expected_sha256:
+        log.warning("%s: %s is damaged (its bytes do not match sha256 %s: a full disk or a kill?); rebuilding it", STAGE, path, expected_sha256)
+        return False
+    return True
+
+
+def write_cached_file(path: str, data: bytes) -> None:
+    """A file a later run reuses: renamed into place whole, its sha256 recorded beside it."""
+    common.write_bytes(path, data)
+    common.write_bytes(path + DIGEST_SUFFIX, _sha256(data).encode("ascii"))
+
+
 def save_encoder_state(spec: encoders.EncoderSpec, out: str) -> str:
-    """Write the feature extractor's state dict under OUT/model/encoders (content-named); its path."""
+    """Write the feature extractor's state dict under OUT/model/encoders (named by its hash); its
+    path. One already there is reused only when its bytes match that hash."""
     data, digest = encoder_state(spec)
     path = schema.out_path(out, schema.MODEL_DIR, ENCODERS_SUBDIR, f"{spec.name}-{digest}.pt")
-    if not common.exists(path):
+    if not cached_file_ok(path, digest):
         common.write_bytes(path, data)
     return path
 
@@ -81,6 +122,7 @@ def calibration_crops(
     crop: preprocess.CropSpec,
     timeout_s: float | None = image_decoding.DEFAULT_IMAGE_TIMEOUT_S,
     stored: dict[str, bytes] | None = None,
+    roots: Sequence[str] = (),
 ) -> np.ndarray:
     """uint8 crops [n, 3, crop, crop] of the sample, read and decoded exactly as the stage does
     (the image store's bytes where fetch stored them, else the uri; DecodeImageFn's Pillow path);
@@ -89,7 +131,9 @@ def calibration_crops(
     stored = stored or {}
     for image_id, uri in refs:
         try:
-            read = functools.partial(image_store.image_bytes, uri, stored.get(image_id), image_decoding.read_uri)
+            read = functools.partial(
+                image_store.image_bytes, uri, stored.get(image_id), functools.partial(image_decoding.read_confined, roots=roots)
+            )
             data = image_decoding.call_with_timeout(read, timeout_s, f"reading {uri}")
             decoded = image_decoding.call_with_timeout(
                 functools.partial(preprocess.decode_image, data, crop.resize_size, keep_mode=True), timeout_s, f"decoding {uri}"
@@ -121,16 +165,16 @@ def prepare_int8_model(
     if not sample:
         raise ValueError(f"int8: the index under {out} lists no images to calibrate on")
     path = int8_model_path(out, spec.name, weights, quantize.calibration_key(digest, sample, method))
-    if common.exists(path):
+    if cached_file_ok(path):
         log.info("%s: reusing int8 model %s", STAGE, path)
         return path
     started = time.monotonic()
     chosen = set(sample)
     crop = crop_spec(spec)
     stored = image_store.stored_bytes(out, sample)
-    crops = calibration_crops([r for r in refs if r[0] in chosen], crop, timeout_s, stored)
+    crops = calibration_crops([r for r in refs if r[0] in chosen], crop, timeout_s, stored, manifests.recorded_roots(out))
     model = quantize.quantize(quantize.export_onnx(spec.module, crop), crops, spec.name, method)
-    common.write_bytes(path, model)
+    write_cached_file(path, model)
     log.info(
         "%s: int8 model %s calibrated (%s) on %d of %d sampled images in %.1f s",
         STAGE, path, method, len(crops), len(sample), time.monotonic() - started,
@@ -144,8 +188,8 @@ def int8_model_for_run(spec: encoders.EncoderSpec, args: argparse.Namespace, exi
     previous = feature_shards.int8_models_of(existing)
     if len(previous) == 1:
         path = schema.out_path(encoders_dir(args.out), previous[0])
-        if common.exists(path):
+        if cached_file_ok(path):
             log.info("%s: existing int8 features came from %s; using it again", STAGE, previous[0])
             return path
-        log.warning("%s: %s, which made the existing int8 features, is gone; calibrating anew", STAGE, previous[0])
+        log.warning("%s: %s, which made the existing int8 features, is gone or damaged; calibrating anew", STAGE, previous[0])
     return prepare_int8_model(spec, args.weights, args.out, args.calibration_images, args.calibration_method, args.image_timeout)

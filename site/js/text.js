@@ -10,10 +10,22 @@ function casefold(text) {
   return out;
 }
 
+// model.tags.strip_invisible: format characters (Cf) removed, except a zero width joiner between
+// two emoji (an emoji, its skin tone, VS16 or keycap before it; an emoji after), which makes
+// them one picture (👩🏽‍💻). Neighbours are those of the text as given, as in Python.
+// (Emoji_Modifier: U+1F3FB..U+1F3FF, the skin tones; alternatives, not a [class]: Chromium 156
+// misses astral characters at the end of a string in a class before `$`)
+const EMOJI_END = /(?:\p{So}|\p{Emoji_Modifier}|\uFE0F|\u20E3)$/u;
+const EMOJI_START = /^\p{So}/u;
+function stripInvisible(text) {
+  return text.replace(/\p{Cf}/gu, (ch, at) =>
+    ch === '\u200D' && EMOJI_END.test(text.slice(0, at)) && EMOJI_START.test(text.slice(at + 1)) ? ch : '');
+}
+
 // model.tags.normalize_tag, step for step: NFKC, invisible format characters (Cf: zero-width
 // space and joiners, BOM, soft hyphen, bidi marks) removed, casefold, NFKC, whitespace collapsed.
 export function normalizeTag(raw) {
-  const text = String(raw ?? '').normalize('NFKC').replace(/\p{Cf}/gu, '');
+  const text = stripInvisible(String(raw ?? '').normalize('NFKC'));
   return casefold(text).normalize('NFKC').replace(/\s+/g, ' ').trim();
 }
 

@@ -73,6 +73,8 @@ def test_truncated_word_vectors_fail_and_keep_the_previous_features(out_with_fea
     with pytest.raises(Exception, match="truncated|damaged|ends"):
         extract_text.run(["--out", str(out), "--word-vectors", str(path)], save_main_session=False)
     assert _snapshot(out) == before
+    # a run that failed in its workers leaves nothing beside them (no beam-temp-text-* folder)
+    assert sorted(p.name for p in (out / schema.TEXT_FEATURES_DIR).iterdir()) == [name for name, _ in before]
 
 
 def test_vectors_that_know_no_tag_exit_non_zero_and_keep_the_previous_features(out_with_features, tmp_path: Path, capsys):
@@ -85,3 +87,5 @@ def test_vectors_that_know_no_tag_exit_non_zero_and_keep_the_previous_features(o
     assert rc == cli.EXIT_REFUSED
     assert "every tag is oov" in capsys.readouterr().err
     assert _snapshot(out) == before
+    # nothing of the refused run is left beside them: no beam-temp-* or staging folder
+    assert sorted(p.name for p in (out / schema.TEXT_FEATURES_DIR).iterdir()) == [name for name, _ in before]
