@@ -468,8 +468,8 @@ def test_rank_tag_fn_orders_by_the_chosen_ranker(tmp_path):
         orders[ranker] = [r[schema.IMAGE_ID] for r in rows]
         assert [p for p, _ in pages] == [site_data.ranking_page_path(tag_key("t"), 0)]
         assert json.loads(pages[0][1])["ranked_by"] == ranker
-    # combined: z(matcher) + z(agreement) + z(centroid margin) = a -1.07, b 0.96, c 0.11
-    assert orders == {"matcher": ["a", "b", "c"], "neighbours": ["b", "c", "a"], "centroid": ["c", "b", "a"], "combined": ["b", "c", "a"]}
+    # combined: z(matcher) + z(agreement) + 2 z(centroid margin) = a -2.14, b 0.69, c 1.45
+    assert orders == {"matcher": ["a", "b", "c"], "neighbours": ["b", "c", "a"], "centroid": ["c", "b", "a"], "combined": ["c", "b", "a"]}
 
 
 def test_run_tag_shards_manifest_and_report(published):

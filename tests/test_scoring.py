@@ -28,7 +28,7 @@ def test_combined_sums_the_z_scores_and_falls_back_without_a_matcher():
     matcher = np.array([1.0, 0.0, 2.0, 1.0])
     signals = {schema.AGREEMENT_WEIGHTED: agreement, schema.CENTROID_MARGIN: margin}
     scores, by = scoring.tag_scores(scoring.COMBINED, fold=fold, matcher=matcher, **signals)
-    expected = scoring.standardise(matcher, fold) + scoring.standardise(agreement) + scoring.standardise(margin)
+    expected = scoring.standardise(matcher, fold) + scoring.standardise(agreement) + 2 * scoring.standardise(margin)
     assert by == scoring.COMBINED
     np.testing.assert_allclose(scores, expected)
     scores, by = scoring.tag_scores(scoring.COMBINED, fold=fold, matcher=np.full(4, np.nan), **signals)

@@ -13,6 +13,8 @@ difference between two designs is real only beyond that spread.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import statistics
@@ -33,9 +35,11 @@ def run_once(out: str, ground_truth: str, loss: str, seed: int) -> dict[str, dic
         ["export", "--out", out],
         ["rank", "--out", out, "--ground-truth", ground_truth, "--keep-versions", "1"],
     ):
-        code = cli.main(argv)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):  # the stages' own summaries: shown only on failure
+            code = cli.main(argv)
         if code:
-            raise SystemExit(f"{' '.join(argv)} exited {code}")
+            raise SystemExit(f"{' '.join(argv)} exited {code}:\n{printed.getvalue()}")
     metrics = storage.read_json(schema.out_path(out, schema.METRICS_JSON))
     rankers = metrics["subsets"][evaluate.SUBSET_ALL]["rankers"]
     return {name: {k: v.get(k) for k in ("auc", "r_precision")} for name, v in rankers.items()}
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--ground-truth", required=True)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--losses", default=",".join(sorted(train.LOSSES)))
+    parser.add_argument("--losses", default=train.DEFAULT_LOSS, help=f"comma-separated, of {', '.join(sorted(train.LOSSES))}")
     parser.add_argument("--json", help="also write every run's figures here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
