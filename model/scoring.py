@@ -63,7 +63,7 @@ class Ranker:
     explains: str  # the site's one line on what ordered a tag
     description: str  # the report page's paragraph
     fallback_explains: str = ""
-    weights: tuple[float, ...] = ()  # per signal (default 1 each); the fallback's signals weigh 1
+    weights: tuple[float, ...] = ()  # per signal (default 1 each); the fallback weighs its signals the same
 
     def weight(self, signal: str) -> float:
         return self.weights[self.signals.index(signal)] if self.weights and signal in self.signals else 1.0
@@ -132,10 +132,11 @@ REGISTRY: dict[str, Ranker] = {
             TRAINING_FREE,
             (AGREEMENT_SIGNAL, CENTROID_SIGNAL),
             (),
-            "neighbour agreement + centroid margin (no matcher)",
+            "combined without the matcher: agreement + 2 x centroid margin",
             "the image's nearest neighbours and the tag's typical look agree it shows the tag",
-            "Each image's score is the sum of the standardised neighbour agreement and centroid margin, "
-            f"in {_STANDARDISED}. No trained model is used.",
+            "Each image's score is the standardised neighbour agreement plus twice the standardised centroid margin "
+            f"(the published combination without its trained model), in {_STANDARDISED}.",
+            weights=(1.0, 2.0),
         ),
         Ranker(
             MEAN_FEATURE,
@@ -203,7 +204,7 @@ def scores_from_z(ranker: str, z: Mapping[str, np.ndarray]) -> tuple[np.ndarray 
     spec = REGISTRY[ranker]
     lead = z.get(spec.signals[0])
     if spec.fallback and (lead is None or not np.isfinite(lead).any()):
-        scores = _sum_available([(1.0, z[s]) for s in spec.fallback if s in z])
+        scores = _sum_available([(spec.weight(s), z[s]) for s in spec.fallback if s in z])
         return (None, BY_INDEX) if scores is None else (scores, spec.fallback_name)
     scores = _sum_available([(spec.weight(s), z[s]) for s in spec.signals if s in z])
     return (None, BY_INDEX) if scores is None else (scores, spec.name)

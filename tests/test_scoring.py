@@ -33,7 +33,9 @@ def test_combined_sums_the_z_scores_and_falls_back_without_a_matcher():
     np.testing.assert_allclose(scores, expected)
     scores, by = scoring.tag_scores(scoring.COMBINED, fold=fold, matcher=np.full(4, np.nan), **signals)
     assert by == "combined_fallback"
-    np.testing.assert_allclose(scores, scoring.standardise(agreement) + scoring.standardise(margin))
+    np.testing.assert_allclose(scores, scoring.standardise(agreement) + 2 * scoring.standardise(margin))
+    same, by = scoring.tag_scores(scoring.TRAINING_FREE, fold=fold, **signals)
+    np.testing.assert_allclose(same, scores)  # the published combination without its matcher
     scores, by = scoring.tag_scores(scoring.NEIGHBOURS, fold=fold, **{schema.AGREEMENT_WEIGHTED: np.full(4, np.nan)})
     assert scores is None and by == scoring.BY_INDEX
 
