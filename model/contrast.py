@@ -4,18 +4,19 @@ The question a ranking asks of a crawled tag is not "is this image close to its 
 picture is far from every tag) but "is it closer to its tag than to the others". Both the matcher
 (its members' tag embeddings) and the centroid margin (model/centroids.py) answer it the same
 way: a score for the tag minus the best score for a tag the image does not carry. At 100k tags
-the best other tag is a top-k search per image (faiss: exact up to EXACT_MAX_TAGS tags, an IVF
-index above), never a dense image x tag matrix. numpy + faiss only: rank's workers, the
-"probably" strip and neighbours all use it.
+the best other tag is a top-k search per image (exact numpy up to EXACT_MAX_TAGS tags, a faiss
+IVF index above), never a dense image x tag matrix. faiss is imported only for the IVF, so rank's
+lean workers need it only for collections of more tags than that. Rank's workers, the "probably"
+strip and neighbours' centroids all use it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
-import faiss
 import numpy as np
+
 
 from model import schema
 
@@ -24,25 +25,44 @@ IVF_NPROBE = 32
 SEED = 0
 
 
-def inner_product_index(vectors: np.ndarray) -> faiss.Index:
-    """A faiss index over rows for maximum inner product: exact up to EXACT_MAX_TAGS rows, an IVF
-    (about 4 sqrt(n) lists, IVF_NPROBE probed) above, so a query costs O(sqrt(n)) at 100k tags."""
+class ExactInnerProduct:
+    """Exact maximum inner product over a small table, with faiss' search signature."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = vectors
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        products = queries @ self.vectors.T  # [b, n]: n <= EXACT_MAX_TAGS
+        k = min(k, products.shape[1])
+        top = np.argpartition(-products, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(products, top, axis=1), axis=1, kind="stable")
+        found = np.take_along_axis(top, order, axis=1)
+        return np.take_along_axis(products, found, axis=1), found
+
+
+def inner_product_index(vectors: np.ndarray) -> Any:
+    """An index over rows for maximum inner product (.search(queries, k) -> (scores, ids)): exact
+    (numpy) up to EXACT_MAX_TAGS rows, a faiss IVF (about 4 sqrt(n) lists, IVF_NPROBE probed)
+    above, so a query costs O(sqrt(n)) at 100k tags."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     if n <= EXACT_MAX_TAGS:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        nlist = max(1, min(round(4 * math.sqrt(n)), n // 40))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = SEED
-        index.train(vectors)
-        index.nprobe = min(IVF_NPROBE, nlist)
+        return ExactInnerProduct(vectors)
+    try:
+        import faiss
+    except ImportError as exc:  # a lean worker ranking a collection of many tags
+        raise ImportError(f"{n} tags: the tag search above {EXACT_MAX_TAGS} tags needs faiss (pip install faiss-cpu)") from exc
+    nlist = max(1, min(round(4 * math.sqrt(n)), n // 40))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = SEED
+    index.train(vectors)
+    index.nprobe = min(IVF_NPROBE, nlist)
     index.add(vectors)
     return index
 
 
 def best_other(
-    index: faiss.Index, table: np.ndarray, queries: np.ndarray, carried: Callable[[np.ndarray], np.ndarray], candidates: int
+    index: Any, table: np.ndarray, queries: np.ndarray, carried: Callable[[np.ndarray], np.ndarray], candidates: int
 ) -> np.ndarray:
     """Per query row: the largest inner product with a row of `table` (the rows `index` holds)
     that carried(candidate codes [b, c]) does not flag; -inf where every candidate is flagged."""

@@ -79,9 +79,7 @@ PAIR_BLOCK = 65_536  # (image, tag) pairs per agreement step: bounds the pairs x
 ROWS_PER_SHARD = 250_000
 ROW_GROUP_ROWS = 50_000  # readers stream the lists row group by row group
 TEMP_MARK = ".tmp-"  # shard.parquet.tmp-<token>: ends in no .parquet, so no reader takes it for a shard
-# A neighbour this close is a copy (re-encoded, resized, cropped by a few pixels): rank's folding
-# of copies on the site uses the same threshold (export/similar.py).
-COPY_THRESHOLD = 0.985
+COPY_THRESHOLD = schema.COPY_THRESHOLD
 SKIPPED_NO_FEATURES = "skipped_no_features"
 SKIPPED_NO_NEIGHBOURS = "skipped_no_neighbours"
 

@@ -121,6 +121,9 @@ RANKINGS_SCHEMA = pa.schema(
 )
 
 COPY_GROUP = "copy_group"  # the smallest image id among an image and its copies (itself when it has none)
+# A neighbour this close (cosine in the neighbour lists' space) is a copy: re-encoded, resized,
+# cropped by a few pixels. neighbours' copy groups and rank's folding of copies share it.
+COPY_THRESHOLD = 0.985
 NEIGHBOURS_SCHEMA = pa.schema(
     [
         pa.field(IMAGE_ID, pa.string(), nullable=False),

@@ -148,7 +148,7 @@ def test_a_retried_fetch_bundle_stores_every_image_once(tmp_path: Path):
 # ---------------------------------------------------------------------------
 # rank: thumbnails and ranking pages
 # ---------------------------------------------------------------------------
-def test_a_retried_thumbnail_bundle_leaves_one_thumbnail_per_image(tmp_path: Path):
+def test_a_retried_thumbnail_bundle_leaves_one_thumbnail_and_rendition_per_image(tmp_path: Path):
     from export import site_data
     from pipelines import thumbnails
 
@@ -162,6 +162,7 @@ def test_a_retried_thumbnail_bundle_leaves_one_thumbnail_per_image(tmp_path: Pat
     retry = run_bundle(fn, elements)
 
     expected = {site_data.thumbnail_path(image_id) for image_id, _ in elements[:-1]}
+    expected |= {site_data.view_path(image_id) for image_id, _ in elements[:-1]}
     assert set(_files(site)) == expected
     assert {k: v for k, v in _files(site).items() if k in first_files} == first_files  # rewritten alike
     assert failed_attempt == []

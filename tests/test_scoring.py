@@ -101,5 +101,5 @@ def test_the_ivf_candidate_search_finds_the_same_other_tags_on_separated_tags(mo
     exact = _margins(_index(features, tags, n_tags), features, tags)
     monkeypatch.setattr(contrast, "EXACT_MAX_TAGS", 100)
     approximate = _index(features, tags, n_tags)
-    assert not isinstance(approximate.index, type(_index(features[:10], tags[:10], 2).index))
+    assert not isinstance(approximate.index, contrast.ExactInnerProduct)
     np.testing.assert_allclose(_margins(approximate, features, tags), exact, atol=1e-5)
