@@ -517,8 +517,9 @@ def evaluate(
     result["suspect_tags"] = suspect_tags_section(out, rankings, labels, known)
     training = schema.out_path(out, schema.TRAINING_JSON)
     if storage.exists(training):
-        members = storage.read_json(training).get("members", [])
-        result["training"] = {"members": members}
+        trained = storage.read_json(training)
+        result["training"] = {"members": trained.get("members", [])}
+        result["models"] = models_used(trained)
     storage.write_json(schema.out_path(out, schema.METRICS_JSON), result)
     pages = [(schema.out_path(out, schema.REPORT_DIR), "../site/")]
     if site_report_dir:
@@ -566,6 +567,20 @@ def _published_ranker(out: str) -> str:
         if ranker in scoring.RANKERS:
             return ranker
     return scoring.DEFAULT_RANKER
+
+
+def models_used(training: dict[str, Any]) -> str:
+    """One sentence naming what made the scores (the site's header no longer does; this page does)."""
+    inputs = training.get("inputs") or {}
+    features = inputs.get("image_features") or {}
+    encoder = features.get(schema.META_ENCODER.decode()) or "an unnamed encoder"
+    weights = features.get(schema.META_WEIGHTS.decode())
+    members = len(training.get("members", [])) - 1
+    return (
+        f"Image features: {encoder}" + (f" ({weights} weights" if weights else " (")
+        + f", {inputs.get('image_dim', '?')}-d). Tag vectors: {inputs.get('word_vectors') or 'unnamed'} "
+        f"({inputs.get('text_dim', '?')}-d). Matcher: {max(members, 0)} cross-fitted two-tower members."
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:

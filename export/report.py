@@ -458,6 +458,7 @@ def write_report(
         f'<p class="back"><a href="{_e(thumb_prefix or "./")}">← Back to the search</a></p>',
         f"<h1>{_e(title)}</h1>",
         f"<p>{_e(metrics.get('description') or 'No description of the score was given.')}</p>",
+        *([f"<p class=\"models\">{_e(metrics['models'])}</p>"] if metrics.get("models") else []),
         f'<p class="note">{n} ranked images in {len(groups)} tags. '
         + (
             f"Ground truth: {_e(metrics['ground_truth'])}.</p>"

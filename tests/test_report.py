@@ -296,3 +296,30 @@ def test_no_histogram_when_every_score_says_nothing(tmp_path: Path) -> None:
     assert report.SCORE_HISTOGRAM_PNG not in {Path(p).name for p in written}
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "No image has a published score that says something." in page
+
+
+def test_the_report_names_the_models_the_site_header_no_longer_names(tmp_path: Path) -> None:
+    from export import evaluate
+
+    training = {
+        "members": [{"name": f"fold{m}"} for m in range(5)] + [{"name": "all"}],
+        "inputs": {"image_dim": 1280, "text_dim": 50, "word_vectors": "vectors.txt",
+                   "image_features": {"imgsearch.encoder": "efficientnet_lite0", "imgsearch.weights": "imagenet"}},
+    }
+    sentence = evaluate.models_used(training)
+    assert sentence == (
+        "Image features: efficientnet_lite0 (imagenet weights, 1280-d). Tag vectors: vectors.txt (50-d). "
+        "Matcher: 5 cross-fitted two-tower members."
+    )
+    table, published, _ = make_rankings({"fish": 15, "apple": 9})
+    report.write_report(
+        str(tmp_path),
+        rankings=table,
+        ranker_scores=rankers_for(table, published),
+        ranker_labels=LABELS,
+        labels=None,
+        metrics={**make_metrics(["fish", "apple"], with_truth=False), "models": sentence + " <b>"},
+        thumb_prefix="../",
+    )
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "efficientnet_lite0 (imagenet weights, 1280-d)" in page and "&lt;b&gt;" in page
