@@ -2,7 +2,7 @@
 
 Used for what the page looks up by a key it cannot list in advance: a word that is not a tag
 (related words), an image id (more like this), a tag's key (the "probably" strips). A key's
-shard is `fnv1a32(key) % shards`, computed the same way by site/js/data.js (`shardOf`): FNV-1a
+shard is `fnv1a32(key) % shards`, computed the same way by site/js/data.js (`fnv1a32`, `hashedShardPath`): FNV-1a
 needs no crypto API, so it works on a plain-http host too. File names are shard numbers, never
 the key's text, so hostile words are safe. The number of shards is chosen from the encoded size
 so that no file passes its byte budget; every shard is written, empty ones too, so the page

@@ -27,12 +27,8 @@ METADATA_NAMES = {FP32: "float32", BF16: "bfloat16", FP16: "float16", INT8: "int
 # int8 features (a quantised encoder through onnxruntime, model.quantize) are another vector space
 # than the float precisions', which differ from each other only by rounding
 INT8_SPACE, FLOAT_SPACE = "int8", "float"
-# encoders whose int8 features held the quality bound (published-rankings AUC within 0.005 of
-# fp32, README "int8 on CPUs") in every check: auto picks int8 for them on a CPU with VNNI or AMX.
-# None yet. efficientnet_lite0: demo -0.00003, but Tux Paint -0.018 with the default training seed
-# (-0.0043 on average over 7 seeds, where fp32 alone moves 0.010): not held for the default run a
-# user gets, so its auto stays bf16. resnet50's ImageNet weights could not be checked offline.
-# --precision int8 runs either encoder when asked.
+# encoders whose int8 features hold the quality bound (README "int8 on CPUs" has the measurements):
+# auto picks int8 for them on a CPU with VNNI or AMX; --precision int8 runs any encoder when asked.
 INT8_AUTO_ENCODERS: tuple[str, ...] = ()
 
 
@@ -48,7 +44,9 @@ def cpu_supports_bf16() -> bool:
 
 
 def torch_device(device: str) -> torch.device:
-    """CPU|GPU (our flag) -> a torch device; GPU falls back to CPU where CUDA is absent."""
+    """CPU|GPU (our flag) -> a torch device: cuda where CUDA is available, else cpu. Where a GPU
+    was asked for and must be used, the caller checks require_cuda() first (extract-images' GPU
+    handler does: a worker without CUDA fails with CudaUnavailable instead of running on CPU)."""
     if device.upper() == "GPU" and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")

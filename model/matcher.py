@@ -2,8 +2,8 @@
 
 Each tower is LayerNorm -> Linear -> GELU -> Dropout -> Linear -> L2 normalisation, so a score
 is a cosine, and the towers can be exported and run separately (images and tags are scored
-offline, in different passes). The prototype's matcher was near-linear and trained against one
-fixed negative; this one trains against every other tag in the batch with a learned temperature.
+offline, in different passes). It trains against every other tag in the batch (or every tag of
+the collection, model/train.py's --loss) with a learned temperature.
 
 Cross-fitting: `FoldedMatcher` holds K members, member k trained on every fold but k, so an
 image's published score comes from the one member that never saw it with its (maybe wrong) tag,

@@ -16,7 +16,7 @@ best validation epoch (early stopping). All members train in one pass over the s
 
 Writes OUT/model/matcher.pt (every member's weights + config + training args + input metadata),
 OUT/model/folds/ (each training image's fold) and OUT/model/training.json. Evaluation happens on
-what rank publishes (pipelines/evaluate.py), not here.
+what rank publishes (export/evaluate.py), not here.
 
 Plain torch on one machine (GPU when present): no Beam here.
 """

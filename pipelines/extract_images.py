@@ -201,7 +201,7 @@ class ExtractImageFeatures(beam.PTransform):
         allowed_roots: index's (index/source.json); a local image outside them is never read."""
         super().__init__()
         self._allowed_roots = tuple(allowed_roots)
-        self._store_shards = list(store_shards)  # OUT/images/store-* written by fetch (issue 11)
+        self._store_shards = list(store_shards)  # OUT/images/store-* written by fetch
         self._encoder_name = encoder_name
         self._weights = weights
         self._decode_on_device = decode_on_device
@@ -240,7 +240,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=devices.CPU,
         type=devices.parse_device,
         choices=devices.DEVICES,
-        help="GPU runs inference on CUDA where the worker has it, else falls back to CPU with a warning",
+        help="GPU runs inference on CUDA; a worker without usable CUDA fails with CudaUnavailable (never a silent CPU run)",
     )
     parser.add_argument("--batch-size", type=int, default=None, help="largest inference batch (default 16 CPU, 256 GPU)")
     parser.add_argument(

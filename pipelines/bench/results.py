@@ -11,7 +11,7 @@ from pipelines.bench import fetch as fetch_phase
 from pipelines.bench.phases import PHASE_MODEL, PHASE_NAMES, PHASE_PROTOTYPE, PHASE_STAGE, PHASES, SHOWN_CPU_FLAGS
 
 TARGETS = {"c/a": 2.5, "c/b": 0.85}  # from the issue; shown as information, never asserted
-INT8_TARGETS = {"c/a": 4.0, "c/b": 0.85}  # int8 rows (issue 10)
+INT8_TARGETS = {"c/a": 4.0, "c/b": 0.85}  # int8 rows
 INT8_OVER_BF16_TARGET = 1.8  # model alone, int8 / bf16
 
 

@@ -1,4 +1,4 @@
-"""Every query leads somewhere, Back works, and the viewer is worth opening (issue 22): one ranked
+"""Every query leads somewhere, Back works, and the viewer is worth opening: one ranked
 list of tags to try, the popular tags when nothing matches, Enter on the only suggestion, the
 viewer in the history and its larger rendition, reload and Back restoring pages and scroll, and
 scores in words. Each at desktop and at phone width, by keyboard where a person would use it."""
