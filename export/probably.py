@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from export import hashed_shards, similar
 from model import schema, scoring, storage
-from model.contrast import TagTable, matcher_scores
+from model.contrast import TagTable, matcher_scores, scoring_members
 from model.tags import tag_key
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,8 @@ def matcher_cosines(out: str, pairs: list[tuple[str, str]], folds_count: int) ->
         # the probable tag against every other, the crawled one included
         emb = image_emb[row[image_id]]
         fold = int(folds.get(image_id, schema.NO_FOLD))
-        scores[(image_id, tag)] = matcher_scores(emb, text_emb[table.code[tag]], fold, folds_count, table.best_other(emb, {tag}))[0]
+        best = table.best_other(emb, {tag}, scoring_members(fold, folds_count))
+        scores[(image_id, tag)] = matcher_scores(emb, text_emb[table.code[tag]], fold, folds_count, best)[0]
     return scores
 
 

@@ -13,7 +13,7 @@ strip and neighbours' centroids all use it.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -102,15 +102,22 @@ class TagTable:
         self.vectors = np.ascontiguousarray(stacked, dtype=np.float32)  # [members, n_tags, dim]
         self.indexes = [inner_product_index(v) for v in self.vectors] if len(self.tags) > 1 else []
 
-    def best_other(self, embedding: np.ndarray, carried: set[str]) -> np.ndarray:
-        """[members]: each member's best cosine between the image and a tag it does not carry."""
+    def best_other(self, embedding: np.ndarray, carried: set[str], members: Sequence[int] | None = None) -> np.ndarray:
+        """[members]: each member's best cosine between the image and a tag it does not carry
+        (NaN for members not asked for: only the ones that score the image need the search)."""
+        best = np.full(len(embedding), np.nan)
         if not self.indexes:
-            return np.full(len(embedding), np.nan)
+            return best
         codes = np.array([self.code[t] for t in carried if t in self.code])
-        best = np.array(
-            [
-                best_other(index, table, embedding[m : m + 1], lambda c: np.isin(c, codes), self.CANDIDATES + len(codes))[0]
-                for m, (index, table) in enumerate(zip(self.indexes, self.vectors))
-            ]
-        )
-        return np.where(np.isfinite(best), best, np.nan)
+        for m in range(len(embedding)) if members is None else members:
+            found = best_other(
+                self.indexes[m], self.vectors[m], embedding[m : m + 1], lambda c: np.isin(c, codes), self.CANDIDATES + len(codes)
+            )[0]
+            best[m] = found if np.isfinite(found) else np.nan
+        return best
+
+
+def scoring_members(fold: int, folds: int) -> list[int]:
+    """The members whose scores matcher_scores reads for an image of this fold: the one that held
+    it out (every cross-fitted one where none trained on it) and the in-sample member."""
+    return [*range(folds), folds] if fold == schema.NO_FOLD else [fold, folds]

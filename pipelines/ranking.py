@@ -16,7 +16,7 @@ import numpy as np
 
 from export import publish, site_data
 from model import schema, scoring
-from model.contrast import TagTable, matcher_scores
+from model.contrast import TagTable, matcher_scores, scoring_members
 from pipelines import common, thumbnails
 
 STAGE = "rank"  # the counters' namespace
@@ -109,7 +109,11 @@ class ScoreImageFn(beam.DoFn):
                 common.counter(STAGE, IMAGES_WITHOUT_SIGNALS).inc()
             yield beam.pvalue.TaggedOutput(THUMBS, (image_id, uri))
             carried = {tag for _, tag, _, _ in rows}
-            best_other = self._tag_table(text_vectors).best_other(embedding, carried) if self._contrastive else None
+            best_other = (
+                self._tag_table(text_vectors).best_other(embedding, carried, scoring_members(fold, self._folds))
+                if self._contrastive
+                else None
+            )
             for row_uri, tag, ordinal, split in rows:
                 vector = text_vectors.get(tag)
                 matcher, in_sample = (
