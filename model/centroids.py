@@ -28,14 +28,10 @@ from model.contrast import inner_product_index
 CANDIDATES = 16  # candidate tags rescored exactly per image: the image's own tags plus the nearest others
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
 class CentroidIndex:
-    """Every tag's centroid (sum of its images' unit features), unit-normalised, and a faiss
-    index over the centroids' projections into the searched space for the candidate step."""
+    """Every tag's centroid (sum of its images' unit features), unit-normalised, and an
+    inner-product index over the centroids' projections into the searched space for the
+    candidate step (model/contrast.py: exact, or a faiss IVF above its tag limit)."""
 
     def __init__(self, unit_sums: np.ndarray, counts: np.ndarray, project: Callable[[np.ndarray], np.ndarray]):
         self.counts = counts
@@ -64,7 +60,9 @@ class CentroidIndex:
         # candidates by the projected centroids, cosines exact in the full feature space
         _, found = self.index.search(np.ascontiguousarray(search_rows, dtype=np.float32), min(CANDIDATES, len(self.centroids)))
         safe = np.maximum(found, 0)
-        cosines = np.einsum("bcd,bd->bc", self.centroids[safe], unit_rows.astype(np.float32))
+        unit32 = unit_rows.astype(np.float32, copy=False)
+        # one candidate column at a time: a [rows, candidates, dim] gather would be a GB a batch
+        cosines = np.stack([np.einsum("bd,bd->b", self.centroids[safe[:, j]], unit32) for j in range(safe.shape[1])], axis=1)
         cosines[(found < 0) | carries(safe)] = -np.inf
         best_other = cosines.max(axis=1)
         best_other[~np.isfinite(best_other)] = np.nan
