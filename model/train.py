@@ -152,7 +152,10 @@ def shuffle_rows(
             buf_x[slots], buf_y[slots] = x[start : start + m], y[start : start + m]
             start += m
     if filled:
-        order = rng.permutation(filled)
+        # the rows still held, in training-row order before the draw: a collection that fits the
+        # buffer gets the same epoch whatever the layout of its feature shards (one file or a
+        # worker's chunks each), so every runner trains the same model
+        order = np.argsort(buf_y[:filled], kind="stable")[rng.permutation(filled)]
         yield buf_x[order], buf_y[order]
 
 
@@ -183,9 +186,12 @@ def epoch_batches(
     read_rows: int = DEFAULT_READ_ROWS,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One epoch of shuffled batches: row groups in a random order, then the shuffle buffer."""
-    units = [features.units[i] for i in rng.permutation(len(features.units))]
+    # the row groups' order and the rows' shuffle draw from separate streams, so the number of
+    # row groups (the shards' layout) does not shift the shuffle's draws
+    unit_rng, row_rng = (np.random.default_rng(s) for s in rng.bit_generator.seed_seq.spawn(2))
+    units = [features.units[i] for i in unit_rng.permutation(len(features.units))]
     rows = iter_feature_rows(units, wanted, features.dim, read_rows)
-    return rebatch(shuffle_rows(rows, buffer_rows, rng), batch_size)
+    return rebatch(shuffle_rows(rows, buffer_rows, row_rng), batch_size)
 
 
 # ---------------------------------------------------------------------------
@@ -237,7 +243,11 @@ def prepare_data(out: str, folds: int = 5, validation_percent: int = 10) -> Trai
     train_ids: dict[str, int] = {}
     train_tag: list[int] = []
     skipped_oov = 0
-    for image_id, tag in zip(images.image_id[is_train], images.tag[is_train]):
+    # in index order (the manifest's), not the order the index shards were read in: training rows
+    # are numbered the same whichever runner wrote the index
+    rows = np.flatnonzero(is_train)
+    rows = rows[np.argsort(images.ordinal[rows], kind="stable")]
+    for image_id, tag in zip(images.image_id[rows], images.tag[rows]):
         idx = tag_index.get(tag)
         if idx is None:
             skipped_oov += 1

@@ -296,3 +296,25 @@ def test_all_tags_loss_pushes_an_image_away_from_tags_absent_from_its_batch():
         train._batch_loss(member, x, tags, text, train.LOSSES["all-tags"]).backward()
         optimiser.step()
     assert member(x, text).softmax(dim=1)[:, 0].mean().item() > max(before, 0.9)
+
+
+def test_an_epoch_is_the_same_whatever_the_layout_of_the_feature_shards(tmp_path: Path):
+    """One file, or a worker's chunks each: a collection that fits the shuffle buffer trains on the
+    same batches, so every runner (in-process, multi-process, portable) trains the same model."""
+    from model.features import find_image_features
+
+    rng = np.random.default_rng(0)
+    vectors = {f"img{i:03d}": rng.normal(size=4).tolist() for i in range(40)}
+    wanted = {image_id: pos for pos, image_id in enumerate(sorted(vectors))}
+    epochs = []
+    for layout, (count, row_group) in {"one": (1, 64), "chunks": (3, 5)}.items():
+        out = tmp_path / layout
+        names = sorted(vectors)
+        for s in range(count):
+            part = names[s::count]
+            builders.write_image_features(out, {n: vectors[n] for n in part}, encoder="tiny", row_group_size=row_group, index=s, count=count)
+        features = find_image_features(str(out))
+        batches = train.epoch_batches(features, wanted, 16, 1024, np.random.default_rng([0, 1]))
+        epochs.append([pos.tolist() for _, pos in batches])
+    assert epochs[0] == epochs[1]
+    assert sorted(p for batch in epochs[0] for p in batch) == list(range(40))
