@@ -185,10 +185,10 @@ def _stats(values: np.ndarray) -> tuple[float, float] | None:
 
 def tag_stats(rankings: pa.Table) -> dict[str, dict[str, tuple[float, float] | None]]:
     """Per tag: (mean, std) of the matcher cosine and of the neighbour agreement over its own images."""
-    table = rankings.select([schema.TAG, schema.MATCHER, scoring.AGREEMENT_COLUMN]).sort_by(schema.TAG)
+    table = rankings.select([schema.TAG, schema.MATCHER, scoring.AGREEMENT_SIGNAL]).sort_by(schema.TAG)
     tags = table[schema.TAG].to_numpy(zero_copy_only=False)
     matcher = table[schema.MATCHER].to_numpy(zero_copy_only=False).astype(np.float64)
-    agreement = table[scoring.AGREEMENT_COLUMN].to_numpy(zero_copy_only=False).astype(np.float64)
+    agreement = table[scoring.AGREEMENT_SIGNAL].to_numpy(zero_copy_only=False).astype(np.float64)
     stats: dict[str, dict[str, Any]] = {}
     if not len(tags):
         return stats

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from model.contrast import inner_product_index
+from model import contrast
 
 CANDIDATES = 16  # candidate tags rescored exactly per image: the image's own tags plus the nearest others
 
@@ -40,7 +40,7 @@ class CentroidIndex:
         self.lengths = np.linalg.norm(unit_sums, axis=1)
         self.centroids = unit_sums.astype(np.float32, copy=False)
         self.centroids /= np.where(self.lengths > 0, self.lengths, 1.0)[:, None]
-        self.index = inner_product_index(project(self.centroids))
+        self.index = contrast.inner_product_index(project(self.centroids))
 
     def margins(
         self,
@@ -58,13 +58,7 @@ class CentroidIndex:
         carries itself (those are never its "other" tags).
         """
         # candidates by the projected centroids, cosines exact in the full feature space
-        _, found = self.index.search(np.ascontiguousarray(search_rows, dtype=np.float32), min(CANDIDATES, len(self.centroids)))
-        safe = np.maximum(found, 0)
-        unit32 = unit_rows.astype(np.float32, copy=False)
-        # one candidate column at a time: a [rows, candidates, dim] gather would be a GB a batch
-        cosines = np.stack([np.einsum("bd,bd->b", self.centroids[safe[:, j]], unit32) for j in range(safe.shape[1])], axis=1)
-        cosines[(found < 0) | carries(safe)] = -np.inf
-        best_other = cosines.max(axis=1)
+        best_other = contrast.best_other(self.index, self.centroids, unit_rows, carries, CANDIDATES, search_queries=search_rows)
         best_other[~np.isfinite(best_other)] = np.nan
         u = unit_rows[pair_rows].astype(np.float64)
         own = self.centroids[pair_tags].astype(np.float64) * self.lengths[pair_tags, None] - u  # the image left out

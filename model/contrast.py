@@ -62,13 +62,23 @@ def inner_product_index(vectors: np.ndarray) -> Any:
 
 
 def best_other(
-    index: Any, table: np.ndarray, queries: np.ndarray, carried: Callable[[np.ndarray], np.ndarray], candidates: int
+    index: Any,
+    table: np.ndarray,
+    queries: np.ndarray,
+    carried: Callable[[np.ndarray], np.ndarray],
+    candidates: int,
+    search_queries: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per query row: the largest inner product with a row of `table` (the rows `index` holds)
-    that carried(candidate codes [b, c]) does not flag; -inf where every candidate is flagged."""
-    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(candidates, len(table)))
+    """Per query row: the largest inner product with a row of `table` that carried(candidate codes
+    [b, c]) does not flag; -inf where every candidate is flagged. Candidates come from `index`
+    searched with search_queries (the same rows in the index's space, e.g. projected; default the
+    queries themselves), then are scored exactly against `table`, one candidate column at a time
+    (a [rows, candidates, dim] gather would be a GB a batch at 2048-d)."""
+    search = queries if search_queries is None else search_queries
+    _, found = index.search(np.ascontiguousarray(search, dtype=np.float32), min(candidates, len(table)))
     safe = np.maximum(found, 0)
-    products = np.einsum("bcd,bd->bc", table[safe], queries.astype(np.float32))
+    queries32 = queries.astype(np.float32, copy=False)
+    products = np.stack([np.einsum("bd,bd->b", table[safe[:, j]], queries32) for j in range(safe.shape[1])], axis=1)
     products[(found < 0) | carried(safe)] = -np.inf
     return products.max(axis=1)
 

@@ -42,9 +42,6 @@ MEAN_FEATURE_SIGNAL = schema.MEAN_FEATURE
 SIGNAL_COLUMNS = (MATCHER_SIGNAL, AGREEMENT_SIGNAL, CENTROID_SIGNAL, MEAN_FEATURE_SIGNAL)
 GROUPED_SIGNALS = frozenset({MATCHER_SIGNAL})  # standardised per matcher member group
 
-# Kept for the callers that name the agreement column.
-AGREEMENT_COLUMN = AGREEMENT_SIGNAL
-
 BY_INDEX = "index"  # what ranked a tag that no signal scored: index order
 
 # Pseudo-count of the shrinkage of a member group's mean and variance toward the tag's.
